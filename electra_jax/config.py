@@ -1,0 +1,306 @@
+"""Configuration: the defaults every preset starts from, derived values, and validation.
+
+Config files in `configs/` are ml_collections ConfigDicts that hold only *primary* values (what the
+paper states). Everything computed from them (generator width, heads, slots per sequence) is derived
+here, once, by `model_spec` and `max_predictions_per_seq`. `validate` fails early, before any compile,
+with a message that names the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import ml_collections
+
+OPTIMIZERS = ("electra_adam", "adamw", "lamb")
+DTYPES = ("float32", "bfloat16")
+RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis names carried by every parameter (see model.py), mapped onto mesh axes. Flax assigns
+# rules in order and skips a mesh axis that a dimension of the same array already uses.
+DEFAULT_SHARDING_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("proj", None),
+    ("position", None),
+    ("norm", None),
+    ("layers", None),
+)
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the field and the allowed values."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """ELECTRA-Small as in google-research/electra `configure_pretraining.py`; presets override it."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    # PRNG for masking, dropout and sampling; see README "Randomness" for the measured trade-off.
+    c.rng_impl = "threefry2x32"
+
+    c.model = m = ml_collections.ConfigDict()
+    m.vocab_size = 30522
+    m.embedding_size = 128
+    m.hidden_size = 256
+    m.num_layers = 12
+    m.num_heads = 4
+    m.intermediate_size = 1024
+    m.max_position_embeddings = 512
+    m.type_vocab_size = 2
+    m.dropout_rate = 0.1
+    m.attention_dropout_rate = 0.1
+    m.layer_norm_eps = 1e-12
+    m.initializer_range = 0.02
+    # Generator = a narrower copy of the discriminator (`get_generator_config`).
+    m.generator_hidden_fraction = 0.25
+    m.generator_layers_fraction = 1.0
+    m.dtype = "float32"  # compute dtype; parameters and optimizer state are always float32
+    m.scan_layers = False
+    m.remat_policy = "none"
+
+    # Special token ids come from the tokenizer; these are BERT-uncased's.
+    c.tokens = t = ml_collections.ConfigDict()
+    t.pad_id = 0
+    t.cls_id = 101
+    t.sep_id = 102
+    t.mask_id = 103
+
+    c.objective = o = ml_collections.ConfigDict()
+    o.mask_prob = 0.15
+    o.mask_token_prob = 0.85  # chosen slots that become [MASK]; the rest keep their token
+    o.sample_with_replacement = True  # the original draws slots with replacement
+    o.gen_weight = 1.0
+    o.disc_weight = 50.0
+    o.temperature = 1.0
+    o.disallow_correct = False
+
+    c.data = d = ml_collections.ConfigDict()
+    d.seq_len = 128
+
+    c.batch_size = 128  # global, across all devices and hosts
+
+    c.optim = p = ml_collections.ConfigDict()
+    p.name = "electra_adam"
+    p.learning_rate = 5e-4
+    p.warmup_steps = 10_000
+    p.lr_decay_power = 1.0
+    p.weight_decay = 0.01
+    p.b1 = 0.9
+    p.b2 = 0.999
+    p.eps = 1e-6
+    p.grad_clip_norm = 1.0
+    c.num_train_steps = 1_000_000
+
+    # Mesh axis sizes; -1 takes all remaining devices.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.sharding_rules = [list(r) for r in DEFAULT_SHARDING_RULES]
+    return c
+
+
+# ----------------------------------------------------------------------------- derived values
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderSpec:
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Everything the Flax modules and the HF mapping need; hashable, so it can be a module field."""
+
+    vocab_size: int
+    embedding_size: int
+    max_position_embeddings: int
+    type_vocab_size: int
+    dropout_rate: float
+    attention_dropout_rate: float
+    layer_norm_eps: float
+    initializer_range: float
+    discriminator: EncoderSpec
+    generator: EncoderSpec
+    dtype: str = "float32"
+    scan_layers: bool = False
+    remat_policy: str = "none"
+
+
+def generator_encoder(m: ml_collections.ConfigDict) -> EncoderSpec:
+    """The original's `get_generator_config`: width scaled, FFN 4x, one head per 64 dims."""
+    hidden = int(round(m.hidden_size * m.generator_hidden_fraction))
+    return EncoderSpec(
+        hidden_size=hidden,
+        num_layers=int(round(m.num_layers * m.generator_layers_fraction)),
+        num_heads=max(1, hidden // 64),
+        intermediate_size=4 * hidden,
+    )
+
+
+def model_spec(config: ml_collections.ConfigDict) -> ModelSpec:
+    m = config.model
+    return ModelSpec(
+        vocab_size=m.vocab_size,
+        embedding_size=m.embedding_size,
+        max_position_embeddings=m.max_position_embeddings,
+        type_vocab_size=m.type_vocab_size,
+        dropout_rate=m.dropout_rate,
+        attention_dropout_rate=m.attention_dropout_rate,
+        layer_norm_eps=m.layer_norm_eps,
+        initializer_range=m.initializer_range,
+        discriminator=EncoderSpec(m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size),
+        generator=generator_encoder(m),
+        dtype=m.dtype,
+        scan_layers=m.scan_layers,
+        remat_policy=m.remat_policy,
+    )
+
+
+def max_predictions_per_seq(config: ml_collections.ConfigDict) -> int:
+    """N = int((mask_prob + 0.005) * seq_len): 19 at 128, 79 at 512, 130 at 512 with 25%."""
+    return int((config.objective.mask_prob + 0.005) * config.data.seq_len)
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveSpec:
+    """What the jitted loss needs from the config, as a hashable value."""
+
+    mask_prob: float
+    max_predictions: int
+    mask_token_prob: float
+    with_replacement: bool
+    gen_weight: float
+    disc_weight: float
+    temperature: float
+    disallow_correct: bool
+    mask_id: int
+    never_mask_ids: tuple[int, ...]  # [CLS], [SEP], [MASK], [PAD]
+
+
+def objective_spec(config: ml_collections.ConfigDict) -> ObjectiveSpec:
+    o, t = config.objective, config.tokens
+    return ObjectiveSpec(
+        mask_prob=o.mask_prob,
+        max_predictions=max_predictions_per_seq(config),
+        mask_token_prob=o.mask_token_prob,
+        with_replacement=o.sample_with_replacement,
+        gen_weight=o.gen_weight,
+        disc_weight=o.disc_weight,
+        temperature=o.temperature,
+        disallow_correct=o.disallow_correct,
+        mask_id=t.mask_id,
+        never_mask_ids=tuple(sorted({t.cls_id, t.sep_id, t.mask_id, t.pad_id})),
+    )
+
+
+def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
+    """Resolve the single -1 in the mesh sizes against the device count."""
+    sizes = {a: int(config.mesh[a]) for a in MESH_AXES}
+    free = [a for a, s in sizes.items() if s == -1]
+    fixed = math.prod(s for s in sizes.values() if s != -1)
+    if len(free) > 1:
+        raise ConfigError(f"mesh: at most one axis may be -1, got {sizes}")
+    if any(s == 0 or s < -1 for s in sizes.values()):
+        raise ConfigError(f"mesh: axis sizes must be positive or -1, got {sizes}")
+    if free:
+        if num_devices % fixed:
+            raise ConfigError(
+                f"mesh: fixed axes {sizes} multiply to {fixed}, which does not divide the "
+                f"{num_devices} devices")
+        sizes[free[0]] = num_devices // fixed
+    elif fixed != num_devices:
+        raise ConfigError(
+            f"mesh: axes {sizes} multiply to {fixed} but there are {num_devices} devices; "
+            "set one axis to -1 or make the product match")
+    return sizes
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config.{field}: {message}")
+
+
+def _check_encoder(enc: EncoderSpec, field: str) -> None:
+    _check(enc.hidden_size > 0 and enc.num_layers > 0, field,
+           f"gives an empty encoder ({enc}); use a larger value")
+    _check(enc.hidden_size % enc.num_heads == 0, field,
+           f"hidden size {enc.hidden_size} is not divisible by {enc.num_heads} heads")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+    """Raise ConfigError for a config that cannot run, before anything is compiled."""
+    m, o, p = config.model, config.objective, config.optim
+    for name in ("vocab_size", "embedding_size", "hidden_size", "num_layers", "num_heads",
+                 "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+        _check(int(m[name]) > 0, f"model.{name}", f"must be a positive integer, got {m[name]}")
+    _check(m.hidden_size % m.num_heads == 0, "model.hidden_size",
+           f"{m.hidden_size} is not divisible by model.num_heads={m.num_heads}; "
+           f"allowed head counts: {[h for h in range(1, m.hidden_size + 1) if m.hidden_size % h == 0]}")
+    _check(0 < m.generator_hidden_fraction <= 1, "model.generator_hidden_fraction",
+           f"must be in (0, 1], got {m.generator_hidden_fraction}")
+    _check(0 < m.generator_layers_fraction <= 1, "model.generator_layers_fraction",
+           f"must be in (0, 1], got {m.generator_layers_fraction}")
+    _check_encoder(generator_encoder(m), "model.generator_hidden_fraction")
+    for name in ("dropout_rate", "attention_dropout_rate"):
+        _check(0 <= m[name] < 1, f"model.{name}", f"must be in [0, 1), got {m[name]}")
+    _check(m.dtype in DTYPES, "model.dtype", f"{m.dtype!r} is not one of {DTYPES}")
+    _check(m.remat_policy in REMAT_POLICIES, "model.remat_policy",
+           f"{m.remat_policy!r} is not one of {REMAT_POLICIES}")
+    _check(config.rng_impl in RNG_IMPLS, "rng_impl", f"{config.rng_impl!r} is not one of {RNG_IMPLS}")
+
+    _check(config.data.seq_len >= 4, "data.seq_len", f"must be at least 4, got {config.data.seq_len}")
+    _check(config.data.seq_len <= m.max_position_embeddings, "data.seq_len",
+           f"{config.data.seq_len} exceeds model.max_position_embeddings="
+           f"{m.max_position_embeddings}; lower seq_len or raise max_position_embeddings")
+
+    t = config.tokens
+    for name in ("pad_id", "cls_id", "sep_id", "mask_id"):
+        _check(0 <= t[name] < m.vocab_size, f"tokens.{name}",
+               f"{t[name]} is outside the vocabulary [0, {m.vocab_size})")
+
+    _check(0 < o.mask_prob < 1, "objective.mask_prob", f"must be in (0, 1), got {o.mask_prob}")
+    _check(0 <= o.mask_token_prob <= 1, "objective.mask_token_prob",
+           f"must be in [0, 1], got {o.mask_token_prob}")
+    _check(o.temperature > 0, "objective.temperature", f"must be > 0, got {o.temperature}")
+    _check(max_predictions_per_seq(config) >= 1, "objective.mask_prob",
+           f"{o.mask_prob} x seq_len {config.data.seq_len} leaves no slot to mask")
+
+    _check(p.name in OPTIMIZERS, "optim.name", f"{p.name!r} is not one of {OPTIMIZERS}")
+    _check(p.learning_rate > 0, "optim.learning_rate", f"must be > 0, got {p.learning_rate}")
+    _check(p.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {p.warmup_steps}")
+    _check(config.num_train_steps > 0, "num_train_steps",
+           f"must be > 0, got {config.num_train_steps}")
+    _check(0 <= p.b1 < 1 and 0 <= p.b2 < 1, "optim.b1/b2", f"must be in [0, 1), got {p.b1}, {p.b2}")
+    _check(config.batch_size > 0, "batch_size", f"must be > 0, got {config.batch_size}")
+
+    mesh_axes = set(MESH_AXES)
+    for rule in config.sharding_rules:
+        targets = rule[1] if isinstance(rule[1], (list, tuple)) else [rule[1]]
+        _check(all(x is None or x in mesh_axes for x in targets), "sharding_rules",
+               f"rule {rule} names a mesh axis outside {MESH_AXES}")
+
+    if num_devices is not None:
+        try:
+            sizes = mesh_shape(config, num_devices)
+        except ConfigError as e:
+            raise ConfigError(f"config.{e}") from None
+        batch_shards = sizes["data"] * sizes["fsdp"]
+        _check(config.batch_size % batch_shards == 0, "batch_size",
+               f"{config.batch_size} is not divisible by the data x fsdp mesh axes "
+               f"({sizes['data']} x {sizes['fsdp']} = {batch_shards}); use a multiple of {batch_shards}")

@@ -1,0 +1,1 @@
+"""Input: synthetic batches now; tokenizer, example builder and tf.data reader arrive with the pipeline."""

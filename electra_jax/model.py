@@ -1,0 +1,298 @@
+"""ELECTRA's generator and discriminator as pure-functional Flax (linen) modules.
+
+One `Electra` module owns three parameter subtrees, mirroring google-research/electra's scopes:
+
+    embeddings/      word, position and token-type tables + their LayerNorm, shared by both models
+    generator/       embeddings_project (if E != H), encoder, mlm_head (logits tied to the word table)
+    discriminator/   embeddings_project (if E != H), encoder, head
+
+Every parameter carries logical axis names ('vocab', 'embed', 'mlp', 'heads', 'kv', ...) which the
+sharding rules in the config map onto the device mesh. Dropout keys are derived explicitly, one per
+layer, so the unrolled and `nn.scan` encoders (and any remat policy) compute the same numbers.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from electra_jax.config import EncoderSpec, ModelSpec
+
+Array = jax.Array
+# TF1's truncated_normal_initializer(stddev) cuts a normal *of that stddev* at 2 sigma; JAX's
+# truncated_normal instead rescales so the truncated result has the stddev. This undoes the rescale.
+_TRUNCATION_STD = 0.87962566103423978
+_REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute everything
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _normal(spec: ModelSpec):
+    return nn.initializers.truncated_normal(stddev=spec.initializer_range * _TRUNCATION_STD)
+
+
+def _p(init, axes):
+    return nn.with_logical_partitioning(init, axes)
+
+
+def _gelu(x):
+    return jax.nn.gelu(x, approximate=False)  # BERT/ELECTRA use exact erf, not the tanh default
+
+
+def _dense(features, axes, name, spec: ModelSpec, init=None, bias_axis=None):
+    """A Dense whose kernel/bias carry logical axes; fp32 parameters, compute in `spec.dtype`."""
+    return nn.Dense(
+        features,
+        kernel_init=_p(init or _normal(spec), axes),
+        bias_init=_p(nn.initializers.zeros, (bias_axis or axes[-1],)),
+        dtype=spec.dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )
+
+
+def _layer_norm(name, spec: ModelSpec):
+    return nn.LayerNorm(
+        epsilon=spec.layer_norm_eps,
+        scale_init=_p(nn.initializers.ones, ("norm",)),
+        bias_init=_p(nn.initializers.zeros, ("norm",)),
+        dtype=spec.dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )
+
+
+def _dropout(x, rate, key, deterministic):
+    return nn.Dropout(rate)(x, deterministic=deterministic, rng=key)
+
+
+class Embeddings(nn.Module):
+    """Word + position + token-type embeddings and their LayerNorm (no dropout: each model adds its own)."""
+
+    spec: ModelSpec
+
+    def setup(self):
+        s, init = self.spec, _normal(self.spec)
+        self.word_embeddings = self.param(
+            "word_embeddings", _p(init, ("vocab", "embed")), (s.vocab_size, s.embedding_size))
+        self.position_embeddings = self.param(
+            "position_embeddings", _p(init, ("position", "embed")),
+            (s.max_position_embeddings, s.embedding_size))
+        self.token_type_embeddings = self.param(
+            "token_type_embeddings", _p(init, ("type", "embed")), (s.type_vocab_size, s.embedding_size))
+        self.layer_norm = _layer_norm("layer_norm", s)
+
+    def __call__(self, input_ids: Array, segment_ids: Array) -> Array:
+        seq_len = input_ids.shape[-1]
+        x = (jnp.take(self.word_embeddings, input_ids, axis=0)
+             + jnp.take(self.token_type_embeddings, segment_ids, axis=0)
+             + self.position_embeddings[None, :seq_len])
+        return self.layer_norm(x)
+
+
+
+class SelfAttention(nn.Module):
+    spec: ModelSpec
+    enc: EncoderSpec
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x: Array, attention_bias: Array, key: Array) -> Array:
+        s, e = self.spec, self.enc
+        qkv = functools.partial(
+            nn.DenseGeneral, features=(e.num_heads, e.head_dim),
+            kernel_init=_p(_normal(s), ("embed", "heads", "kv")),
+            bias_init=_p(nn.initializers.zeros, ("heads", "kv")),
+            dtype=s.dtype, param_dtype=jnp.float32)
+        q, k, v = qkv(name="query")(x), qkv(name="key")(x), qkv(name="value")(x)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        scores = scores * (e.head_dim ** -0.5) + attention_bias
+        probs = jax.nn.softmax(scores, axis=-1)
+        probs = _dropout(probs, s.attention_dropout_rate, key, self.deterministic)
+        context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+        return nn.DenseGeneral(
+            e.hidden_size, axis=(-2, -1),
+            kernel_init=_p(_normal(s), ("heads", "kv", "embed")),
+            bias_init=_p(nn.initializers.zeros, ("norm",)),
+            dtype=s.dtype, param_dtype=jnp.float32, name="output")(context)
+
+
+class EncoderLayer(nn.Module):
+    """One post-LN BERT layer."""
+
+    spec: ModelSpec
+    enc: EncoderSpec
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x: Array, attention_bias: Array, key: Array) -> Array:
+        s, e = self.spec, self.enc
+        k_attn, k_attn_out, k_ffn_out = jax.random.split(key, 3)
+        h = SelfAttention(s, e, self.deterministic, name="attention")(x, attention_bias, k_attn)
+        h = _dropout(h, s.dropout_rate, k_attn_out, self.deterministic)
+        x = _layer_norm("attention_layer_norm", s)(x + h)
+        h = _gelu(_dense(e.intermediate_size, ("embed", "mlp"), "intermediate", s)(x))
+        h = _dense(e.hidden_size, ("mlp", "embed"), "output", s, bias_axis="norm")(h)
+        h = _dropout(h, s.dropout_rate, k_ffn_out, self.deterministic)
+        return _layer_norm("output_layer_norm", s)(x + h)
+
+
+class _ScannedLayer(EncoderLayer):
+    """EncoderLayer in nn.scan's (carry, xs) -> (carry, ys) form."""
+
+    def __call__(self, x, attention_bias, key):  # pytype: disable=signature-mismatch
+        return super().__call__(x, attention_bias, key), None
+
+
+class Encoder(nn.Module):
+    """Embedding dropout, optional embeddings_project (E -> H) and the stack of layers."""
+
+    spec: ModelSpec
+    enc: EncoderSpec
+
+    @nn.compact
+    def __call__(self, embedded: Array, input_mask: Array, deterministic: bool) -> Array:
+        s, e = self.spec, self.enc
+        if deterministic:
+            key = jax.random.key(0)  # unused: dropout is off
+        else:
+            key = self.make_rng("dropout")
+        k_embed, k_layers = jax.random.split(key)
+        x = _dropout(embedded, s.dropout_rate, k_embed, deterministic)
+        if s.embedding_size != e.hidden_size:
+            x = _dense(e.hidden_size, ("embed", "proj"), "embeddings_project", s,
+                       init=nn.initializers.glorot_uniform())(x)
+        # Additive mask on keys only, as the original (-10000, not -inf).
+        attention_bias = ((1.0 - input_mask.astype(jnp.float32)) * -10000.0)[:, None, None, :]
+        layer_keys = jax.random.split(k_layers, e.num_layers)
+
+        layer = EncoderLayer
+        if s.remat_policy != "none":
+            layer = nn.remat(layer, policy=_REMAT_POLICIES[s.remat_policy], prevent_cse=not s.scan_layers)
+        if s.scan_layers:
+            layer = _ScannedLayer if s.remat_policy == "none" else nn.remat(
+                _ScannedLayer, policy=_REMAT_POLICIES[s.remat_policy], prevent_cse=False)
+            stack = nn.scan(
+                layer, variable_axes={"params": 0}, split_rngs={"params": True},
+                in_axes=(nn.broadcast, 0), length=e.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"})
+            x, _ = stack(s, e, deterministic, name="layers")(x, attention_bias, layer_keys)
+        else:
+            for i in range(e.num_layers):
+                x = layer(s, e, deterministic, name=f"layer_{i}")(x, attention_bias, layer_keys[i])
+        return x
+
+
+class Generator(nn.Module):
+    """Masked-LM: the encoder, then the head at the N masked slots only, tied to the word table."""
+
+    spec: ModelSpec
+
+    @nn.compact
+    def __call__(self, embedded, input_mask, positions, word_embeddings, deterministic) -> Array:
+        s = self.spec
+        x = Encoder(s, s.generator, name="encoder")(embedded, input_mask, deterministic)
+        x = jnp.take_along_axis(x, positions[..., None], axis=1)  # [B, N, H]
+        x = _gelu(_dense(s.embedding_size, ("embed", "proj"), "dense", s)(x))
+        x = _layer_norm("layer_norm", s)(x)
+        bias = self.param("output_bias", _p(nn.initializers.zeros, ("vocab",)), (s.vocab_size,))
+        logits = jnp.einsum("bne,ve->bnv", x, word_embeddings.astype(x.dtype),
+                            preferred_element_type=jnp.float32)
+        return logits + bias
+
+
+class Discriminator(nn.Module):
+    """Replaced-token detection: the encoder, then dense + GELU -> dense(1), one logit per token."""
+
+    spec: ModelSpec
+
+    @nn.compact
+    def __call__(self, embedded, input_mask, deterministic) -> Array:
+        s = self.spec
+        x = Encoder(s, s.discriminator, name="encoder")(embedded, input_mask, deterministic)
+        x = _gelu(_dense(s.discriminator.hidden_size, ("embed", "proj"), "dense", s)(x))
+        x = _dense(1, ("embed", "proj"), "dense_prediction", s, init=nn.initializers.glorot_uniform())(x)
+        return x[..., 0].astype(jnp.float32)
+
+
+class Electra(nn.Module):
+    """Both models over the shared embeddings. Call `generator_logits` / `discriminator_logits`
+    through `apply(..., method=...)`; `__call__` runs both and exists for `init`."""
+
+    spec: ModelSpec
+
+    def setup(self):
+        self.embeddings = Embeddings(self.spec)
+        self.generator = Generator(self.spec)
+        self.discriminator = Discriminator(self.spec)
+
+    def generator_logits(self, input_ids, segment_ids, input_mask, positions, deterministic=True):
+        """Logits [B, N, V] (fp32) at `positions` [B, N]."""
+        embedded = self.embeddings(input_ids, segment_ids)
+        return self.generator(embedded, input_mask, positions, self.embeddings.word_embeddings,
+                              deterministic)
+
+    def discriminator_logits(self, input_ids, segment_ids, input_mask, deterministic=True):
+        """Logits [B, S] (fp32): > 0 means 'replaced'."""
+        embedded = self.embeddings(input_ids, segment_ids)
+        return self.discriminator(embedded, input_mask, deterministic)
+
+    def __call__(self, input_ids, segment_ids, input_mask, positions, deterministic=True):
+        return (self.generator_logits(input_ids, segment_ids, input_mask, positions, deterministic),
+                self.discriminator_logits(input_ids, segment_ids, input_mask, deterministic))
+
+
+def init_params(model: Electra, rng: Array, seq_len: int, num_positions: int = 1) -> Any:
+    """Initialise (boxed, logically partitioned) parameters from dummy inputs of the right shape."""
+    ids = jnp.zeros((1, seq_len), jnp.int32)
+    positions = jnp.zeros((1, num_positions), jnp.int32)
+    return model.init({"params": rng}, ids, ids, jnp.ones_like(ids), positions)["params"]
+
+
+# ----------------------------------------------------------------------------- layer layout
+
+
+def stack_layers(params: dict) -> dict:
+    """Unrolled layout (encoder/layer_i/...) -> scanned layout (encoder/layers/... with a leading L axis)."""
+    return _map_encoders(params, _stack)
+
+
+def unstack_layers(params: dict) -> dict:
+    """Scanned layout -> unrolled layout; a no-op on unrolled params."""
+    return _map_encoders(params, _unstack)
+
+
+def _map_encoders(params, fn):
+    params = dict(params)
+    for tower in ("generator", "discriminator"):
+        if tower in params and "encoder" in params[tower]:
+            params[tower] = {**params[tower], "encoder": fn(params[tower]["encoder"])}
+    return params
+
+
+def _is_layer(name: str) -> bool:
+    return name.startswith("layer_")
+
+
+def _stack(encoder):
+    if "layers" in encoder:
+        return encoder
+    rest = {k: v for k, v in encoder.items() if not _is_layer(k)}
+    layers = [encoder[f"layer_{i}"] for i in range(len(encoder) - len(rest))]
+    return {**rest, "layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
+
+
+def _unstack(encoder):
+    if "layers" not in encoder:
+        return encoder
+    rest = {k: v for k, v in encoder.items() if k != "layers"}
+    n = jax.tree.leaves(encoder["layers"])[0].shape[0]
+    return {**rest, **{f"layer_{i}": jax.tree.map(lambda x, i=i: x[i], encoder["layers"])
+                       for i in range(n)}}
