@@ -62,7 +62,9 @@ def default_config() -> ml_collections.ConfigDict:
     # Generator = a narrower copy of the discriminator (`get_generator_config`).
     m.generator_hidden_fraction = 0.25
     m.generator_layers_fraction = 1.0
-    m.dtype = "float32"  # compute dtype; parameters and optimizer state are always float32
+    # Compute dtype; parameters and optimizer state are always float32. Presets target accelerators;
+    # use float32 on CPU (configs/tiny.py does).
+    m.dtype = "bfloat16"
     m.scan_layers = False
     m.remat_policy = "none"
 
@@ -304,3 +306,37 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         _check(config.batch_size % batch_shards == 0, "batch_size",
                f"{config.batch_size} is not divisible by the data x fsdp mesh axes "
                f"({sizes['data']} x {sizes['fsdp']} = {batch_shards}); use a multiple of {batch_shards}")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+    """Load `configs/x.py[:arg]` and apply `--config.a.b=value` overrides (ml_collections' parser,
+    as big_vision and the Flax examples). Raises ConfigError naming the file or the field."""
+    import os
+
+    from absl import flags
+    from ml_collections import config_flags
+
+    file = path.split(":", 1)[0]
+    if not os.path.isfile(file):
+        raise ConfigError(f"config file {file!r} does not exist (try configs/tiny.py or configs/small.py)")
+    for arg in overrides:
+        if not arg.startswith("--config."):
+            raise ConfigError(f"override {arg!r} must look like --config.model.hidden_size=512")
+    argv = ["electra-jax", f"--config={path}", *overrides]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "config file", flag_values=values,
+                                    lock_config=True, sys_argv=argv)
+    try:
+        values(argv)
+    except (AttributeError, KeyError) as e:
+        field = str(e).strip("\"'")
+        raise ConfigError(f"override names a field that {path} does not have: {field!r}") from None
+    except flags.Error as e:
+        raise ConfigError(f"bad override: {e}") from None
+    config = values.config
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"config file {path!r} could not be loaded: define get_config() returning a ConfigDict")
+    return config

@@ -1,0 +1,165 @@
+"""Our parameter tree <-> Hugging Face ELECTRA state dicts, in pure numpy (no torch import).
+
+`ElectraForPreTraining` (discriminator) and `ElectraForMaskedLM` (generator) names, as in
+shared/docs/hf_format.md. One table of (our path, HF key, layout) drives both directions, so export and
+import cannot drift apart. The shared embeddings are written into both models.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from electra_jax.config import EncoderSpec, ModelSpec
+from electra_jax.model import unstack_layers
+
+TOWERS = ("discriminator", "generator")
+ARCHITECTURES = {"discriminator": "ElectraForPreTraining", "generator": "ElectraForMaskedLM"}
+
+# Layouts: how one of our arrays becomes an HF tensor.
+COPY, DENSE, QKV, QKV_BIAS, ATTN_OUT = "copy", "dense", "qkv", "qkv_bias", "attn_out"
+
+
+def _entries(spec: ModelSpec, tower: str) -> Iterator[tuple[tuple[str, ...], str, str]]:
+    """(our path, HF key, layout) for every tensor of one model."""
+    enc: EncoderSpec = getattr(spec, tower)
+    emb = ("embeddings",)
+    yield emb + ("word_embeddings",), "electra.embeddings.word_embeddings.weight", COPY
+    yield emb + ("position_embeddings",), "electra.embeddings.position_embeddings.weight", COPY
+    yield emb + ("token_type_embeddings",), "electra.embeddings.token_type_embeddings.weight", COPY
+    yield emb + ("layer_norm", "scale"), "electra.embeddings.LayerNorm.weight", COPY
+    yield emb + ("layer_norm", "bias"), "electra.embeddings.LayerNorm.bias", COPY
+    encoder = (tower, "encoder")
+    if spec.embedding_size != enc.hidden_size:
+        yield encoder + ("embeddings_project", "kernel"), "electra.embeddings_project.weight", DENSE
+        yield encoder + ("embeddings_project", "bias"), "electra.embeddings_project.bias", COPY
+    for i in range(enc.num_layers):
+        ours, hf = encoder + (f"layer_{i}",), f"electra.encoder.layer.{i}."
+        for name in ("query", "key", "value"):
+            yield ours + ("attention", name, "kernel"), hf + f"attention.self.{name}.weight", QKV
+            yield ours + ("attention", name, "bias"), hf + f"attention.self.{name}.bias", QKV_BIAS
+        yield ours + ("attention", "output", "kernel"), hf + "attention.output.dense.weight", ATTN_OUT
+        yield ours + ("attention", "output", "bias"), hf + "attention.output.dense.bias", COPY
+        for ln, hf_ln in (("attention_layer_norm", "attention.output.LayerNorm"),
+                          ("output_layer_norm", "output.LayerNorm")):
+            yield ours + (ln, "scale"), hf + f"{hf_ln}.weight", COPY
+            yield ours + (ln, "bias"), hf + f"{hf_ln}.bias", COPY
+        for dense, hf_dense in (("intermediate", "intermediate.dense"), ("output", "output.dense")):
+            yield ours + (dense, "kernel"), hf + f"{hf_dense}.weight", DENSE
+            yield ours + (dense, "bias"), hf + f"{hf_dense}.bias", COPY
+    if tower == "discriminator":
+        for dense in ("dense", "dense_prediction"):
+            yield (tower, dense, "kernel"), f"discriminator_predictions.{dense}.weight", DENSE
+            yield (tower, dense, "bias"), f"discriminator_predictions.{dense}.bias", COPY
+    else:
+        yield (tower, "dense", "kernel"), "generator_predictions.dense.weight", DENSE
+        yield (tower, "dense", "bias"), "generator_predictions.dense.bias", COPY
+        yield (tower, "layer_norm", "scale"), "generator_predictions.LayerNorm.weight", COPY
+        yield (tower, "layer_norm", "bias"), "generator_predictions.LayerNorm.bias", COPY
+        # generator_lm_head.weight is tied to the word embeddings; HF re-ties it when it is absent.
+        yield (tower, "output_bias"), "generator_lm_head.bias", COPY
+
+
+def _to_hf(x: np.ndarray, layout: str) -> np.ndarray:
+    if layout == DENSE:
+        return x.T
+    if layout == QKV:  # [H, heads, head_dim] -> [heads * head_dim, H]
+        return x.reshape(x.shape[0], -1).T
+    if layout == QKV_BIAS:
+        return x.reshape(-1)
+    if layout == ATTN_OUT:  # [heads, head_dim, H] -> [H, heads * head_dim]
+        return x.reshape(-1, x.shape[-1]).T
+    return x
+
+
+def _from_hf(w: np.ndarray, layout: str, enc: EncoderSpec) -> np.ndarray:
+    if layout == DENSE:
+        return w.T
+    if layout == QKV:
+        return w.T.reshape(w.shape[1], enc.num_heads, enc.head_dim)
+    if layout == QKV_BIAS:
+        return w.reshape(enc.num_heads, enc.head_dim)
+    if layout == ATTN_OUT:
+        return w.T.reshape(enc.num_heads, enc.head_dim, w.shape[0])
+    return w
+
+
+def _get(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _set(tree: dict, path, value) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def to_hf_state_dict(params, spec: ModelSpec, tower: str, dtype=np.float32) -> dict[str, np.ndarray]:
+    """One model's HF state dict (numpy, contiguous, `dtype`) from our params (scanned or not)."""
+    if tower not in TOWERS:
+        raise ValueError(f"tower must be one of {TOWERS}, got {tower!r}")
+    params = unstack_layers(params)
+    return {key: np.ascontiguousarray(_to_hf(np.asarray(_get(params, path), np.float32), layout)
+                                      ).astype(dtype)
+            for path, key, layout in _entries(spec, tower)}
+
+
+def from_hf_state_dict(state_dict: dict, spec: ModelSpec, tower: str) -> dict:
+    """Our (unrolled) params for the embeddings and one tower from an HF state dict.
+
+    Raises KeyError naming every missing key, and ValueError for a tensor of the wrong shape.
+    """
+    enc = getattr(spec, tower)
+    entries = list(_entries(spec, tower))
+    missing = [key for _, key, _ in entries if key not in state_dict]
+    if missing:
+        raise KeyError(f"HF state dict lacks {len(missing)} {tower} tensors, e.g. {missing[:3]}")
+    params: dict = {}
+    for path, key, layout in entries:
+        _set(params, path, _from_hf(np.asarray(state_dict[key], np.float32), layout, enc))
+    return params
+
+
+def hf_config(spec: ModelSpec, tower: str, pad_token_id: int = 0) -> dict:
+    """The `config.json` of one model, as `transformers.ElectraConfig` reads it."""
+    enc = getattr(spec, tower)
+    return {
+        "architectures": [ARCHITECTURES[tower]],
+        "model_type": "electra",
+        "vocab_size": spec.vocab_size,
+        "embedding_size": spec.embedding_size,
+        "hidden_size": enc.hidden_size,
+        "num_hidden_layers": enc.num_layers,
+        "num_attention_heads": enc.num_heads,
+        "intermediate_size": enc.intermediate_size,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": spec.dropout_rate,
+        "attention_probs_dropout_prob": spec.attention_dropout_rate,
+        "max_position_embeddings": spec.max_position_embeddings,
+        "type_vocab_size": spec.type_vocab_size,
+        "initializer_range": spec.initializer_range,
+        "layer_norm_eps": spec.layer_norm_eps,
+        "pad_token_id": pad_token_id,
+        "tie_word_embeddings": True,
+        "dtype": "float32",
+    }
+
+
+def save_pretrained(params, spec: ModelSpec, tower: str, out_dir: str, dtype=np.float32,
+                    pad_token_id: int = 0) -> None:
+    """Write `config.json` + `model.safetensors` that `<Architecture>.from_pretrained(out_dir)` loads."""
+    import json
+    import os
+
+    from safetensors.numpy import save_file
+
+    os.makedirs(out_dir, exist_ok=True)
+    config = hf_config(spec, tower, pad_token_id)
+    config["dtype"] = np.dtype(dtype).name if np.dtype(dtype) != np.float32 else "float32"
+    save_file(to_hf_state_dict(params, spec, tower, dtype), os.path.join(out_dir, "model.safetensors"),
+              metadata={"format": "pt"})
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)

@@ -1,0 +1,105 @@
+"""Masking against the original procedure's rules, checked with numpy on the outputs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from electra_jax.masking import mask_tokens
+
+PAD, CLS, SEP, MASK = 0, 2, 3, 4
+
+
+def _batch(seed=0, batch=32, seq_len=64):
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((batch, seq_len), np.int32)
+    mask = np.zeros_like(ids)
+    for b in range(batch):
+        n = int(rng.integers(3, seq_len + 1))
+        ids[b, :n] = rng.integers(5, 500, n)
+        ids[b, 0], ids[b, n - 1] = CLS, SEP
+        if n > 4:
+            ids[b, n // 2] = SEP
+        mask[b, :n] = 1
+    ids[0, 1] = MASK  # a literal [MASK] in the input must never be chosen
+    return ids, mask
+
+
+def _mask(rng, ids, mask, with_replacement=True, mask_prob=0.15, n=None):
+    seq_len = ids.shape[1]
+    n = n or int((mask_prob + 0.005) * seq_len)
+    return mask_tokens(rng, jnp.asarray(ids), jnp.asarray(mask), mask_prob=mask_prob, max_predictions=n,
+                       mask_id=MASK, never_mask_ids=(CLS, SEP, MASK, PAD),
+                       with_replacement=with_replacement)
+
+
+@pytest.mark.parametrize("with_replacement", [True, False])
+def test_exact_count_and_never_special(with_replacement):
+    ids, mask = _batch()
+    n = int(0.155 * 64)
+    out = jax.tree.map(np.asarray, _mask(jax.random.key(0), ids, mask, with_replacement))
+    real = mask.sum(1)
+    # k = max(1, min(N, round(p * real))) with numpy's round-half-even, as tf.round.
+    expected_k = np.maximum(1, np.minimum(n, np.round(0.15 * real))).astype(int)
+    num_cand = ((mask == 1) & ~np.isin(ids, [CLS, SEP, MASK, PAD])).sum(1)
+    if not with_replacement:
+        expected_k = np.minimum(expected_k, num_cand)
+    expected_k[num_cand == 0] = 0
+    np.testing.assert_array_equal(out.weights.sum(1), expected_k)
+    assert out.positions.shape == out.weights.shape == (32, n)
+    for b in range(32):
+        chosen = out.positions[b][out.weights[b] > 0]
+        assert np.all(mask[b, chosen] == 1)
+        assert not np.isin(ids[b, chosen], [CLS, SEP, MASK, PAD]).any()
+        np.testing.assert_array_equal(out.original_ids[b][out.weights[b] > 0], ids[b, chosen])
+        assert np.all(out.positions[b][out.weights[b] == 0] == 0)
+        if not with_replacement:
+            assert len(set(chosen.tolist())) == len(chosen)
+        # Only chosen positions may change, and only to [MASK].
+        changed = np.nonzero(out.input_ids[b] != ids[b])[0]
+        assert set(changed.tolist()) <= set(chosen.tolist())
+        assert np.all(out.input_ids[b, changed] == MASK)
+
+
+def test_mask_token_share_is_085():
+    ids, mask = _batch(seed=1, batch=64)
+    masked_share = []
+    for i in range(40):
+        out = _mask(jax.random.key(i), ids, mask, with_replacement=False)
+        w = np.asarray(out.weights) > 0
+        pos = np.asarray(out.positions)
+        got = np.take_along_axis(np.asarray(out.input_ids), pos, axis=1)
+        masked_share.append(((got == MASK) & w).sum() / w.sum())
+    assert abs(np.mean(masked_share) - 0.85) < 0.02
+
+
+def test_same_key_same_mask_and_different_key_differs():
+    ids, mask = _batch()
+    a = _mask(jax.random.key(7), ids, mask)
+    b = _mask(jax.random.key(7), ids, mask)
+    c = _mask(jax.random.key(8), ids, mask)
+    np.testing.assert_array_equal(a.positions, b.positions)
+    np.testing.assert_array_equal(a.input_ids, b.input_ids)
+    assert not np.array_equal(a.positions, c.positions)
+
+
+def test_with_replacement_can_repeat_positions():
+    # Few candidates and many slots: the original draws with replacement, so repeats must occur.
+    ids = np.array([[CLS, 10, 11, SEP] + [PAD] * 4], np.int32)
+    mask = (ids != PAD).astype(np.int32)
+    out = _mask(jax.random.key(0), np.repeat(ids, 64, 0), np.repeat(mask, 64, 0), mask_prob=0.5, n=2)
+    w = np.asarray(out.weights)
+    pos = np.asarray(out.positions)
+    assert np.all(w.sum(1) == 2)
+    assert np.any(pos[:, 0] == pos[:, 1])
+
+
+def test_jit_and_vmap():
+    ids, mask = _batch(batch=8)
+    eager = _mask(jax.random.key(3), ids, mask)
+    jitted = jax.jit(lambda r: _mask(r, ids, mask))(jax.random.key(3))
+    np.testing.assert_array_equal(eager.input_ids, jitted.input_ids)
+    keys = jax.random.split(jax.random.key(0), 3)
+    vmapped = jax.vmap(lambda r: _mask(r, ids, mask))(keys)
+    assert vmapped.input_ids.shape == (3, 8, 64)
+    np.testing.assert_array_equal(vmapped.positions[1], _mask(keys[1], ids, mask).positions)
