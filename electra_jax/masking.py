@@ -81,7 +81,7 @@ def scatter_tokens(ids: Array, positions: Array, tokens: Array, write: Array) ->
     batch, seq_len = ids.shape
     target = jnp.where(write, positions, seq_len)
     rows = jnp.broadcast_to(jnp.arange(batch)[:, None], positions.shape)
-    return ids.at[rows, target].set(tokens.astype(ids.dtype), mode="drop")
+    return jnp.asarray(ids).at[rows, target].set(jnp.asarray(tokens, ids.dtype), mode="drop")
 
 
 def first_occurrence(positions: Array, weights: Array) -> Array:

@@ -1,0 +1,148 @@
+"""Objective pieces against numpy, and where gradients do and do not flow."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from electra_jax import config as config_lib
+from electra_jax.model import Electra, init_params
+from electra_jax.objective import disc_loss, electra_loss, mlm_loss, replace_tokens, sample_tokens
+
+
+def _np_log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_mlm_loss_matches_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 3, 7)).astype(np.float32)
+    targets = rng.integers(0, 7, (2, 3))
+    weights = np.array([[1, 1, 0], [1, 0, 0]], np.float32)
+    nll = -np.take_along_axis(_np_log_softmax(logits.astype(np.float64)), targets[..., None], -1)[..., 0]
+    expected = (weights * nll).sum() / (weights.sum() + 1e-6)
+    got, _ = mlm_loss(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights))
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_disc_loss_matches_numpy():
+    logits = np.array([[2.0, -1.0, 0.5, 3.0], [-2.0, 0.0, 1.0, 9.0]], np.float32)
+    labels = np.array([[1, 0, 0, 1], [0, 0, 1, 0]])
+    mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]])
+    p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    ce = -(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+    expected = (ce * mask).sum() / (mask.sum() + 1e-6)
+    np.testing.assert_allclose(disc_loss(logits, labels, mask), expected, rtol=1e-6)
+
+
+def test_gumbel_sampling_matches_numpy_formula():
+    rng = jax.random.key(5)
+    logits = np.random.default_rng(1).normal(size=(4, 6, 50)).astype(np.float32) * 3
+    u = np.asarray(jax.random.uniform(rng, logits.shape, jnp.float32), np.float64)
+    gumbel = -np.log(-np.log(u + 1e-9) + 1e-9)
+    np.testing.assert_array_equal(sample_tokens(rng, logits, 2.0), np.argmax(logits / 2.0 + gumbel, -1))
+    # disallow_correct: the true token is never drawn, even when it dominates.
+    targets = np.argmax(logits, -1)
+    peaked = logits + 50 * np.eye(50, dtype=np.float32)[targets]
+    assert not np.any(np.asarray(sample_tokens(rng, peaked, 1.0, jnp.asarray(targets))) == targets)
+
+
+def test_replace_tokens_labels():
+    ids = np.array([[2, 10, 11, 12, 13, 3]], np.int32)
+    positions = np.array([[1, 2, 4, 4, 0]], np.int32)
+    weights = np.array([[1, 1, 1, 1, 0]], np.float32)
+    sampled = np.array([[10, 99, 77, 55, 66]], np.int32)  # slot 0 samples the original token
+    corrupted, is_fake = replace_tokens(ids, positions, weights, sampled)
+    # Position 4 is drawn twice and written once, from its first slot; slot 4 has weight 0.
+    np.testing.assert_array_equal(corrupted, [[2, 10, 99, 12, 77, 3]])
+    np.testing.assert_array_equal(is_fake, [[False, False, True, False, True, False]])
+
+
+def _tiny(tiny_config):
+    spec = config_lib.model_spec(tiny_config)
+    model = Electra(spec)
+    ospec = config_lib.objective_spec(tiny_config)
+    params = nn.unbox(init_params(model, jax.random.key(0), 64, ospec.max_predictions))
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 2048, (4, 64)).astype(np.int32)
+    ids[:, 0], ids[:, -1] = 2, 3
+    batch = {"input_ids": ids, "input_mask": np.ones_like(ids), "segment_ids": np.zeros_like(ids)}
+    return model, ospec, params, batch
+
+
+@pytest.fixture(scope="module")
+def loss_grads():
+    """Gradients of the MLM loss and of the disc loss separately, from one compiled function."""
+    from electra_jax.config import load_config
+
+    from conftest import ROOT
+
+    model, ospec, params, batch = _tiny(load_config(str(ROOT / "configs" / "tiny.py")))
+
+    def both_losses(p):
+        _, metrics = electra_loss(p, batch, jax.random.key(1), model=model, spec=ospec)
+        return metrics["mlm_loss"][0], metrics["disc_loss"][0]
+
+    return jax.tree.map(np.asarray, jax.jit(jax.jacrev(both_losses))(params))
+
+
+def test_disc_loss_gives_generator_no_gradient(loss_grads):
+    _, from_disc = loss_grads
+    gen_grads = jax.tree.leaves(from_disc["generator"])
+    assert gen_grads and all(np.all(g == 0) for g in gen_grads)
+    # ...while the shared embeddings and the discriminator do learn from it.
+    assert np.abs(from_disc["embeddings"]["word_embeddings"]).sum() > 0
+    assert np.abs(from_disc["discriminator"]["dense"]["kernel"]).sum() > 0
+
+
+def test_shared_embeddings_get_gradient_from_both_losses(loss_grads):
+    from_mlm, from_disc = loss_grads
+    for grads in (from_mlm, from_disc):
+        for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+            assert np.abs(grads["embeddings"][name]).sum() > 0
+        assert np.abs(grads["embeddings"]["layer_norm"]["scale"]).sum() > 0
+    # The MLM loss does not reach the discriminator.
+    assert all(np.all(g == 0) for g in jax.tree.leaves(from_mlm["discriminator"]))
+
+
+def test_electra_loss_matches_numpy_recomputation(tiny_config):
+    """Rebuild the loss from the model's logits with numpy: masking, labels and both losses."""
+    model, ospec, params, batch = _tiny(tiny_config)
+    rng = jax.random.key(3)
+    loss, metrics = jax.jit(functools.partial(electra_loss, model=model, spec=ospec, deterministic=True))(
+        params, batch, rng)
+
+    from electra_jax.masking import mask_tokens
+
+    k_mask, _, k_sample, _ = jax.random.split(rng, 4)
+    m = mask_tokens(k_mask, batch["input_ids"], batch["input_mask"], mask_prob=ospec.mask_prob,
+                    max_predictions=ospec.max_predictions, mask_id=ospec.mask_id,
+                    never_mask_ids=ospec.never_mask_ids)
+    ids, seg, mask = batch["input_ids"], batch["segment_ids"], batch["input_mask"]
+    gen_logits = np.asarray(model.apply({"params": params}, m.input_ids, seg, mask, m.positions,
+                                        method=Electra.generator_logits), np.float64)
+    w, targets, pos = np.asarray(m.weights), np.asarray(m.original_ids), np.asarray(m.positions)
+    nll = -np.take_along_axis(_np_log_softmax(gen_logits), targets[..., None], -1)[..., 0]
+    mlm = (w * nll).sum() / (w.sum() + 1e-6)
+    u = np.asarray(jax.random.uniform(k_sample, gen_logits.shape), np.float64)
+    sampled = np.argmax(gen_logits + -np.log(-np.log(u + 1e-9) + 1e-9), -1)
+    corrupted = ids.copy()
+    for b in range(ids.shape[0]):
+        seen = set()
+        for j in range(pos.shape[1]):
+            if w[b, j] > 0 and pos[b, j] not in seen:
+                seen.add(pos[b, j])
+                corrupted[b, pos[b, j]] = sampled[b, j]
+    labels = (corrupted != ids).astype(np.float64)
+    disc_logits = np.asarray(model.apply({"params": params}, corrupted, seg, mask,
+                                         method=Electra.discriminator_logits), np.float64)
+    p = 1 / (1 + np.exp(-disc_logits))
+    disc = (-(labels * np.log(p) + (1 - labels) * np.log(1 - p)) * mask).sum() / (mask.sum() + 1e-6)
+    np.testing.assert_allclose(metrics["mlm_loss"][0], mlm, rtol=1e-5)
+    np.testing.assert_allclose(metrics["disc_loss"][0], disc, rtol=1e-5)
+    np.testing.assert_allclose(loss, mlm + 50 * disc, rtol=1e-5)
+    np.testing.assert_allclose(metrics["replaced_fraction"][0], labels.sum())
