@@ -35,8 +35,25 @@ def logical_rules(config: ml_collections.ConfigDict) -> tuple:
 
 
 def shardings_for(boxed_tree: Any, mesh: Mesh, rules) -> Any:
-    """NamedShardings for a tree whose leaves are (abstract) nn.LogicallyPartitioned boxes or arrays."""
-    return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), mesh, rules)
+    """NamedShardings for a tree whose leaves are (abstract) nn.LogicallyPartitioned boxes or arrays.
+
+    A dimension that its mesh axes do not divide (one generator head on a 2-way tensor axis, say) is
+    replicated instead, so any model fits any mesh; the others keep their sharding.
+    """
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), mesh, rules)
+    shapes = jax.tree.map(lambda x: x.shape, nn.unbox(boxed_tree))
+    return jax.tree.map(lambda sh, shape: _divisible(sh, shape, mesh), shardings, shapes,
+                        is_leaf=lambda x: isinstance(x, NamedSharding))
+
+
+def _divisible(sharding: NamedSharding, shape: tuple, mesh: Mesh) -> NamedSharding:
+    spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+    for dim, axes in enumerate(spec):
+        names = axes if isinstance(axes, tuple) else (axes,)
+        ways = int(np.prod([mesh.shape[a] for a in names if a is not None]))
+        if shape[dim] % ways:
+            spec[dim] = None
+    return NamedSharding(mesh, PartitionSpec(*spec))
 
 
 def batch_sharding(mesh: Mesh, rules) -> NamedSharding:

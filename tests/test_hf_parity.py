@@ -1,0 +1,83 @@
+"""Our logits against transformers' PyTorch ELECTRA classes loaded from our mapped weights."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from electra_jax import config as config_lib
+from electra_jax.hf import from_hf_state_dict, save_pretrained, to_hf_state_dict
+from electra_jax.model import Electra, init_params
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+def _spec(tiny_config, embedding_size):
+    c = tiny_config
+    c.model.embedding_size = embedding_size
+    c.model.vocab_size = 300
+    return config_lib.model_spec(c)
+
+
+def _inputs(seed=0, batch=3, seq_len=12, vocab=300):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, vocab, (batch, seq_len)).astype(np.int32)
+    seg = np.zeros_like(ids)
+    seg[:, seq_len // 2:] = 1
+    mask = np.ones_like(ids)
+    mask[0, -4:] = 0  # padding in one row
+    return ids, seg, mask
+
+
+@pytest.mark.parametrize("embedding_size", [32, 64])  # != hidden (projection) and == hidden (64)
+def test_logits_match_transformers(tiny_config, tmp_path, embedding_size):
+    spec = _spec(tiny_config, embedding_size)
+    model = Electra(spec)
+    params = nn.unbox(init_params(model, jax.random.key(embedding_size), 12, 12))
+    # Random non-zero biases and LayerNorm params, so a mix-up of any of them would show.
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    params = jax.tree.unflatten(tree, [x + 0.02 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+    ids, seg, mask = _inputs()
+    positions = np.broadcast_to(np.arange(12), ids.shape)
+    ours_gen = np.asarray(model.apply({"params": params}, ids, seg, mask, positions,
+                                      method=Electra.generator_logits))
+    ours_disc = np.asarray(model.apply({"params": params}, ids, seg, mask,
+                                       method=Electra.discriminator_logits))
+
+    for tower, cls, ours in (("discriminator", transformers.ElectraForPreTraining, ours_disc),
+                             ("generator", transformers.ElectraForMaskedLM, ours_gen)):
+        save_pretrained(params, spec, tower, str(tmp_path / tower))
+        hf, info = cls.from_pretrained(str(tmp_path / tower), output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"], info
+        hf.eval()
+        with torch.no_grad():
+            out = hf(input_ids=torch.tensor(ids, dtype=torch.long),
+                     token_type_ids=torch.tensor(seg, dtype=torch.long),
+                     attention_mask=torch.tensor(mask, dtype=torch.long)).logits.numpy()
+        real = mask.astype(bool)  # HF computes padded query rows differently; compare real tokens
+        np.testing.assert_allclose(ours[real], out[real], atol=1e-5, rtol=1e-5)
+    if embedding_size != spec.discriminator.hidden_size:
+        assert "electra.embeddings_project.weight" in to_hf_state_dict(params, spec, "discriminator")
+
+
+def test_round_trip_and_scanned_layout(tiny_config):
+    spec = _spec(tiny_config, 32)
+    params = nn.unbox(init_params(Electra(spec), jax.random.key(0), 8, 4))
+    for tower in ("discriminator", "generator"):
+        back = from_hf_state_dict(to_hf_state_dict(params, spec, tower), spec, tower)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(back):
+            expected = params
+            for k in path:
+                expected = expected[k.key]
+            np.testing.assert_array_equal(leaf, expected)
+    scanned_spec = dataclasses.replace(spec, scan_layers=True)
+    scanned = nn.unbox(init_params(Electra(scanned_spec), jax.random.key(0), 8, 4))
+    sd = to_hf_state_dict(scanned, scanned_spec, "discriminator")
+    assert "electra.encoder.layer.1.attention.self.query.weight" in sd
+    with pytest.raises(KeyError, match="lacks"):
+        from_hf_state_dict({}, spec, "generator")
