@@ -1,0 +1,98 @@
+"""Derived values and parameter counts against the paper; bad configs fail early and clearly;
+scan and remat compute the same numbers as the plain stack."""
+
+import dataclasses
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from electra_jax import config as config_lib
+from electra_jax.model import Electra, init_params, stack_layers
+from electra_jax.train import setup
+
+
+def _load(name, *overrides):
+    return config_lib.load_config(str(ROOT / "configs" / f"{name}.py"), list(overrides))
+
+
+def _count(params):
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("name,slots,gen,disc_params,gen_extra", [
+    # reference section 4: slots N, generator (hidden, heads, ffn, layers), disc params w/o head, gen extra
+    ("small", 19, (64, 1, 256, 12), 13.48e6, 0.65e6),
+    ("base", 79, (256, 4, 1024, 12), 108.9e6, 9.9e6),
+    ("large", 130, (256, 4, 1024, 24), 334.1e6, 19.5e6),
+])
+def test_presets_match_the_paper(name, slots, gen, disc_params, gen_extra):
+    config = _load(name)
+    assert config_lib.max_predictions_per_seq(config) == slots
+    g = config_lib.model_spec(config).generator
+    assert (g.hidden_size, g.num_heads, g.intermediate_size, g.num_layers) == gen
+    shapes = jax.eval_shape(lambda: nn.unbox(init_params(Electra(config_lib.model_spec(config)),
+                                                          jax.random.key(0), 8, 2)))
+    disc = _count(shapes["embeddings"]) + _count(shapes["discriminator"]["encoder"])
+    assert abs(disc - disc_params) / disc_params < 0.005
+    assert abs(_count(shapes["generator"]) - gen_extra) / gen_extra < 0.05
+
+
+def test_small_plus_generator_is_as_wide_as_discriminator():
+    g = config_lib.model_spec(_load("small_plus")).generator
+    assert (g.hidden_size, g.num_heads, g.intermediate_size) == (256, 4, 1024)
+
+
+@pytest.mark.parametrize("override,field", [
+    ("--config.model.num_heads=3", "model.hidden_size"),
+    ("--config.data.seq_len=1024", "data.seq_len"),
+    ("--config.batch_size=12", "batch_size"),
+    ("--config.optim.name=sgd", "optim.name"),
+    ("--config.objective.mask_prob=1.5", "objective.mask_prob"),
+    ("--config.objective.mask_prob=0.0", "objective.mask_prob"),
+    ("--config.model.dtype=float16", "model.dtype"),
+    ("--config.model.generator_hidden_fraction=0.001", "model.generator_hidden_fraction"),
+])
+def test_bad_config_fails_before_compiling(override, field):
+    config = _load("tiny", override)
+    with pytest.raises(config_lib.ConfigError, match=field.replace(".", r"\.")):
+        setup(config, jax.devices())  # 8 devices: batch 12 does not split 8 ways
+
+
+def test_cli_reports_bad_input_in_one_line():
+    for args, needle in ((["--config.model.num_heads=3"], "num_heads=3"),
+                         (["--config.model.no_such_field=1"], "no_such_field"),
+                         (["--config.optim.name=sgd"], "'sgd' is not one of")):
+        out = subprocess.run([sys.executable, "-m", "electra_jax.cli", "bench", "--config",
+                              str(ROOT / "configs" / "tiny.py"), *args], capture_output=True, text=True)
+        assert out.returncode == 2, out.stderr
+        assert needle in out.stderr and "Traceback" not in out.stderr, out.stderr
+    out = subprocess.run([sys.executable, "-m", "electra_jax.cli", "bench", "--config", "nope.py"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "does not exist" in out.stderr
+
+
+@pytest.mark.parametrize("policy", ["none", "full", "dots"])
+def test_scan_and_remat_compute_the_same_numbers(tiny_config, policy):
+    spec = config_lib.model_spec(tiny_config)
+    ids = np.random.default_rng(0).integers(5, 2048, (2, 16)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[1, -3:] = 0
+    plain = Electra(spec)
+    params = nn.unbox(init_params(plain, jax.random.key(0), 16, 4))
+    variant = Electra(dataclasses.replace(spec, scan_layers=True, remat_policy=policy))
+
+    def loss(model, p):  # with dropout on: per-layer keys make it layout-independent
+        logits = model.apply({"params": p}, ids, np.zeros_like(ids), mask, False,
+                             method=Electra.discriminator_logits, rngs={"dropout": jax.random.key(3)})
+        return (logits * mask).sum()
+
+    l1, g1 = jax.jit(jax.value_and_grad(lambda p: loss(plain, p)))(params)
+    l2, g2 = jax.jit(jax.value_and_grad(lambda p: loss(variant, p)))(stack_layers(params))
+    np.testing.assert_allclose(l2, l1, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(stack_layers(g1)), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
