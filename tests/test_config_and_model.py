@@ -96,3 +96,19 @@ def test_scan_and_remat_compute_the_same_numbers(tiny_config, policy):
     np.testing.assert_allclose(l2, l1, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(stack_layers(g1)), jax.tree.leaves(g2)):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_state(tiny_config):
+    import jax.numpy as jnp
+
+    from electra_jax.data.synthetic import synthetic_batch
+
+    tiny_config.model.dtype = "bfloat16"
+    s = setup(tiny_config, jax.devices()[:1])
+    init_rng, train_rng = s.rngs()
+    state = s.init(init_rng)
+    batch = synthetic_batch(np.random.default_rng(0), 16, 64, 2048, 2, 3)
+    state, metrics = s.step(state, jax.device_put(batch, s.batch_sharding), train_rng)
+    assert np.isfinite(float(metrics["loss"]))
+    assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
+    assert {x.dtype for x in jax.tree.leaves(state.opt_state) if x.ndim} == {jnp.dtype("float32")}
