@@ -26,7 +26,8 @@ def run(config: ml_collections.ConfigDict, steps: int = 10, warmup: int = 2,
     state = s.init(init_rng)
     c = config
     batch = synthetic_batch(np.random.default_rng(c.seed), c.batch_size, c.data.seq_len,
-                            c.model.vocab_size, c.tokens.cls_id, c.tokens.sep_id, c.tokens.pad_id)
+                            c.model.vocab_size, c.tokens.cls_id, c.tokens.sep_id, c.tokens.pad_id,
+                            c.tokens.mask_id)
     batch = jax.device_put(batch, s.batch_sharding)
 
     t0 = time.perf_counter()

@@ -19,7 +19,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from electra_jax.config import EncoderSpec, ModelSpec
 
@@ -173,12 +172,10 @@ class Encoder(nn.Module):
         attention_bias = ((1.0 - input_mask.astype(jnp.float32)) * -10000.0)[:, None, None, :]
         layer_keys = jax.random.split(k_layers, e.num_layers)
 
-        layer = EncoderLayer
+        layer = _ScannedLayer if s.scan_layers else EncoderLayer
         if s.remat_policy != "none":
             layer = nn.remat(layer, policy=_REMAT_POLICIES[s.remat_policy], prevent_cse=not s.scan_layers)
         if s.scan_layers:
-            layer = _ScannedLayer if s.remat_policy == "none" else nn.remat(
-                _ScannedLayer, policy=_REMAT_POLICIES[s.remat_policy], prevent_cse=False)
             stack = nn.scan(
                 layer, variable_axes={"params": 0}, split_rngs={"params": True},
                 in_axes=(nn.broadcast, 0), length=e.num_layers,
