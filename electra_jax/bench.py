@@ -49,6 +49,11 @@ def run(config: ml_collections.ConfigDict, steps: int = 10, warmup: int = 2,
     tflops_per_device = flops * c.batch_size / step_s / n_dev / 1e12
     peak = peak or peak_tflops(device.device_kind)
     stats = device.memory_stats() or {}
+    # XLA's own accounting of the compiled step; available on every backend, CPU included.
+    analysis = compiled.memory_analysis()
+    compiled_bytes = None if analysis is None else (
+        analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+        + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": device.device_kind,
@@ -72,6 +77,7 @@ def run(config: ml_collections.ConfigDict, steps: int = 10, warmup: int = 2,
         "model_tflops_per_s_per_device": tflops_per_device,
         "mfu": tflops_per_device / peak if peak else None,
         "peak_memory_bytes": stats.get("peak_bytes_in_use"),
+        "compiled_memory_bytes": compiled_bytes,
         "final_loss": float(metrics["loss"]),
     }
 
@@ -79,13 +85,15 @@ def run(config: ml_collections.ConfigDict, steps: int = 10, warmup: int = 2,
 def report(result: dict) -> str:
     mfu = f"{100 * result['mfu']:.1f}%" if result["mfu"] is not None else "n/a (no peak for this device)"
     mem = result["peak_memory_bytes"]
+    compiled = result["compiled_memory_bytes"]
     return (f"{result['device']} x{result['num_devices']}  batch {result['batch_size']} x seq "
             f"{result['seq_len']}  {result['dtype']}  rng {result['rng_impl']}\n"
             f"  compile {result['compile_s']:.1f} s   step {1e3 * result['step_s']:.1f} ms   "
             f"{result['steps_per_s']:.2f} steps/s   {result['sequences_per_s']:.1f} seq/s   "
             f"{result['tokens_per_s']:.0f} tokens/s\n"
             f"  {result['model_tflops_per_s_per_device']:.3f} model TFLOP/s per device   MFU {mfu}   "
-            f"peak memory {'n/a' if mem is None else f'{mem / 2**30:.2f} GiB'}")
+            f"peak memory {'n/a' if mem is None else f'{mem / 2**30:.2f} GiB'}   "
+            f"compiled step needs {'n/a' if compiled is None else f'{compiled / 2**30:.3f} GiB'}")
 
 
 def append_result(result: dict, path: str) -> None:
