@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from electra_jax.config import ConfigError, load_config
+from electra_jax.data.builder import DataError
+from electra_jax.data.tokenizer import TokenizerError
 
 
 def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -27,7 +30,61 @@ def _parser() -> argparse.ArgumentParser:
                        help="JSON-lines file the result is appended to")
     bench.add_argument("--peak-tflops", type=float, default=None,
                        help="per-device peak for MFU where the device kind is not in the table")
+
+    tok = sub.add_parser("tokenizer", help="train an uncased WordPiece vocabulary")
+    tok.add_argument("--input", nargs="+", default=None,
+                     help="text files or globs (.gz ok); default: the shipped sample corpus")
+    tok.add_argument("--vocab-size", type=int, default=30522)
+    tok.add_argument("--min-frequency", type=int, default=2)
+    tok.add_argument("--out", required=True, help="directory to write (AutoTokenizer loads it)")
+
+    data = sub.add_parser("build-data", help="text -> packed pretraining examples (TFRecord shards)")
+    src = data.add_mutually_exclusive_group()
+    src.add_argument("--input", nargs="+", help="text files or globs (.gz ok); blank lines end documents")
+    src.add_argument("--tfds", help="a TensorFlow Datasets text dataset, NAME[:SPLIT]")
+    data.add_argument("--text-key", default="text", help="the TFDS feature holding the text")
+    data.add_argument("--tfds-data-dir", default=None, help="where TFDS data is prepared (or gs://)")
+    data.add_argument("--tokenizer", required=True, help="tokenizer directory or vocab.txt")
+    data.add_argument("--seq-len", type=int, default=128)
+    data.add_argument("--max-positions", type=int, default=512, help="the model's position table size")
+    data.add_argument("--out", required=True)
+    data.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)))
+    data.add_argument("--shards", type=int, default=16)
+    data.add_argument("--eval-fraction", type=float, default=0.0,
+                      help="share of documents held out for evaluation")
+    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--overwrite", action="store_true", help="replace a different build in --out")
+    data.add_argument("--max-line-chars", type=int, default=100_000,
+                      help="longer lines are split at spaces into several units")
     return parser
+
+
+def _tokenizer_command(args) -> None:
+    from electra_jax.data import SAMPLE_CORPUS
+    from electra_jax.data.builder import expand_inputs, iter_file_documents, ReadStats
+    from electra_jax.data.tokenizer import save_tokenizer, train_tokenizer
+
+    files = expand_inputs(args.input) if args.input else [SAMPLE_CORPUS]
+    if args.vocab_size < 16:
+        raise ConfigError("--vocab-size must be at least 16")
+    lines = (line for doc in iter_file_documents(files, ReadStats(), 100_000) for line in doc)
+    tok = train_tokenizer(lines, args.vocab_size, args.min_frequency)
+    save_tokenizer(tok, args.out)
+    print(f"wrote a {tok.get_vocab_size()}-token vocabulary to {args.out}")
+
+
+def _build_data_command(args) -> None:
+    from electra_jax.data import SAMPLE_CORPUS
+    from electra_jax.data.builder import BuildArgs, build
+
+    manifest = build(BuildArgs(
+        tokenizer=args.tokenizer, out=args.out, inputs=args.input or ([] if args.tfds else [SAMPLE_CORPUS]),
+        tfds=args.tfds, text_key=args.text_key, tfds_data_dir=args.tfds_data_dir, seq_len=args.seq_len,
+        max_positions=args.max_positions, workers=args.workers, shards=args.shards,
+        eval_fraction=args.eval_fraction, seed=args.seed, overwrite=args.overwrite,
+        max_line_chars=args.max_line_chars))
+    splits = ", ".join(f"{s}: {v['examples']} examples" for s, v in manifest["splits"].items())
+    print(f"{args.out}: {splits}; {manifest['tokens_per_second']:,} tokens/s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     args_only, overrides = _split_overrides(argv)
     args = _parser().parse_args(args_only)
     try:
+        if args.command == "tokenizer":
+            _tokenizer_command(args)
+            return 0
+        if args.command == "build-data":
+            _build_data_command(args)
+            return 0
         config = load_config(args.config, overrides)
         if args.command == "bench":
             from electra_jax import bench
@@ -45,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             print(bench.report(result))
             bench.append_result(result, args.results)
             print(f"  appended to {args.results}")
-    except ConfigError as e:
+    except (ConfigError, DataError, TokenizerError) as e:
         print(f"electra-jax: error: {e}", file=sys.stderr)
         return 2
     return 0
