@@ -88,7 +88,7 @@ def train_dataset(data_dir: str, global_batch: int, seed: int, process_index: in
     if len(files) < process_count:
         raise DataError(f"{data_dir}: {len(files)} shards cannot be split over {process_count} hosts; "
                         f"rebuild with --shards {process_count} or more")
-    files = files[process_index::process_count]
+    files = files[process_index::process_count]  # = host_files(...)
     ds = tf.data.Dataset.from_tensor_slices(files)
     ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(cycle_length, len(files)),
@@ -156,7 +156,15 @@ class Reader:
         self._checkpoint.read(path).assert_consumed()
 
 
-def host_batches_as_numpy(dataset, count: int) -> list[dict[str, np.ndarray]]:
-    """The next `count` host batches of a dataset, as numpy (for tests and tools)."""
-    it = iter(dataset)
-    return [{k: v.numpy() for k, v in next(it).items()} for _ in range(count)]
+def host_files(data_dir: str, split: str, process_index: int, process_count: int) -> list[str]:
+    """The shards host `process_index` of `process_count` reads."""
+    return _files(data_dir, open_build(data_dir), split)[process_index::process_count]
+
+
+def read_examples(data_dir: str, split: str = "train") -> dict[str, np.ndarray]:
+    """Every example of a split, shard by shard in file order, as numpy (for tests and tools)."""
+    tf = _tf()
+    manifest = open_build(data_dir)
+    ds = tf.data.TFRecordDataset(_files(data_dir, manifest, split)).batch(4096).map(_parser(manifest))
+    parts = list(ds.as_numpy_iterator())
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

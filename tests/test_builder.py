@@ -1,0 +1,198 @@
+"""build-data against an independently written reference of google-research/electra's algorithm, and
+the bad inputs it must refuse or survive."""
+
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from electra_jax.data.builder import MANIFEST, BuildArgs, DataError, build
+from electra_jax.data.reader import read_examples
+from electra_jax.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+
+SEQ_LEN = 32
+CLS, SEP, PAD = 2, 3, 0
+
+
+def _documents(seed=0, num_docs=40):
+    """Documents whose words are unique to them (d{doc}w{k}), so an example shows which doc it came from."""
+    rng = np.random.default_rng(seed)
+    return [[" ".join(f"d{d}w{rng.integers(0, 6)}" for _ in range(rng.integers(1, 22)))
+             for _ in range(rng.integers(1, 10))] for d in range(num_docs)]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    docs = _documents()
+    # Two files; documents separated by one or more blank (or whitespace-only) lines.
+    for name, part in (("a.txt", docs[:25]), ("b.txt", docs[25:])):
+        (root / name).write_text("\n   \n\n".join("\n".join(f"  {line} " for line in doc) for doc in part))
+    tok = train_tokenizer((line for doc in docs for line in doc), vocab_size=2000, min_frequency=1)
+    save_tokenizer(tok, str(root / "tok"))
+    for word in ("d3w1", "d39w5"):
+        assert tok.encode(word, add_special_tokens=False).tokens == [word]
+    return root, docs, tok
+
+
+def _build(root, out, **kw):
+    args = dict(tokenizer=str(root / "tok"), out=str(out), inputs=[str(root / "*.txt")], seq_len=SEQ_LEN,
+                shards=1, progress=False)
+    args.update(kw)
+    return build(BuildArgs(**args))
+
+
+def _reference(doc_ids, seq_len, rng):
+    """ExampleBuilder written out plainly: lines accumulate to the target, then A/B are cut."""
+    examples, state = [], {"target": seq_len}
+
+    def cut(chunk):
+        limit = 100000 if rng.random() < 0.1 else (state["target"] - 3) // 2
+        a, b = [], []
+        for sentence in chunk:
+            if not a:
+                a = a + sentence
+            elif len(a) + len(sentence) < limit:
+                a = a + sentence
+            elif not b and len(a) < limit and rng.random() < 0.5:
+                a = a + sentence
+            else:
+                b = b + sentence
+        a = a[:seq_len - 2]
+        b = b[:max(0, seq_len - len(a) - 3)]
+        state["target"] = rng.randint(5, seq_len) if rng.random() < 0.05 else seq_len
+        ids = [CLS] + a + [SEP] + (b + [SEP] if b else [])
+        segments = [0] * (len(a) + 2) + [1] * (len(b) + 1 if b else 0)
+        return ids + [PAD] * (seq_len - len(ids)), segments + [0] * (seq_len - len(segments)), len(ids)
+
+    for doc in doc_ids:
+        chunk = []
+        for line in doc:
+            chunk.append(line)
+            if sum(len(x) for x in chunk) >= state["target"]:
+                examples.append(cut(chunk))
+                chunk = []
+        if chunk:
+            examples.append(cut(chunk))
+    return examples
+
+
+def test_examples_equal_reference_and_respect_documents(corpus, tmp_path):
+    root, docs, tok = corpus
+    manifest = _build(root, tmp_path / "out", seed=7)
+    got = read_examples(str(tmp_path / "out"))
+    doc_ids = [[tok.encode(line, add_special_tokens=False).ids for line in doc] for doc in docs]
+    expected = _reference(doc_ids, SEQ_LEN, random.Random(7 * 1_000_003 + 0))  # one block here
+    assert manifest["splits"]["train"]["examples"] == len(expected) == len(got["input_ids"])
+    np.testing.assert_array_equal(got["input_ids"], [e[0] for e in expected])
+    np.testing.assert_array_equal(got["segment_ids"], [e[1] for e in expected])
+    np.testing.assert_array_equal(got["input_mask"].sum(1), [e[2] for e in expected])
+    assert any(e[1][-1] == 0 and 1 in e[1] for e in expected)  # both one- and two-segment examples
+    assert any(1 not in e[1] for e in expected)
+
+    # No example crosses a document; each document's tokens come out in order, minus truncation.
+    vocab = {i: t for t, i in tok.get_vocab().items()}
+    seen_docs = set()
+    for row, mask, segments in zip(got["input_ids"], got["input_mask"], got["segment_ids"]):
+        words = [vocab[i] for i in row[mask == 1]]
+        doc_of = {w.split("w")[0] for w in words if w not in ("[CLS]", "[SEP]")}
+        assert len(doc_of) == 1
+        d = int(doc_of.pop()[1:])
+        seen_docs.add(d)
+        source = " ".join(docs[d]).split()
+        for segment in (0, 1):  # lines keep their order within each segment
+            it = iter(source)
+            part = [vocab[i] for i, s, m in zip(row, segments, mask) if m and s == segment]
+            assert all(w in it for w in part if w not in ("[CLS]", "[SEP]"))
+    assert seen_docs == set(range(len(docs)))
+
+
+def test_deterministic_and_independent_of_worker_count(corpus, tmp_path):
+    root, _, _ = corpus
+    _build(root, tmp_path / "one", workers=1, shards=3, eval_fraction=0.2)
+    _build(root, tmp_path / "two", workers=2, shards=3, eval_fraction=0.2)
+    for name in sorted(os.listdir(tmp_path / "one")):
+        if name.endswith(".tfrecord"):
+            assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    a, b = read_examples(str(tmp_path / "one"), "eval"), read_examples(str(tmp_path / "two"), "eval")
+    np.testing.assert_array_equal(a["input_ids"], b["input_ids"])
+
+
+def test_output_directory_rules(corpus, tmp_path):
+    root, _, _ = corpus
+    out = tmp_path / "out"
+    first = _build(root, out)
+    assert _build(root, out)["created"] == first["created"]  # the same build again: nothing to do
+    with pytest.raises(DataError, match="already holds a different build.*--overwrite"):
+        _build(root, out, seed=1)
+    assert _build(root, out, seed=1, overwrite=True)["args"]["seed"] == 1
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "train-00000-of-00001.tfrecord").write_bytes(b"half")
+    with pytest.raises(DataError, match="incomplete build"):
+        _build(root, stray)
+
+
+def test_bad_inputs(corpus, tmp_path):
+    root, _, _ = corpus
+    tok = str(root / "tok")
+    with pytest.raises(DataError, match="no files match"):
+        build(BuildArgs(tokenizer=tok, out=str(tmp_path / "x"), inputs=[str(tmp_path / "none*.txt")]))
+    for seq_len in (4, 1024):
+        with pytest.raises(DataError, match="--seq-len"):
+            _build(root, tmp_path / "x", seq_len=seq_len)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n   \n")
+    with pytest.raises(DataError, match="empty.txt: no examples"):
+        build(BuildArgs(tokenizer=tok, out=str(tmp_path / "e"), inputs=[str(empty)], progress=False))
+    assert not [n for n in os.listdir(tmp_path / "e") if n.endswith(".tfrecord") or n == MANIFEST]
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(b"\x00\x01\x02" * 100)
+    with pytest.raises(DataError, match="model.bin: looks binary"):
+        build(BuildArgs(tokenizer=tok, out=str(tmp_path / "b"), inputs=[str(binary)], progress=False))
+
+
+def test_invalid_utf8_is_counted_and_long_lines_are_split(corpus, tmp_path):
+    root, _, _ = corpus
+    odd = tmp_path / "odd.txt"
+    long_line = " ".join(["d1w1 d2w2 d3w3"] * 700_000)  # ~10 MB on one line
+    odd.write_bytes(b"d1w1 \xff\xfe d2w2\n\n" + long_line.encode() + b"\n")
+    manifest = build(BuildArgs(tokenizer=str(root / "tok"), out=str(tmp_path / "o"), inputs=[str(odd)],
+                               seq_len=SEQ_LEN, shards=1, progress=False))
+    assert manifest["input"]["invalid_utf8_lines"] == 1
+    assert manifest["input"]["split_long_lines"] == 1
+    assert manifest["splits"]["train"]["examples"] > 100  # one example per 100k-character piece
+
+
+def test_tfds_source_with_a_prepared_data_dir(corpus, tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow as tf
+
+    root, docs, _ = corpus
+    # A dataset prepared locally, as a user would have on a machine with network or a GCS data_dir.
+    tfds.dataset_builders.TfDataBuilder(
+        name="electra_test_text", version="1.0.0", data_dir=str(tmp_path / "tfds"),
+        split_datasets={"train": tf.data.Dataset.from_tensor_slices({"body": ["\n".join(d) for d in docs]})},
+        features=tfds.features.FeaturesDict({"body": tfds.features.Text()}),
+    ).download_and_prepare()
+    manifest = build(BuildArgs(tokenizer=str(root / "tok"), out=str(tmp_path / "t"),
+                               tfds="electra_test_text:train", text_key="body",
+                               tfds_data_dir=str(tmp_path / "tfds"), seq_len=SEQ_LEN, shards=2,
+                               progress=False))
+    assert manifest["input"]["documents"] == len(docs)
+    assert manifest["splits"]["train"]["examples"] > len(docs) // 2
+    with pytest.raises(DataError, match="no 'nope' feature"):
+        build(BuildArgs(tokenizer=str(root / "tok"), out=str(tmp_path / "t2"), tfds="electra_test_text",
+                        text_key="nope", tfds_data_dir=str(tmp_path / "tfds"), progress=False))
+
+
+def test_cli_errors_are_one_line(corpus, tmp_path):
+    root, _, _ = corpus
+    out = subprocess.run([sys.executable, "-m", "electra_jax.cli", "build-data", "--input",
+                          str(tmp_path / "missing*.txt"), "--tokenizer", str(root / "tok"),
+                          "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "no files match" in out.stderr and "Traceback" not in out.stderr

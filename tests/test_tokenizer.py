@@ -1,0 +1,69 @@
+"""Tokenizers we train or load give the ids transformers' AutoTokenizer gives."""
+
+import gzip
+
+import pytest
+
+from electra_jax.data import SAMPLE_CORPUS
+from electra_jax.data.tokenizer import (SPECIAL_TOKENS, TokenizerError, load_tokenizer, save_tokenizer,
+                                        special_ids, train_tokenizer)
+
+TEXTS = ["In the beginning God created the heaven and the earth.",
+         "And the earth was without form, and void; and darkness was upon the face of the deep.",
+         "Café naïve ÉLAN [MASK] unknownword123"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    with gzip.open(SAMPLE_CORPUS, "rt", encoding="utf-8") as f:
+        lines = [line for _, line in zip(range(5000), f) if line.strip()]
+    tok = train_tokenizer(lines, vocab_size=1000)
+    out = tmp_path_factory.mktemp("tok")
+    save_tokenizer(tok, str(out))
+    return tok, out
+
+
+def test_special_ids_are_documented(trained):
+    tok, _ = trained
+    assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
+    ids = special_ids(tok)
+    assert (ids.pad, ids.unk, ids.cls, ids.sep, ids.mask) == (0, 1, 2, 3, 4)
+
+
+def test_autotokenizer_round_trip_gives_identical_ids(trained):
+    transformers = pytest.importorskip("transformers")
+    tok, out = trained
+    hf = transformers.AutoTokenizer.from_pretrained(str(out))
+    for a, b in zip(TEXTS, TEXTS[1:] + TEXTS[:1]):
+        assert hf(a)["input_ids"] == tok.encode(a).ids
+        pair = hf(a, b)
+        assert pair["input_ids"] == tok.encode(a, b).ids
+        assert pair["token_type_ids"] == tok.encode(a, b).type_ids
+    # Uncased BERT: lower case and accents stripped.
+    assert hf.convert_ids_to_tokens(hf("Café")["input_ids"])[1:-1] == tok.encode("cafe").tokens[1:-1]
+    assert tok.encode("x").ids[0] == 2 and tok.encode("x").ids[-1] == 3  # [CLS] ... [SEP]
+
+
+def test_vocab_txt_and_directories_load_to_the_same_ids(trained, tmp_path):
+    tok, out = trained
+    for path in (str(out), str(out / "vocab.txt")):
+        loaded = load_tokenizer(path)
+        for text in TEXTS:
+            assert loaded.encode(text).ids == tok.encode(text).ids
+    only_vocab = tmp_path / "bert"
+    only_vocab.mkdir()
+    (only_vocab / "vocab.txt").write_text((out / "vocab.txt").read_text())
+    assert load_tokenizer(str(only_vocab)).encode(TEXTS[0]).ids == tok.encode(TEXTS[0]).ids
+
+
+def test_bad_tokenizers_are_refused_by_name(tmp_path):
+    bad = tmp_path / "vocab.txt"
+    bad.write_text("[PAD]\n[UNK]\nhello\nworld\n")
+    with pytest.raises(TokenizerError, match=r"vocab\.txt.*lacks \[CLS\], \[SEP\], \[MASK\]"):
+        load_tokenizer(str(bad))
+    with pytest.raises(TokenizerError, match="no such tokenizer"):
+        load_tokenizer(str(tmp_path / "missing"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(TokenizerError, match="no tokenizer.json or vocab.txt"):
+        load_tokenizer(str(empty))
