@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--overwrite", action="store_true", help="replace a different build in --out")
     data.add_argument("--max-line-chars", type=int, default=100_000,
                       help="longer lines are split at spaces into several units")
+
+    bench_data = sub.add_parser("bench-data", help="time the example builder and the tf.data reader")
+    bench_data.add_argument("--results", default="bench_results.jsonl")
+    bench_data.add_argument("--fake-devices", type=int, default=8,
+                            help="CPU devices to lay batches over (sets XLA_FLAGS before jax starts)")
     return parser
 
 
@@ -97,6 +102,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "build-data":
             _build_data_command(args)
+            return 0
+        if args.command == "bench-data":
+            if args.fake_devices > 1 and "jax" not in sys.modules:
+                os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform"
+                                           f"_device_count={args.fake_devices}")
+            from electra_jax.data import bench as data_bench
+
+            data_bench.run(args.results)
             return 0
         config = load_config(args.config, overrides)
         if args.command == "bench":
