@@ -35,6 +35,9 @@ import numpy as np
 FORMAT = "electra-jax-pretraining/1"
 MANIFEST = "manifest.json"
 BLOCK_CHARS = 1 << 20  # documents are handed to workers in blocks of about this many characters
+# A document longer than this (a whole book or dump with no blank line) is cut here, so memory stays
+# bounded; each cut costs at most one short example.
+MAX_DOCUMENT_CHARS = 8 * BLOCK_CHARS
 
 
 class DataError(ValueError):
@@ -153,25 +156,25 @@ def iter_file_documents(files: Sequence[str], stats: ReadStats,
     for path in files:
         stats.files += 1
         with _open_bytes(path) as f:
-            head = f.read(8192)
-            if b"\x00" in head:
+            if b"\x00" in f.read(8192):
                 raise DataError(f"{path}: looks binary (it contains NUL bytes); pass UTF-8 text files")
-            data = head + f.read()
-        text = data.decode("utf-8", errors="replace")
-        bad = 0
+        bad, chars = 0, 0
         doc: list[str] = []
-        for raw in io.StringIO(text):
-            line = raw.strip()
-            if not line:
-                if doc:
-                    stats.documents += 1
-                    yield doc
-                    doc = []
-                continue
-            stats.lines += 1
-            if "\ufffd" in line:
-                bad += 1
-            doc += _split_long(line, max_line_chars, stats)
+        with _open_bytes(path) as f:  # streamed: a corpus file may be far larger than memory
+            for raw in io.TextIOWrapper(f, encoding="utf-8", errors="replace"):
+                line = raw.strip()
+                if not line or chars > MAX_DOCUMENT_CHARS:
+                    if doc:
+                        stats.documents += 1
+                        yield doc
+                        doc, chars = [], 0
+                    if not line:
+                        continue
+                stats.lines += 1
+                if "\ufffd" in line:
+                    bad += 1
+                doc += _split_long(line, max_line_chars, stats)
+                chars += len(line)
         if doc:
             stats.documents += 1
             yield doc
