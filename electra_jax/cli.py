@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--tfds", help="a TensorFlow Datasets text dataset, NAME[:SPLIT]")
     data.add_argument("--text-key", default="text", help="the TFDS feature holding the text")
     data.add_argument("--tfds-data-dir", default=None, help="where TFDS data is prepared (or gs://)")
-    data.add_argument("--tokenizer", required=True, help="tokenizer directory or vocab.txt")
+    data.add_argument("--tokenizer", default=None,
+                      help="tokenizer directory or vocab.txt; default: the sample corpus's tokenizer")
     data.add_argument("--seq-len", type=int, default=128)
     data.add_argument("--max-positions", type=int, default=512, help="the model's position table size")
     data.add_argument("--out", required=True)
@@ -79,11 +80,11 @@ def _tokenizer_command(args) -> None:
 
 
 def _build_data_command(args) -> None:
-    from electra_jax.data import SAMPLE_CORPUS
+    from electra_jax.data import SAMPLE_CORPUS, SAMPLE_TOKENIZER
     from electra_jax.data.builder import BuildArgs, build
 
     manifest = build(BuildArgs(
-        tokenizer=args.tokenizer, out=args.out, inputs=args.input or ([] if args.tfds else [SAMPLE_CORPUS]),
+        tokenizer=args.tokenizer or SAMPLE_TOKENIZER, out=args.out, inputs=args.input or ([] if args.tfds else [SAMPLE_CORPUS]),
         tfds=args.tfds, text_key=args.text_key, tfds_data_dir=args.tfds_data_dir, seq_len=args.seq_len,
         max_positions=args.max_positions, workers=args.workers, shards=args.shards,
         eval_fraction=args.eval_fraction, seed=args.seed, overwrite=args.overwrite,

@@ -67,3 +67,16 @@ def test_bad_tokenizers_are_refused_by_name(tmp_path):
     empty.mkdir()
     with pytest.raises(TokenizerError, match="no tokenizer.json or vocab.txt"):
         load_tokenizer(str(empty))
+
+
+def test_shipped_tokenizer_fits_the_tiny_config():
+    from conftest import ROOT
+    from electra_jax.config import load_config
+    from electra_jax.data import SAMPLE_TOKENIZER
+
+    config = load_config(str(ROOT / "configs" / "tiny.py"))
+    tok = load_tokenizer(SAMPLE_TOKENIZER)
+    ids = special_ids(tok)
+    assert tok.get_vocab_size() == config.model.vocab_size
+    t = config.tokens
+    assert (ids.pad, ids.cls, ids.sep, ids.mask) == (t.pad_id, t.cls_id, t.sep_id, t.mask_id)
