@@ -43,9 +43,9 @@ def run(results: str, copies: int = 4, batches: int = 400, global_batch: int = 2
             out = os.path.join(tmp, f"r{seq_len}")
             build(BuildArgs(tokenizer=os.path.join(tmp, "tok"), out=out, inputs=[SAMPLE_CORPUS],
                             seq_len=seq_len, workers=2, progress=False))
-            for n_dev in sorted({1, len(jax.devices())}):
+            for n_dev, threads in [(n, None) for n in sorted({1, len(jax.devices())})] + [(1, 1)]:
                 mesh = Mesh(np.asarray(jax.devices()[:n_dev]).reshape(-1, 1, 1), ("data", "fsdp", "tensor"))
-                reader = Reader(train_dataset(out, global_batch, seed=0),
+                reader = Reader(train_dataset(out, global_batch, seed=0, threads=threads),
                                 NamedSharding(mesh, P(("data", "fsdp"), None)))
                 for _ in range(10):
                     next(reader)
@@ -55,8 +55,9 @@ def run(results: str, copies: int = 4, batches: int = 400, global_batch: int = 2
                 jax.block_until_ready(batch)
                 rate = batches * global_batch / (time.perf_counter() - start)
                 rows.append({"what": "reader", "seq_len": seq_len, "devices": n_dev,
-                             "global_batch": global_batch, "sequences_per_s": rate})
-                print(f"reader, seq {seq_len}, {n_dev} device(s): {rate:,.0f} sequences/s")
+                             "tf_threads": threads, "global_batch": global_batch, "sequences_per_s": rate})
+                print(f"reader, seq {seq_len}, {n_dev} device(s), tf.data threads "
+                      f"{threads or 'default'}: {rate:,.0f} sequences/s")
     with open(results, "a") as f:
         for row in rows:
             f.write(json.dumps({"date": stamp, "cpus": os.cpu_count(), **row}) + "\n")

@@ -252,7 +252,9 @@ class PackSpec:
 _WORKER: dict = {}
 
 
-def _init_worker(spec: PackSpec) -> None:
+def _init_worker(spec: PackSpec, single_threaded: bool = False) -> None:
+    if single_threaded:  # one tokenizer thread per worker process: the workers are the parallelism
+        os.environ["RAYON_NUM_THREADS"] = "1"
     import tokenizers
 
     tok = tokenizers.Tokenizer.from_str(spec.tokenizer_json)
@@ -422,7 +424,7 @@ def build(a: BuildArgs) -> dict:
 
     bar = tqdm(desc="build-data", unit=" tok", unit_scale=True, disable=not a.progress)
     if a.workers > 1:
-        pool = multiprocessing.get_context("spawn").Pool(a.workers, _init_worker, (spec,))
+        pool = multiprocessing.get_context("spawn").Pool(a.workers, _init_worker, (spec, True))
         results = pool.imap(pack_block, tasks)
     else:
         pool = None

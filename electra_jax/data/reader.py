@@ -80,8 +80,11 @@ def _host_batch(global_batch: int, process_count: int) -> int:
 
 
 def train_dataset(data_dir: str, global_batch: int, seed: int, process_index: int = 0,
-                  process_count: int = 1, shuffle_buffer: int = 10_000, cycle_length: int = 4):
-    """An endless, seeded tf.data.Dataset of this host's batches (dicts of int32 [host_batch, S])."""
+                  process_count: int = 1, shuffle_buffer: int = 10_000, cycle_length: int = 4,
+                  threads: int | None = None):
+    """An endless, seeded tf.data.Dataset of this host's batches (dicts of int32 [host_batch, S]).
+
+    `threads` caps tf.data's thread pool (default: as many as TensorFlow likes)."""
     tf = _tf()
     manifest = open_build(data_dir)
     files = _files(data_dir, manifest, "train")
@@ -98,6 +101,9 @@ def train_dataset(data_dir: str, global_batch: int, seed: int, process_index: in
     ds = ds.map(_parser(manifest), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     options = tf.data.Options()
     options.deterministic = True
+    if threads:
+        options.threading.private_threadpool_size = threads
+        options.threading.max_intra_op_parallelism = 1
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
