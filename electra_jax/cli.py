@@ -67,14 +67,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def _tokenizer_command(args) -> None:
     from electra_jax.data import SAMPLE_CORPUS
-    from electra_jax.data.builder import expand_inputs, iter_file_documents, ReadStats
+    from electra_jax.data.builder import ReadStats, expand_inputs, iter_file_documents
     from electra_jax.data.tokenizer import save_tokenizer, train_tokenizer
 
     files = expand_inputs(args.input) if args.input else [SAMPLE_CORPUS]
     if args.vocab_size < 16:
         raise ConfigError("--vocab-size must be at least 16")
-    lines = (line for doc in iter_file_documents(files, ReadStats(), 100_000) for line in doc)
+    stats = ReadStats()
+    lines = (line for doc in iter_file_documents(files, stats, 100_000) for line in doc)
     tok = train_tokenizer(lines, args.vocab_size, args.min_frequency)
+    if not stats.lines:
+        raise DataError(f"{', '.join(files)}: no non-empty lines to learn a vocabulary from")
     save_tokenizer(tok, args.out)
     print(f"wrote a {tok.get_vocab_size()}-token vocabulary to {args.out}")
 
@@ -83,9 +86,9 @@ def _build_data_command(args) -> None:
     from electra_jax.data import SAMPLE_CORPUS, SAMPLE_TOKENIZER
     from electra_jax.data.builder import BuildArgs, build
 
+    inputs = args.input or ([] if args.tfds else [SAMPLE_CORPUS])
     manifest = build(BuildArgs(
-        tokenizer=args.tokenizer or SAMPLE_TOKENIZER, out=args.out, inputs=args.input or ([] if args.tfds else [SAMPLE_CORPUS]),
-        tfds=args.tfds, text_key=args.text_key, tfds_data_dir=args.tfds_data_dir, seq_len=args.seq_len,
+        tokenizer=args.tokenizer or SAMPLE_TOKENIZER, out=args.out, inputs=inputs, tfds=args.tfds, text_key=args.text_key, tfds_data_dir=args.tfds_data_dir, seq_len=args.seq_len,
         max_positions=args.max_positions, workers=args.workers, shards=args.shards,
         eval_fraction=args.eval_fraction, seed=args.seed, overwrite=args.overwrite,
         max_line_chars=args.max_line_chars))
@@ -98,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     args_only, overrides = _split_overrides(argv)
     args = _parser().parse_args(args_only)
     try:
+        if overrides and not hasattr(args, "config"):
+            raise ConfigError(f"{args.command} takes no config, so {overrides[0]} has nothing to set")
         if args.command == "tokenizer":
             _tokenizer_command(args)
             return 0
