@@ -79,13 +79,24 @@ def _host_batch(global_batch: int, process_count: int) -> int:
     return global_batch // process_count
 
 
-def train_dataset(data_dir: str, global_batch: int, seed: int, process_index: int = 0,
-                  process_count: int = 1, shuffle_buffer: int = 10_000, cycle_length: int = 4,
+def _host(process_index, process_count) -> tuple[int, int]:
+    """This host's (index, count): jax's, unless given (tests, tools)."""
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    return process_index, process_count
+
+
+def train_dataset(data_dir: str, global_batch: int, seed: int, process_index: int | None = None,
+                  process_count: int | None = None, shuffle_buffer: int = 10_000, cycle_length: int = 4,
                   threads: int | None = None):
     """An endless, seeded tf.data.Dataset of this host's batches (dicts of int32 [host_batch, S]).
 
     `threads` caps tf.data's thread pool (default: as many as TensorFlow likes)."""
     tf = _tf()
+    process_index, process_count = _host(process_index, process_count)
     manifest = open_build(data_dir)
     files = _files(data_dir, manifest, "train")
     if len(files) < process_count:
@@ -107,9 +118,11 @@ def train_dataset(data_dir: str, global_batch: int, seed: int, process_index: in
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
-def eval_dataset(data_dir: str, global_batch: int, process_index: int = 0, process_count: int = 1):
+def eval_dataset(data_dir: str, global_batch: int, process_index: int | None = None,
+                 process_count: int | None = None):
     """A finite dataset over the held-out split: same number of batches on every host, last padded."""
     tf = _tf()
+    process_index, process_count = _host(process_index, process_count)
     manifest = open_build(data_dir)
     files = _files(data_dir, manifest, "eval")
     host_batch = _host_batch(global_batch, process_count)
