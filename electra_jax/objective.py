@@ -6,12 +6,15 @@ an explicit PRNG key; the loss function is what `train.py` differentiates.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from electra_jax.config import ObjectiveSpec
-from electra_jax.masking import first_occurrence, mask_tokens, scatter_tokens
+from electra_jax.masking import Masked, first_occurrence, mask_tokens, scatter_tokens
 from electra_jax.model import Electra
 
 Array = jax.Array
@@ -55,13 +58,23 @@ def replace_tokens(input_ids: Array, positions: Array, weights: Array, sampled: 
     return corrupted, corrupted != input_ids
 
 
-def _ratio(num, den):
-    return jnp.stack([num, den]).astype(jnp.float32)
+class Forward(NamedTuple):
+    """Everything one pass of the objective computes, for the loss, train metrics and eval metrics."""
+
+    masked: Masked
+    gen_logits: Array  # [B, N, V] fp32
+    mlm_nll: Array  # [B, N] per-slot cross-entropy
+    sampled: Array  # [B, N]
+    is_fake: Array  # [B, S] bool
+    disc_logits: Array  # [B, S] fp32
+    mlm_loss: Array
+    disc_loss: Array
+    loss: Array
 
 
-def electra_loss(params, batch: dict, rng: Array, *, model: Electra, spec: ObjectiveSpec,
-                 deterministic: bool = False):
-    """Total loss = gen_weight * MLM + disc_weight * disc, and metrics as {name: [numerator, denominator]}.
+def forward(params, batch: dict, rng: Array, *, model: Electra, spec: ObjectiveSpec,
+            deterministic: bool = False) -> Forward:
+    """Mask -> generator -> sample -> discriminator. Total = gen_weight * MLM + disc_weight * disc.
 
     The discriminator sees integer token ids, so no gradient reaches the generator through sampling;
     the stop_gradient on the logits states it and keeps the sampler out of the backward pass.
@@ -77,7 +90,7 @@ def electra_loss(params, batch: dict, rng: Array, *, model: Electra, spec: Objec
 
     gen_logits = model.apply(variables, masked.input_ids, segment_ids, input_mask, masked.positions,
                              deterministic, method=Electra.generator_logits, rngs={"dropout": k_gen})
-    mlm, _ = mlm_loss(gen_logits, masked.original_ids, masked.weights)
+    mlm, nll = mlm_loss(gen_logits, masked.original_ids, masked.weights)
     sampled = sample_tokens(k_sample, jax.lax.stop_gradient(gen_logits), spec.temperature,
                             masked.original_ids if spec.disallow_correct else None)
     corrupted, is_fake = replace_tokens(input_ids, masked.positions, masked.weights, sampled)
@@ -86,22 +99,95 @@ def electra_loss(params, batch: dict, rng: Array, *, model: Electra, spec: Objec
                               method=Electra.discriminator_logits, rngs={"dropout": k_disc})
     disc = disc_loss(disc_logits, is_fake, input_mask)
     loss = spec.gen_weight * mlm + spec.disc_weight * disc
+    return Forward(masked, gen_logits, nll, sampled, is_fake, disc_logits, mlm, disc, loss)
 
-    w, m = masked.weights, input_mask.astype(jnp.float32)
-    fake = is_fake.astype(jnp.float32) * m
-    pred = (disc_logits > 0).astype(jnp.float32) * m
+
+def _ratio(num, den):
+    return jnp.stack([num, den]).astype(jnp.float32)
+
+
+def electra_loss(params, batch: dict, rng: Array, *, model: Electra, spec: ObjectiveSpec,
+                 deterministic: bool = False):
+    """The training loss and metrics as {name: [numerator, denominator]} (summable across batches)."""
+    f = forward(params, batch, rng, model=model, spec=spec, deterministic=deterministic)
+    w, m = f.masked.weights, batch["input_mask"].astype(jnp.float32)
+    fake = f.is_fake.astype(jnp.float32) * m
+    pred = (f.disc_logits > 0).astype(jnp.float32) * m
+    targets = f.masked.original_ids
     metrics = {
-        "loss": _ratio(loss, 1.0),
-        "mlm_loss": _ratio(mlm, 1.0),
-        "disc_loss": _ratio(disc, 1.0),
-        "mlm_accuracy": _ratio(jnp.sum(w * (jnp.argmax(gen_logits, -1) == masked.original_ids)), jnp.sum(w)),
-        "sampled_accuracy": _ratio(jnp.sum(w * (sampled == masked.original_ids)), jnp.sum(w)),
+        "loss": _ratio(f.loss, 1.0),
+        "mlm_loss": _ratio(f.mlm_loss, 1.0),
+        "disc_loss": _ratio(f.disc_loss, 1.0),
+        "mlm_accuracy": _ratio(jnp.sum(w * (jnp.argmax(f.gen_logits, -1) == targets)), jnp.sum(w)),
+        "sampled_accuracy": _ratio(jnp.sum(w * (f.sampled == targets)), jnp.sum(w)),
         "disc_accuracy": _ratio(jnp.sum(m * (pred == fake)), jnp.sum(m)),
         "disc_precision": _ratio(jnp.sum(pred * fake), jnp.sum(pred)),
         "disc_recall": _ratio(jnp.sum(pred * fake), jnp.sum(fake)),
         "replaced_fraction": _ratio(jnp.sum(fake), jnp.sum(m)),
     }
-    return loss, metrics
+    return f.loss, metrics
+
+
+# Bins for the discriminator AUC, accumulated as histograms so that it streams over an eval set with
+# static shapes (tf.metrics.auc in the original likewise thresholds, at 200 points).
+AUC_BINS = 1000
+
+
+def eval_statistics(params, batch: dict, rng: Array, *, model: Electra, spec: ObjectiveSpec) -> dict:
+    """Sums for the original's eval metrics (`run_pretraining.py::metric_fn`), without dropout.
+
+    Add them over batches, then `eval_metrics`. Rows without any real token (the eval reader's padding)
+    count nowhere; inside real rows, padding enters the AUC as negatives with probability 0, as in the
+    original's `tf.metrics.auc(labels * input_mask, probs * input_mask)`.
+    """
+    f = forward(params, batch, rng, model=model, spec=spec, deterministic=True)
+    w, m = f.masked.weights, batch["input_mask"].astype(jnp.float32)
+    real_row = (jnp.sum(m, -1) > 0).astype(jnp.float32)
+    fake = f.is_fake.astype(jnp.float32) * m
+    probs = jax.nn.sigmoid(f.disc_logits) * m
+    pred = (f.disc_logits > 0).astype(jnp.float32) * m
+    per_example = jnp.sum(optax.sigmoid_binary_cross_entropy(f.disc_logits, fake) * m, -1) / (
+        jnp.sum(m, -1) + 1e-6)
+    bins = jnp.minimum((probs * AUC_BINS).astype(jnp.int32), AUC_BINS - 1)
+    counted = jnp.broadcast_to(real_row[:, None], m.shape)
+    targets = f.masked.original_ids
+    return {
+        "mlm_nll_sum": jnp.sum(w * f.mlm_nll),
+        "mlm_weight": jnp.sum(w),
+        "mlm_correct": jnp.sum(w * (jnp.argmax(f.gen_logits, -1) == targets)),
+        "sampled_correct": jnp.sum(w * (f.sampled == targets)),
+        "disc_loss_sum": jnp.sum(per_example * real_row),
+        "examples": jnp.sum(real_row),
+        "disc_correct": jnp.sum(m * (pred == fake)),
+        "tokens": jnp.sum(m),
+        "predicted_fake": jnp.sum(pred),
+        "true_fake": jnp.sum(fake),
+        "true_positives": jnp.sum(pred * fake),
+        "auc_positive": jnp.zeros(AUC_BINS).at[bins.ravel()].add((counted * fake).ravel()),
+        "auc_negative": jnp.zeros(AUC_BINS).at[bins.ravel()].add((counted * (1 - fake)).ravel()),
+    }
+
+
+def eval_metrics(stats: dict) -> dict:
+    """Summed `eval_statistics` -> the original's metric names and values (host-side numpy)."""
+    s = {k: np.asarray(v, np.float64) for k, v in stats.items()}
+
+    def div(a, b):
+        return float(a / b) if b > 0 else 0.0
+
+    pos, neg = s["auc_positive"], s["auc_negative"]
+    below = np.cumsum(neg) - neg  # negatives in strictly lower bins; ties count one half
+    auc = div(np.sum(pos * (below + 0.5 * neg)), pos.sum() * neg.sum())
+    return {
+        "masked_lm_accuracy": div(s["mlm_correct"], s["mlm_weight"]),
+        "masked_lm_loss": div(s["mlm_nll_sum"], s["mlm_weight"]),
+        "sampled_masked_lm_accuracy": div(s["sampled_correct"], s["mlm_weight"]),
+        "disc_loss": div(s["disc_loss_sum"], s["examples"]),
+        "disc_auc": auc,
+        "disc_accuracy": div(s["disc_correct"], s["tokens"]),
+        "disc_precision": div(s["true_positives"], s["predicted_fake"]),
+        "disc_recall": div(s["true_positives"], s["true_fake"]),
+    }
 
 
 def summarize(metrics: dict) -> dict:

@@ -146,3 +146,55 @@ def test_electra_loss_matches_numpy_recomputation(tiny_config):
     np.testing.assert_allclose(metrics["disc_loss"][0], disc, rtol=1e-5)
     np.testing.assert_allclose(loss, mlm + 50 * disc, rtol=1e-5)
     np.testing.assert_allclose(metrics["replaced_fraction"][0], labels.sum())
+
+
+def _exact_auc(labels, scores):
+    """Mann-Whitney AUC with ties counted one half: P(score of a positive > score of a negative)."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return (greater + 0.5 * ties) / (len(pos) * len(neg))
+
+
+def test_eval_metrics_match_a_numpy_reference(tiny_config):
+    from electra_jax.objective import eval_metrics, eval_statistics, forward
+
+    model, ospec, params, batch = _tiny(tiny_config)
+    batch = {k: v.copy() for k, v in batch.items()}
+    batch["input_mask"][1, 40:] = 0  # padding inside a real row
+    batch["input_ids"][1, 40:] = 0
+    for k in batch:  # an all-padding row, as the eval reader appends: it must count nowhere
+        batch[k][3] = 0
+    rng = jax.random.key(11)
+    stats = jax.jit(functools.partial(eval_statistics, model=model, spec=ospec))(params, batch, rng)
+    got = eval_metrics(stats)
+
+    f = jax.tree.map(np.asarray, forward(params, batch, rng, model=model, spec=ospec, deterministic=True))
+    w, targets = f.masked.weights, f.masked.original_ids
+    mask = batch["input_mask"].astype(bool)
+    real = mask.any(1)
+    labels = f.is_fake & mask
+    probs = 1 / (1 + np.exp(-f.disc_logits.astype(np.float64))) * mask
+    pred = (f.disc_logits > 0) & mask
+    ce = -(labels * np.log(np.clip(1 / (1 + np.exp(-f.disc_logits.astype(np.float64))), 1e-30, 1))
+           + (~labels) * np.log(np.clip(1 - 1 / (1 + np.exp(-f.disc_logits.astype(np.float64))), 1e-30, 1)))
+    per_example = (ce * mask).sum(1) / (mask.sum(1) + 1e-6)
+    expected = {
+        "masked_lm_accuracy": (w * (f.gen_logits.argmax(-1) == targets)).sum() / w.sum(),
+        "masked_lm_loss": (w * f.mlm_nll).sum() / w.sum(),
+        "sampled_masked_lm_accuracy": (w * (f.sampled == targets)).sum() / w.sum(),
+        "disc_loss": per_example[real].mean(),
+        "disc_accuracy": (pred == labels)[mask].mean(),
+        "disc_precision": (pred & labels).sum() / pred.sum(),
+        "disc_recall": (pred & labels).sum() / labels.sum(),
+        "disc_auc": _exact_auc(labels[real].ravel(), probs[real].ravel()),
+    }
+    for name, value in expected.items():
+        tol = 2e-3 if name == "disc_auc" else 1e-5  # AUC is binned (1000 bins), like tf.metrics.auc
+        np.testing.assert_allclose(got[name], value, rtol=tol, atol=tol, err_msg=name)
+
+    # Statistics are sums: two halves add up to the whole batch.
+    halves = [jax.jit(functools.partial(eval_statistics, model=model, spec=ospec))(
+        params, {k: v[sl] for k, v in batch.items()}, rng) for sl in (slice(0, 2), slice(2, 4))]
+    summed = jax.tree.map(lambda a, b: np.asarray(a) + np.asarray(b), *halves)
+    assert summed["examples"] == 3 and summed["tokens"] == mask.sum()
