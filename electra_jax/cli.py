@@ -9,6 +9,7 @@ import sys
 from electra_jax.config import ConfigError, load_config
 from electra_jax.data.builder import DataError
 from electra_jax.data.tokenizer import TokenizerError
+from electra_jax.train import TrainingError
 
 
 def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -30,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="JSON-lines file the result is appended to")
     bench.add_argument("--peak-tflops", type=float, default=None,
                        help="per-device peak for MFU where the device kind is not in the table")
+
+    pre = sub.add_parser("pretrain", help="pretrain (resumes from the latest checkpoint in --workdir)")
+    pre.add_argument("--config", required=True, help="a config file, e.g. configs/small.py")
+    pre.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl and config.json go here")
+    pre.add_argument("--data", default=None, help="a build-data directory (sets config.data.path)")
 
     tok = sub.add_parser("tokenizer", help="train an uncased WordPiece vocabulary")
     tok.add_argument("--input", nargs="+", default=None,
@@ -118,6 +124,14 @@ def main(argv: list[str] | None = None) -> int:
             data_bench.run(args.results)
             return 0
         config = load_config(args.config, overrides)
+        if args.command == "pretrain":
+            from electra_jax.train import pretrain
+
+            if args.data:
+                config.data.path = args.data
+            result = pretrain(config, args.workdir)
+            print(f"step {result['step']}: " + ", ".join(f"{k} {v:.4g}" for k, v in result["eval"].items()))
+            return 0
         if args.command == "bench":
             from electra_jax import bench
 
@@ -127,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             print(bench.report(result))
             bench.append_result(result, args.results)
             print(f"  appended to {args.results}")
-    except (ConfigError, DataError, TokenizerError) as e:
+    except (ConfigError, DataError, TokenizerError, TrainingError) as e:
         print(f"electra-jax: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -86,6 +86,8 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.data = d = ml_collections.ConfigDict()
     d.seq_len = 128
+    d.path = ""  # a `build-data` output directory
+    d.shuffle_buffer = 10_000
 
     c.batch_size = 128  # global, across all devices and hosts
 
@@ -100,6 +102,15 @@ def default_config() -> ml_collections.ConfigDict:
     p.eps = 1e-6
     p.grad_clip_norm = 1.0
     c.num_train_steps = 1_000_000
+
+    # The training loop.
+    c.train = tr = ml_collections.ConfigDict()
+    tr.log_every = 100
+    tr.eval_every = 10_000
+    tr.eval_batches = 0  # 0: the whole held-out split
+    tr.save_every = 10_000
+    tr.keep_checkpoints = 3
+    tr.async_checkpoints = True
 
     # Mesh axis sizes; -1 takes all remaining devices.
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -290,6 +301,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
            f"must be > 0, got {config.num_train_steps}")
     _check(0 <= p.b1 < 1 and 0 <= p.b2 < 1, "optim.b1/b2", f"must be in [0, 1), got {p.b1}, {p.b2}")
     _check(config.batch_size > 0, "batch_size", f"must be > 0, got {config.batch_size}")
+
+    tr = config.train
+    for name in ("log_every", "save_every", "keep_checkpoints"):
+        _check(int(tr[name]) >= 1, f"train.{name}", f"must be >= 1, got {tr[name]}")
+    for name in ("eval_every", "eval_batches"):
+        _check(int(tr[name]) >= 0, f"train.{name}", f"must be >= 0 (0: off / all), got {tr[name]}")
 
     mesh_axes = set(MESH_AXES)
     for rule in config.sharding_rules:

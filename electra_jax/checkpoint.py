@@ -1,0 +1,79 @@
+"""Checkpoints with orbax: the train state (sharded, async, keep-N, atomic) plus, beside each step, every
+host's data-reader position, so a resumed run continues with exactly the batches it would have seen.
+
+Layout under the workdir:  checkpoints/<step>/{state, meta}  (orbax)  and  data_state/<step>/host-<i>.
+A step directory appears only once orbax has committed it, so a crash mid-save leaves the previous
+step as the latest.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used here; the message says why and what to do."""
+
+
+class Checkpoints:
+    def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+        self.workdir = workdir
+        self.manager = ocp.CheckpointManager(
+            os.path.join(workdir, "checkpoints"),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                 enable_async_checkpointing=async_save))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def reached_preemption(self, step: int) -> bool:
+        """True on every host once any host got a preemption notice (orbax's multi-host sync point)."""
+        return self.manager.reached_preemption(step)
+
+    def _reader_path(self, step: int) -> str:
+        return os.path.join(self.workdir, "data_state", str(step), f"host-{jax.process_index()}")
+
+    def save(self, step: int, state: Any, meta: dict, reader=None) -> None:
+        """Start an async save of `state` (and write the reader position now, it is small)."""
+        if reader is not None:
+            os.makedirs(os.path.dirname(self._reader_path(step)), exist_ok=True)
+            reader.save(self._reader_path(step))
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                        meta=ocp.args.JsonSave(meta)), force=True)
+        self._drop_stale_reader_positions(keep={step, *self.all_steps()})
+
+    def _drop_stale_reader_positions(self, keep: set[int]) -> None:
+        import shutil
+
+        root = os.path.join(self.workdir, "data_state")
+        for name in os.listdir(root) if os.path.isdir(root) else []:
+            if name.isdigit() and int(name) not in keep:
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+    def meta(self, step: int) -> dict:
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def restore(self, step: int, abstract_state: Any, reader=None) -> Any:
+        """The state at `step`, laid out as `abstract_state` (ShapeDtypeStructs with shardings)."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state)))
+        if reader is not None:
+            path = self._reader_path(step)
+            if not os.path.exists(path + ".index"):
+                raise CheckpointError(f"{path}: no data-reader position for step {step}; the run cannot "
+                                      "resume its data order exactly (was it saved by another version?)")
+            reader.restore(path)
+        return restored["state"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

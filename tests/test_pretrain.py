@@ -1,0 +1,87 @@
+"""The pretraining loop: exact resume, checkpoint compatibility, data checks."""
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import ROOT
+from electra_jax.config import load_config
+from electra_jax.data import SAMPLE_CORPUS, SAMPLE_TOKENIZER
+from electra_jax.data.builder import BuildArgs, build
+from electra_jax.train import TrainingError, pretrain
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "kjv64"
+    build(BuildArgs(tokenizer=SAMPLE_TOKENIZER, out=str(out), inputs=[SAMPLE_CORPUS], seq_len=64,
+                    shards=4, eval_fraction=0.02, progress=False))
+    return str(out)
+
+
+def _config(data_dir, *overrides):
+    return load_config(str(ROOT / "configs" / "tiny.py"), [
+        f"--config.data.path={data_dir}", "--config.num_train_steps=8", "--config.train.log_every=2",
+        "--config.train.save_every=4", "--config.train.eval_every=4", "--config.train.eval_batches=2",
+        "--config.train.async_checkpoints=False", "--config.data.shuffle_buffer=256", *overrides])
+
+
+def _params(workdir, step):
+    manager = ocp.CheckpointManager(str(workdir / "checkpoints"))
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return jax.tree.map(np.asarray, restored["state"]["params"])
+
+
+def test_stopped_and_resumed_run_equals_straight_run(data_dir, tmp_path):
+    one = jax.devices()[:1]
+    straight = pretrain(_config(data_dir), str(tmp_path / "a"), devices=one, progress=False)
+    first = pretrain(_config(data_dir), str(tmp_path / "b"), max_steps=3, devices=one, progress=False)
+    assert first["step"] == 3
+    resumed = pretrain(_config(data_dir), str(tmp_path / "b"), devices=one, progress=False)
+    assert resumed["step"] == straight["step"] == 8
+    for a, b in zip(jax.tree.leaves(_params(tmp_path / "a", 8)), jax.tree.leaves(_params(tmp_path / "b", 8))):
+        np.testing.assert_array_equal(a, b)  # bitwise on CPU
+    assert resumed["train"] == straight["train"]
+    assert resumed["eval"] == straight["eval"]
+    assert 0.0 <= straight["eval"]["disc_auc"] <= 1.0
+
+
+def test_checkpoint_of_another_model_and_mismatched_data_are_refused(data_dir, tmp_path):
+    one = jax.devices()[:1]
+    pretrain(_config(data_dir, "--config.num_train_steps=2"), str(tmp_path / "w"), devices=one,
+             progress=False)
+    with pytest.raises(TrainingError, match=r"different model \(hidden_size: checkpoint 64, config 32"):
+        pretrain(_config(data_dir, "--config.model.hidden_size=32", "--config.model.embedding_size=32"),
+                 str(tmp_path / "w"), devices=one, progress=False)
+    with pytest.raises(TrainingError, match="tokens.mask_id=103 \\(data: 4\\)"):
+        pretrain(_config(data_dir, "--config.tokens.mask_id=103"), str(tmp_path / "x"), devices=one,
+                 progress=False)
+    with pytest.raises(TrainingError, match="no training data"):
+        pretrain(_config("", ), str(tmp_path / "y"), devices=one, progress=False)
+
+
+def test_sigterm_saves_the_current_step_and_exits_0(data_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    workdir = tmp_path / "w"
+    env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "electra_jax.cli", "pretrain", "--config", str(ROOT / "configs" / "tiny.py"),
+         "--workdir", str(workdir), "--data", data_dir, "--config.num_train_steps=100000",
+         "--config.train.log_every=1", "--config.train.save_every=100000", "--config.train.eval_every=0"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = workdir / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 3):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    steps = ocp.CheckpointManager(str(workdir / "checkpoints")).all_steps()
+    assert len(steps) == 1 and 3 <= steps[0] < 100000
+    assert f"saved step {steps[0]}" in out + err
