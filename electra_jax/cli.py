@@ -37,6 +37,17 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl and config.json go here")
     pre.add_argument("--data", default=None, help="a build-data directory (sets config.data.path)")
 
+    export = sub.add_parser("export", help="write Hugging Face directories from a pretrain checkpoint")
+    export.add_argument("--workdir", required=True)
+    export.add_argument("--step", type=int, default=None, help="default: the latest checkpoint")
+    export.add_argument("--out", required=True, help="OUT/discriminator and OUT/generator are written")
+    export.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+
+    detect = sub.add_parser("detect", help="show which tokens an exported discriminator calls replaced")
+    detect.add_argument("--model", required=True, help="an exported discriminator directory")
+    detect.add_argument("text", nargs="+")
+    detect.add_argument("--json", action="store_true")
+
     tok = sub.add_parser("tokenizer", help="train an uncased WordPiece vocabulary")
     tok.add_argument("--input", nargs="+", default=None,
                      help="text files or globs (.gz ok); default: the shipped sample corpus")
@@ -102,6 +113,70 @@ def _build_data_command(args) -> None:
     print(f"{args.out}: {splits}; {manifest['tokens_per_second']:,} tokens/s")
 
 
+def _export_command(args) -> None:
+    import json
+
+    import ml_dtypes
+    import numpy as np
+
+    from electra_jax.config import model_spec
+    from electra_jax.data.reader import open_build
+    from electra_jax.hf import export_pretrained
+    from electra_jax.train import restore_params
+
+    config, step, params = restore_params(args.workdir, args.step)
+    manifest = open_build(config.data.path)
+    evals = [json.loads(line) for line in open(os.path.join(args.workdir, "metrics.jsonl"))
+             if '"split": "eval"' in line] if os.path.exists(os.path.join(args.workdir, "metrics.jsonl")) else []
+    card = "\n".join([
+        f"Pretrained with electra-jax for {step} steps (replaced-token detection).",
+        f"Data: `{config.data.path}` ({manifest['splits']['train']['tokens']:,} tokens per epoch, "
+        f"seq_len {config.data.seq_len}).",
+        f"Model: {config.model.num_layers} layers, hidden {config.model.hidden_size}, embeddings "
+        f"{config.model.embedding_size}, generator fraction {config.model.generator_hidden_fraction}.",
+        f"Final eval: {json.dumps(evals[-1]) if evals else 'none'}",
+    ])
+    dtype = np.float32 if args.dtype == "float32" else ml_dtypes.bfloat16
+    written = export_pretrained(params, model_spec(config), args.out, manifest["args"]["tokenizer"], card,
+                                dtype, config.tokens.pad_id)
+    print(f"exported step {step}: {written['discriminator']}, {written['generator']}")
+
+
+def _detect_command(args) -> None:
+    import json
+
+    import jax
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    from electra_jax.config import EncoderSpec, ModelSpec
+    from electra_jax.data.tokenizer import load_tokenizer
+    from electra_jax.hf import from_hf_state_dict
+    from electra_jax.model import Electra
+
+    # No torch: read the exported weights back into our own model.
+    with open(os.path.join(args.model, "config.json")) as f:
+        c = json.load(f)
+    enc = EncoderSpec(c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"],
+                      c["intermediate_size"])
+    spec = ModelSpec(c["vocab_size"], c["embedding_size"], c["max_position_embeddings"],
+                     c["type_vocab_size"], 0.0, 0.0, c["layer_norm_eps"], c["initializer_range"], enc, enc)
+    params = from_hf_state_dict(load_file(os.path.join(args.model, "model.safetensors")), spec,
+                                "discriminator")
+    tok = load_tokenizer(args.model)
+    enc_text = tok.encode(" ".join(args.text))
+    ids = np.asarray([enc_text.ids], np.int32)
+    logits = Electra(spec).apply({"params": params}, ids, np.zeros_like(ids), np.ones_like(ids),
+                                 method=Electra.discriminator_logits)
+    probs = np.asarray(jax.nn.sigmoid(logits))[0]
+    rows = [{"token": t, "p_replaced": round(float(p), 4)} for t, p in zip(enc_text.tokens, probs)]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            print(f"{r['token']:>16}  {r['p_replaced']:.3f}  {'#' * int(round(20 * r['p_replaced']))}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args_only, overrides = _split_overrides(argv)
@@ -114,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "build-data":
             _build_data_command(args)
+            return 0
+        if args.command == "export":
+            _export_command(args)
+            return 0
+        if args.command == "detect":
+            _detect_command(args)
             return 0
         if args.command == "bench-data":
             if args.fake_devices > 1 and "jax" not in sys.modules:

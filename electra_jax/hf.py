@@ -163,3 +163,31 @@ def save_pretrained(params, spec: ModelSpec, tower: str, out_dir: str, dtype=np.
               metadata={"format": "pt"})
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
+
+
+def export_pretrained(params, spec: ModelSpec, out_dir: str, tokenizer_path: str, card: str,
+                      dtype=np.float32, pad_token_id: int = 0) -> dict[str, str]:
+    """Write OUT/discriminator and OUT/generator: weights, config.json, tokenizer files, README.md.
+
+    Each directory is written under a temporary name and renamed when complete, so an interrupted
+    export never looks finished.
+    """
+    import os
+    import shutil
+
+    from electra_jax.data.tokenizer import load_tokenizer, save_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_path)
+    written = {}
+    for tower in TOWERS:
+        final = os.path.join(out_dir, tower)
+        tmp = final + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_pretrained(params, spec, tower, tmp, dtype, pad_token_id)
+        save_tokenizer(tokenizer, tmp, model_max_length=spec.max_position_embeddings)
+        with open(os.path.join(tmp, "README.md"), "w") as f:
+            f.write(f"# ELECTRA {tower} ({ARCHITECTURES[tower]})\n\n{card}\n")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        written[tower] = final
+    return written

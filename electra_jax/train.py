@@ -265,3 +265,36 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
         if handle_sigterm:
             signal.signal(signal.SIGTERM, previous)
     return {"step": step, "train": logged, "eval": evaluated}
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise TrainingError(f"{workdir}: no config.json; is this a pretrain --workdir?")
+    import json
+
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def restore_params(workdir: str, step: int | None = None) -> tuple[ml_collections.ConfigDict, int, Any]:
+    """(config, step, params as numpy) from a pretrain workdir, on this host's first device."""
+    from electra_jax.checkpoint import Checkpoints
+
+    config = load_workdir_config(workdir)
+    checkpoints = Checkpoints(workdir, async_save=False)
+    steps = checkpoints.all_steps()
+    if not steps:
+        raise TrainingError(f"{workdir}: no checkpoints yet")
+    step = steps[-1] if step is None else step
+    if step not in steps:
+        raise TrainingError(f"{workdir}: no checkpoint at step {step}; there are {steps}")
+    config.mesh.update(data=-1, fsdp=1, tensor=1)  # export on whatever this machine has
+    config.batch_size = max(1, config.batch_size)
+    s = setup(config, jax.devices()[:1])
+    init_rng, _ = s.rngs()
+    abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                            jax.eval_shape(s.init, init_rng), s.state_shardings)
+    state = checkpoints.restore(step, abstract)
+    checkpoints.close()
+    return config, step, jax.tree.map(lambda x: jax.device_get(x), state.params)

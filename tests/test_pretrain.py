@@ -85,3 +85,48 @@ def test_sigterm_saves_the_current_step_and_exits_0(data_dir, tmp_path):
     steps = ocp.CheckpointManager(str(workdir / "checkpoints")).all_steps()
     assert len(steps) == 1 and 3 <= steps[0] < 100000
     assert f"saved step {steps[0]}" in out + err
+
+
+def test_export_loads_in_transformers_with_equal_logits(data_dir, tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    import subprocess
+    import sys
+
+    from electra_jax.model import Electra
+    from electra_jax.train import restore_params
+
+    workdir = tmp_path / "w"
+    pretrain(_config(data_dir, "--config.num_train_steps=4"), str(workdir), devices=jax.devices()[:1],
+             progress=False)
+    run = [sys.executable, "-m", "electra_jax.cli", "export", "--workdir", str(workdir), "--out"]
+    missing = subprocess.run(run + [str(tmp_path / "x"), "--step", "3"], capture_output=True, text=True)
+    assert missing.returncode == 2 and "no checkpoint at step 3; there are [4]" in missing.stderr
+    done = subprocess.run(run + [str(tmp_path / "hf")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    config, _, params = restore_params(str(workdir))
+    from electra_jax.config import model_spec
+
+    model = Electra(model_spec(config))
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf" / "discriminator"))
+    enc = tok(["In the beginning God created the heaven and the earth.",
+               "And the evening and the morning were the first day."], padding=True, return_tensors="np")
+    ids, mask = enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
+    seg = enc["token_type_ids"].astype(np.int32)
+    positions = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)
+    ours = {"discriminator": model.apply({"params": params}, ids, seg, mask,
+                                         method=Electra.discriminator_logits),
+            "generator": model.apply({"params": params}, ids, seg, mask, positions,
+                                     method=Electra.generator_logits)}
+    for tower, cls in (("discriminator", transformers.ElectraForPreTraining),
+                       ("generator", transformers.ElectraForMaskedLM)):
+        hf, info = cls.from_pretrained(str(tmp_path / "hf" / tower), output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"]
+        with torch.no_grad():
+            logits = hf(input_ids=torch.tensor(ids).long(), attention_mask=torch.tensor(mask).long(),
+                        token_type_ids=torch.tensor(seg).long()).logits.numpy()
+        real = mask.astype(bool)
+        np.testing.assert_allclose(np.asarray(ours[tower])[real], logits[real], atol=1e-5, rtol=1e-5)
+    fill = transformers.pipeline("fill-mask", model=str(tmp_path / "hf" / "generator"))
+    assert len(fill("In the beginning God created the [MASK].")) == 5
