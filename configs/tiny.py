@@ -16,4 +16,5 @@ def get_config():
     c.optim.learning_rate = 1e-3
     c.optim.warmup_steps = 20
     c.num_train_steps = 1000
+    c.train.update(log_every=50, eval_every=250, eval_batches=20, save_every=500)
     return c

@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl and config.json go here")
     pre.add_argument("--data", default=None, help="a build-data directory (sets config.data.path)")
 
+    demo = sub.add_parser("demo", help="sample corpus -> examples -> pretrain tiny -> export -> detect")
+    demo.add_argument("--config", default="configs/tiny.py")
+    demo.add_argument("--workdir", default="demo")
+
     export = sub.add_parser("export", help="write Hugging Face directories from a pretrain checkpoint")
     export.add_argument("--workdir", required=True)
     export.add_argument("--step", type=int, default=None, help="default: the latest checkpoint")
@@ -111,6 +115,32 @@ def _build_data_command(args) -> None:
         max_line_chars=args.max_line_chars))
     splits = ", ".join(f"{s}: {v['examples']} examples" for s, v in manifest["splits"].items())
     print(f"{args.out}: {splits}; {manifest['tokens_per_second']:,} tokens/s")
+
+
+def _demo_command(args, config) -> None:
+    import time
+
+    from electra_jax.data import SAMPLE_CORPUS, SAMPLE_TOKENIZER
+    from electra_jax.data.builder import BuildArgs, build
+    from electra_jax.train import pretrain
+
+    start = time.perf_counter()
+    data = os.path.join(args.workdir, "data")
+    print(f"1/4 examples from the sample corpus -> {data}")
+    build(BuildArgs(tokenizer=SAMPLE_TOKENIZER, out=data, inputs=[SAMPLE_CORPUS], seq_len=config.data.seq_len,
+                    shards=4, eval_fraction=0.02, workers=2))
+    config.data.path = data
+    run = os.path.join(args.workdir, "run")
+    print(f"2/4 pretraining {args.config} -> {run} (rerunning resumes; finished runs just export)")
+    result = pretrain(config, run)
+    print("    eval: " + ", ".join(f"{k} {v:.3f}" for k, v in result["eval"].items()))
+    out = os.path.join(args.workdir, "export")
+    print(f"3/4 exporting to {out}")
+    _export_command(argparse.Namespace(workdir=run, step=None, out=out, dtype="float32"))
+    text = "And God said, Let there be light: and there was light."
+    print(f"4/4 electra-jax detect --model {out}/discriminator \"{text}\"")
+    _detect_command(argparse.Namespace(model=os.path.join(out, "discriminator"), text=[text], json=False))
+    print(f"done in {time.perf_counter() - start:.0f} s")
 
 
 def _export_command(args) -> None:
@@ -205,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
             data_bench.run(args.results)
             return 0
         config = load_config(args.config, overrides)
+        if args.command == "demo":
+            _demo_command(args, config)
+            return 0
         if args.command == "pretrain":
             from electra_jax.train import pretrain
 
