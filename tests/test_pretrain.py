@@ -130,3 +130,18 @@ def test_export_loads_in_transformers_with_equal_logits(data_dir, tmp_path):
         np.testing.assert_allclose(np.asarray(ours[tower])[real], logits[real], atol=1e-5, rtol=1e-5)
     fill = transformers.pipeline("fill-mask", model=str(tmp_path / "hf" / "generator"))
     assert len(fill("In the beginning God created the [MASK].")) == 5
+
+
+def test_demo_runs_end_to_end_in_short_form(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=1"}
+    out = subprocess.run([sys.executable, "-m", "electra_jax.cli", "demo", "--workdir", str(tmp_path),
+                          "--config", str(ROOT / "configs" / "tiny.py"), "--config.num_train_steps=20",
+                          "--config.train.eval_every=20", "--config.train.eval_batches=2"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "4/4 electra-jax detect" in out.stdout and "light" in out.stdout
+    assert (tmp_path / "export" / "discriminator" / "model.safetensors").exists()
