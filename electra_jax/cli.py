@@ -207,54 +207,51 @@ def _detect_command(args) -> None:
             print(f"{r['token']:>16}  {r['p_replaced']:.3f}  {'#' * int(round(20 * r['p_replaced']))}")
 
 
+def _bench_data_command(args) -> None:
+    if args.fake_devices > 1:  # read when JAX first initialises its backends, which has not happened yet
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={args.fake_devices}")
+    from electra_jax.data import bench as data_bench
+
+    data_bench.run(args.results)
+
+
+def _pretrain_command(args, config) -> None:
+    from electra_jax.train import pretrain
+
+    if args.data:
+        config.data.path = args.data
+    result = pretrain(config, args.workdir)
+    print(f"step {result['step']}: " + ", ".join(f"{k} {v:.4g}" for k, v in result["eval"].items()))
+
+
+def _bench_command(args, config) -> None:
+    from electra_jax import bench
+
+    if args.steps < 1 or args.warmup < 0:
+        raise ConfigError("--steps must be >= 1 and --warmup >= 0")
+    result = bench.run(config, steps=args.steps, warmup=args.warmup, peak=args.peak_tflops)
+    print(bench.report(result))
+    bench.append_result(result, args.results)
+    print(f"  appended to {args.results}")
+
+
+COMMANDS = {"tokenizer": _tokenizer_command, "build-data": _build_data_command,
+            "export": _export_command, "detect": _detect_command, "bench-data": _bench_data_command}
+CONFIG_COMMANDS = {"demo": _demo_command, "pretrain": _pretrain_command, "bench": _bench_command}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args_only, overrides = _split_overrides(argv)
     args = _parser().parse_args(args_only)
     try:
-        if overrides and not hasattr(args, "config"):
-            raise ConfigError(f"{args.command} takes no config, so {overrides[0]} has nothing to set")
-        if args.command == "tokenizer":
-            _tokenizer_command(args)
-            return 0
-        if args.command == "build-data":
-            _build_data_command(args)
-            return 0
-        if args.command == "export":
-            _export_command(args)
-            return 0
-        if args.command == "detect":
-            _detect_command(args)
-            return 0
-        if args.command == "bench-data":
-            if args.fake_devices > 1 and "jax" not in sys.modules:
-                os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform"
-                                           f"_device_count={args.fake_devices}")
-            from electra_jax.data import bench as data_bench
-
-            data_bench.run(args.results)
-            return 0
-        config = load_config(args.config, overrides)
-        if args.command == "demo":
-            _demo_command(args, config)
-            return 0
-        if args.command == "pretrain":
-            from electra_jax.train import pretrain
-
-            if args.data:
-                config.data.path = args.data
-            result = pretrain(config, args.workdir)
-            print(f"step {result['step']}: " + ", ".join(f"{k} {v:.4g}" for k, v in result["eval"].items()))
-            return 0
-        if args.command == "bench":
-            from electra_jax import bench
-
-            if args.steps < 1 or args.warmup < 0:
-                raise ConfigError("--steps must be >= 1 and --warmup >= 0")
-            result = bench.run(config, steps=args.steps, warmup=args.warmup, peak=args.peak_tflops)
-            print(bench.report(result))
-            bench.append_result(result, args.results)
-            print(f"  appended to {args.results}")
+        if args.command in COMMANDS:
+            if overrides:
+                raise ConfigError(f"{args.command} takes no config, so {overrides[0]} has nothing to set")
+            COMMANDS[args.command](args)
+        else:
+            CONFIG_COMMANDS[args.command](args, load_config(args.config, overrides))
     except (ConfigError, DataError, TokenizerError, TrainingError) as e:
         print(f"electra-jax: error: {e}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ import pytest
 
 from electra_jax.data.builder import MANIFEST, BuildArgs, DataError, build
 from electra_jax.data.reader import read_examples
-from electra_jax.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+from electra_jax.data.tokenizer import save_tokenizer, train_tokenizer
 
 SEQ_LEN = 32
 CLS, SEP, PAD = 2, 3, 0
