@@ -179,18 +179,13 @@ def _detect_command(args) -> None:
     import numpy as np
     from safetensors.numpy import load_file
 
-    from electra_jax.config import EncoderSpec, ModelSpec
     from electra_jax.data.tokenizer import load_tokenizer
-    from electra_jax.hf import from_hf_state_dict
+    from electra_jax.hf import from_hf_state_dict, spec_from_hf_config
     from electra_jax.model import Electra
 
     # No torch: read the exported weights back into our own model.
     with open(os.path.join(args.model, "config.json")) as f:
-        c = json.load(f)
-    enc = EncoderSpec(c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"],
-                      c["intermediate_size"])
-    spec = ModelSpec(c["vocab_size"], c["embedding_size"], c["max_position_embeddings"],
-                     c["type_vocab_size"], 0.0, 0.0, c["layer_norm_eps"], c["initializer_range"], enc, enc)
+        spec = spec_from_hf_config(json.load(f))  # inference below is deterministic: dropout unused
     params = from_hf_state_dict(load_file(os.path.join(args.model, "model.safetensors")), spec,
                                 "discriminator")
     tok = load_tokenizer(args.model)

@@ -148,6 +148,15 @@ def hf_config(spec: ModelSpec, tower: str, pad_token_id: int = 0) -> dict:
     }
 
 
+def spec_from_hf_config(c: dict) -> ModelSpec:
+    """The ModelSpec of one exported model (both towers get its encoder; only one is used)."""
+    enc = EncoderSpec(c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"],
+                      c["intermediate_size"])
+    return ModelSpec(c["vocab_size"], c["embedding_size"], c["max_position_embeddings"],
+                     c["type_vocab_size"], c["hidden_dropout_prob"], c["attention_probs_dropout_prob"],
+                     c["layer_norm_eps"], c["initializer_range"], enc, enc)
+
+
 def save_pretrained(params, spec: ModelSpec, tower: str, out_dir: str, dtype=np.float32,
                     pad_token_id: int = 0) -> None:
     """Write `config.json` + `model.safetensors` that `<Architecture>.from_pretrained(out_dir)` loads."""

@@ -64,6 +64,12 @@ class Setup:
     init: Callable[[jax.Array], TrainState]  # init(init_rng) -> sharded TrainState
     step: Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]
 
+    def abstract_state(self) -> TrainState:
+        """Shapes, dtypes and shardings of the state, without computing it (the target for restores)."""
+        init_rng, _ = self.rngs()
+        return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                            jax.eval_shape(self.init, init_rng), self.state_shardings)
+
     def rngs(self) -> tuple[jax.Array, jax.Array]:
         """(init_rng, train_rng) from the config seed, in the configured PRNG implementation."""
         base = jax.random.key(self.config.seed, impl=self.config.rng_impl)
@@ -172,9 +178,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
         state = s.init(init_rng)
     else:
         _check_checkpoint(config, checkpoints.meta(latest), workdir)
-        abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-                                jax.eval_shape(s.init, init_rng), s.state_shardings)
-        state = checkpoints.restore(latest, abstract, reader)
+        state = checkpoints.restore(latest, s.abstract_state(), reader)
     step = int(state.step)
     last = min(config.num_train_steps, max_steps or config.num_train_steps)
 
@@ -206,9 +210,6 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
     stop = {"signal": False}
     if handle_sigterm:
         previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
-
-    def save(at: int, train_state) -> None:
-        checkpoints.save(at, train_state, meta, reader)
 
     from tqdm import tqdm
 
@@ -248,7 +249,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
             preempted = stop["signal"] or checkpoints.reached_preemption(step)
             if step % tc.save_every == 0 or step == last or preempted:
                 flush((step, metrics))  # never save a non-finite state
-                save(step, state)
+                checkpoints.save(step, state, meta, reader)
             if has_eval and tc.eval_every and (step % tc.eval_every == 0 or step == last):
                 evaluated = evaluate(state.params)
                 write({"step": step, "split": "eval", **evaluated})
@@ -290,11 +291,6 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[ml_collection
     if step not in steps:
         raise TrainingError(f"{workdir}: no checkpoint at step {step}; there are {steps}")
     config.mesh.update(data=-1, fsdp=1, tensor=1)  # export on whatever this machine has
-    config.batch_size = max(1, config.batch_size)
-    s = setup(config, jax.devices()[:1])
-    init_rng, _ = s.rngs()
-    abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-                            jax.eval_shape(s.init, init_rng), s.state_shardings)
-    state = checkpoints.restore(step, abstract)
+    state = checkpoints.restore(step, setup(config, jax.devices()[:1]).abstract_state())
     checkpoints.close()
     return config, step, jax.tree.map(lambda x: jax.device_get(x), state.params)
