@@ -9,7 +9,7 @@ import sys
 from electra_jax.config import ConfigError, load_config
 from electra_jax.data.builder import DataError
 from electra_jax.data.tokenizer import TokenizerError
-from electra_jax.train import TrainingError
+from electra_jax.pretrain import TrainingError
 
 
 def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--config", required=True, help="a config file, e.g. configs/small.py")
     pre.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl and config.json go here")
     pre.add_argument("--data", default=None, help="a build-data directory (sets config.data.path)")
+    pre.add_argument("--profile", action="store_true",
+                     help="trace 5 steps after warm-up with jax.profiler (view in TensorBoard)")
+
+    plot = sub.add_parser("plot", help="a PNG of a run's loss and accuracy curves")
+    plot.add_argument("workdir")
+    plot.add_argument("--out", default=None, help="default: WORKDIR/curves.png")
 
     demo = sub.add_parser("demo", help="sample corpus -> examples -> pretrain tiny -> export -> detect")
     demo.add_argument("--config", default="configs/tiny.py")
@@ -122,7 +128,7 @@ def _demo_command(args, config) -> None:
 
     from electra_jax.data import SAMPLE_CORPUS, SAMPLE_TOKENIZER
     from electra_jax.data.builder import BuildArgs, build
-    from electra_jax.train import pretrain
+    from electra_jax.pretrain import pretrain
 
     start = time.perf_counter()
     data = os.path.join(args.workdir, "data")
@@ -152,12 +158,12 @@ def _export_command(args) -> None:
     from electra_jax.config import model_spec
     from electra_jax.data.reader import open_build
     from electra_jax.hf import export_pretrained
-    from electra_jax.train import restore_params
+    from electra_jax.writers import read_metrics
+    from electra_jax.pretrain import restore_params
 
     config, step, params = restore_params(args.workdir, args.step)
     manifest = open_build(config.data.path)
-    evals = [json.loads(line) for line in open(os.path.join(args.workdir, "metrics.jsonl"))
-             if '"split": "eval"' in line] if os.path.exists(os.path.join(args.workdir, "metrics.jsonl")) else []
+    evals = [r for r in read_metrics(args.workdir) if r.get("split") == "eval"]
     card = "\n".join([
         f"Pretrained with electra-jax for {step} steps (replaced-token detection).",
         f"Data: `{config.data.path}` ({manifest['splits']['train']['tokens']:,} tokens per epoch, "
@@ -202,6 +208,15 @@ def _detect_command(args) -> None:
             print(f"{r['token']:>16}  {r['p_replaced']:.3f}  {'#' * int(round(20 * r['p_replaced']))}")
 
 
+def _plot_command(args) -> None:
+    from electra_jax.writers import plot
+
+    try:
+        print(f"wrote {plot(args.workdir, args.out)}")
+    except (FileNotFoundError, ImportError) as e:
+        raise ConfigError(str(e)) from None
+
+
 def _bench_data_command(args) -> None:
     if args.fake_devices > 1:  # read when JAX first initialises its backends, which has not happened yet
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -212,10 +227,12 @@ def _bench_data_command(args) -> None:
 
 
 def _pretrain_command(args, config) -> None:
-    from electra_jax.train import pretrain
+    from electra_jax.pretrain import pretrain
 
     if args.data:
         config.data.path = args.data
+    if args.profile and not config.train.profile_steps:
+        config.train.profile_steps = 5
     result = pretrain(config, args.workdir)
     print(f"step {result['step']}: " + ", ".join(f"{k} {v:.4g}" for k, v in result["eval"].items()))
 
@@ -232,7 +249,8 @@ def _bench_command(args, config) -> None:
 
 
 COMMANDS = {"tokenizer": _tokenizer_command, "build-data": _build_data_command,
-            "export": _export_command, "detect": _detect_command, "bench-data": _bench_data_command}
+            "export": _export_command, "detect": _detect_command, "bench-data": _bench_data_command,
+            "plot": _plot_command}
 CONFIG_COMMANDS = {"demo": _demo_command, "pretrain": _pretrain_command, "bench": _bench_command}
 
 

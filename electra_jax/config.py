@@ -90,6 +90,9 @@ def default_config() -> ml_collections.ConfigDict:
     d.shuffle_buffer = 10_000
 
     c.batch_size = 128  # global, across all devices and hosts
+    # Gradient accumulation: each step runs the global batch as this many sequential micro-batches
+    # (same update, less activation memory).
+    c.micro_batches = 1
 
     c.optim = p = ml_collections.ConfigDict()
     p.name = "electra_adam"
@@ -101,6 +104,9 @@ def default_config() -> ml_collections.ConfigDict:
     p.b2 = 0.999
     p.eps = 1e-6
     p.grad_clip_norm = 1.0
+    # 0: a NaN/Inf loss or gradient stops the run. N > 0: skip such steps (no update, counted in the
+    # `skipped_steps` metric) and stop only after N in a row.
+    p.skip_nonfinite = 0
     c.num_train_steps = 1_000_000
 
     # The training loop.
@@ -111,6 +117,7 @@ def default_config() -> ml_collections.ConfigDict:
     tr.save_every = 10_000
     tr.keep_checkpoints = 3
     tr.async_checkpoints = True
+    tr.profile_steps = 0  # > 0: a jax.profiler trace of this many steps after warm-up (`--profile`)
 
     # Mesh axis sizes; -1 takes all remaining devices.
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -301,11 +308,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
            f"must be > 0, got {config.num_train_steps}")
     _check(0 <= p.b1 < 1 and 0 <= p.b2 < 1, "optim.b1/b2", f"must be in [0, 1), got {p.b1}, {p.b2}")
     _check(config.batch_size > 0, "batch_size", f"must be > 0, got {config.batch_size}")
+    _check(config.micro_batches >= 1, "micro_batches", f"must be >= 1, got {config.micro_batches}")
+    _check(p.skip_nonfinite >= 0, "optim.skip_nonfinite", f"must be >= 0, got {p.skip_nonfinite}")
 
     tr = config.train
     for name in ("log_every", "save_every", "keep_checkpoints"):
         _check(int(tr[name]) >= 1, f"train.{name}", f"must be >= 1, got {tr[name]}")
-    for name in ("eval_every", "eval_batches"):
+    for name in ("eval_every", "eval_batches", "profile_steps"):
         _check(int(tr[name]) >= 0, f"train.{name}", f"must be >= 0 (0: off / all), got {tr[name]}")
 
     mesh_axes = set(MESH_AXES)
@@ -323,6 +332,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         _check(config.batch_size % batch_shards == 0, "batch_size",
                f"{config.batch_size} is not divisible by the data x fsdp mesh axes "
                f"({sizes['data']} x {sizes['fsdp']} = {batch_shards}); use a multiple of {batch_shards}")
+        per_shard = config.batch_size // batch_shards
+        _check(per_shard % config.micro_batches == 0, "micro_batches",
+               f"{config.micro_batches} does not divide the per-device batch {per_shard} "
+               f"(batch_size {config.batch_size} / {batch_shards} batch shards)")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -349,11 +362,36 @@ def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> ml_co
     try:
         values(argv)
     except (AttributeError, KeyError) as e:
-        field = str(e).strip("\"'")
-        raise ConfigError(f"override names a field that {path} does not have: {field!r}") from None
+        raise ConfigError(_unknown_field_message(path, overrides, str(e).strip("\"'"))) from None
     except flags.Error as e:
         raise ConfigError(f"bad override: {e}") from None
     config = values.config
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"config file {path!r} could not be loaded: define get_config() returning a ConfigDict")
     return config
+
+
+def _field_names(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    names = []
+    for key, value in config.items():
+        names.append(prefix + key)
+        if isinstance(value, ml_collections.ConfigDict):
+            names += _field_names(value, f"{prefix}{key}.")
+    return names
+
+
+def _unknown_field_message(path: str, overrides, fallback: str) -> str:
+    """Which override names no field, and the nearest field that exists (a typo, usually)."""
+    import difflib
+
+    try:
+        known = _field_names(load_config(path))
+    except ConfigError:
+        return f"override names a field that {path} does not have: {fallback!r}"
+    for arg in overrides:
+        name = arg[len("--config."):].split("=", 1)[0]
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+            hint = f"; did you mean --config.{close[0]}?" if close else ""
+            return f"{path} has no field {name!r}{hint}"
+    return f"override names a field that {path} does not have: {fallback!r}"

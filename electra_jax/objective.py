@@ -20,18 +20,24 @@ from electra_jax.model import Electra
 Array = jax.Array
 
 
-def mlm_loss(logits: Array, targets: Array, weights: Array) -> tuple[Array, Array]:
-    """Weighted cross-entropy over the slots: sum(w * CE) / (sum(w) + 1e-6). Returns (loss, per-slot CE)."""
+def mlm_loss(logits: Array, targets: Array, weights: Array, total_weight: Array | None = None
+             ) -> tuple[Array, Array]:
+    """Weighted cross-entropy over the slots: sum(w * CE) / (sum(w) + 1e-6). Returns (loss, per-slot CE).
+
+    `total_weight` replaces sum(w) when this batch is one micro-batch of a larger one.
+    """
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-    return jnp.sum(weights * nll) / (jnp.sum(weights) + 1e-6), nll
+    total = jnp.sum(weights) if total_weight is None else total_weight
+    return jnp.sum(weights * nll) / (total + 1e-6), nll
 
 
-def disc_loss(logits: Array, labels: Array, input_mask: Array) -> Array:
+def disc_loss(logits: Array, labels: Array, input_mask: Array, total_tokens: Array | None = None) -> Array:
     """Sigmoid cross-entropy over every non-pad token ([CLS]/[SEP] included)."""
     mask = input_mask.astype(jnp.float32)
     losses = optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32))
-    return jnp.sum(losses * mask) / (jnp.sum(mask) + 1e-6)
+    total = jnp.sum(mask) if total_tokens is None else total_tokens
+    return jnp.sum(losses * mask) / (total + 1e-6)
 
 
 def sample_tokens(rng: Array, logits: Array, temperature: float = 1.0,
@@ -72,32 +78,42 @@ class Forward(NamedTuple):
     loss: Array
 
 
+def mask_batch(rng: Array, batch: dict, spec: ObjectiveSpec) -> Masked:
+    """The masking `forward(rng)` applies to `batch` (it uses the first of rng's four subkeys)."""
+    return mask_tokens(
+        jax.random.split(rng, 4)[0], batch["input_ids"], batch["input_mask"], mask_prob=spec.mask_prob,
+        max_predictions=spec.max_predictions, mask_id=spec.mask_id, never_mask_ids=spec.never_mask_ids,
+        mask_token_prob=spec.mask_token_prob, with_replacement=spec.with_replacement)
+
+
 def forward(params, batch: dict, rng: Array, *, model: Electra, spec: ObjectiveSpec,
-            deterministic: bool = False) -> Forward:
+            deterministic: bool = False, masked: Masked | None = None,
+            totals: tuple[Array, Array] | None = None) -> Forward:
     """Mask -> generator -> sample -> discriminator. Total = gen_weight * MLM + disc_weight * disc.
 
     The discriminator sees integer token ids, so no gradient reaches the generator through sampling;
     the stop_gradient on the logits states it and keeps the sampler out of the backward pass.
+    For a micro-batch, `masked` is its share of the whole batch's masking and `totals` the whole
+    batch's (masked slots, real tokens), so the micro-batch losses add up to the whole batch's loss.
     """
     input_ids, segment_ids = batch["input_ids"], batch["segment_ids"]
     input_mask = batch["input_mask"]
-    k_mask, k_gen, k_sample, k_disc = jax.random.split(rng, 4)
-    masked = mask_tokens(
-        k_mask, input_ids, input_mask, mask_prob=spec.mask_prob, max_predictions=spec.max_predictions,
-        mask_id=spec.mask_id, never_mask_ids=spec.never_mask_ids,
-        mask_token_prob=spec.mask_token_prob, with_replacement=spec.with_replacement)
+    _, k_gen, k_sample, k_disc = jax.random.split(rng, 4)
+    if masked is None:
+        masked = mask_batch(rng, batch, spec)
+    total_weight, total_tokens = totals if totals is not None else (None, None)
     variables = {"params": params}
 
     gen_logits = model.apply(variables, masked.input_ids, segment_ids, input_mask, masked.positions,
                              deterministic, method=Electra.generator_logits, rngs={"dropout": k_gen})
-    mlm, nll = mlm_loss(gen_logits, masked.original_ids, masked.weights)
+    mlm, nll = mlm_loss(gen_logits, masked.original_ids, masked.weights, total_weight)
     sampled = sample_tokens(k_sample, jax.lax.stop_gradient(gen_logits), spec.temperature,
                             masked.original_ids if spec.disallow_correct else None)
     corrupted, is_fake = replace_tokens(input_ids, masked.positions, masked.weights, sampled)
 
     disc_logits = model.apply(variables, corrupted, segment_ids, input_mask, deterministic,
                               method=Electra.discriminator_logits, rngs={"dropout": k_disc})
-    disc = disc_loss(disc_logits, is_fake, input_mask)
+    disc = disc_loss(disc_logits, is_fake, input_mask, total_tokens)
     loss = spec.gen_weight * mlm + spec.disc_weight * disc
     return Forward(masked, gen_logits, nll, sampled, is_fake, disc_logits, mlm, disc, loss)
 
@@ -107,9 +123,15 @@ def _ratio(num, den):
 
 
 def electra_loss(params, batch: dict, rng: Array, *, model: Electra, spec: ObjectiveSpec,
-                 deterministic: bool = False):
-    """The training loss and metrics as {name: [numerator, denominator]} (summable across batches)."""
-    f = forward(params, batch, rng, model=model, spec=spec, deterministic=deterministic)
+                 deterministic: bool = False, masked: Masked | None = None,
+                 totals: tuple[Array, Array] | None = None):
+    """The training loss and metrics as {name: [numerator, denominator]}.
+
+    Counts and accuracies sum across micro-batches; the three losses are this batch's (with `totals`,
+    its share of the whole batch's), so a caller accumulating micro-batches sums their numerators.
+    """
+    f = forward(params, batch, rng, model=model, spec=spec, deterministic=deterministic, masked=masked,
+                totals=totals)
     w, m = f.masked.weights, batch["input_mask"].astype(jnp.float32)
     fake = f.is_fake.astype(jnp.float32) * m
     pred = (f.disc_logits > 0).astype(jnp.float32) * m

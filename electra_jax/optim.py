@@ -87,4 +87,6 @@ def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTra
         raise ValueError(f"unknown optimizer {p.name!r}")
     if p.grad_clip_norm and p.grad_clip_norm > 0:
         core = optax.chain(optax.clip_by_global_norm(p.grad_clip_norm), core)
+    if p.skip_nonfinite > 0:  # drop steps with NaN/Inf gradients, up to this many in a row
+        core = optax.apply_if_finite(core, max_consecutive_errors=p.skip_nonfinite)
     return core, schedule

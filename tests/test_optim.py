@@ -14,7 +14,7 @@ def _config(name="electra_adam"):
     c = ml_collections.ConfigDict()
     c.num_train_steps = 10
     c.optim = dict(name=name, learning_rate=0.1, warmup_steps=4, lr_decay_power=1.0, weight_decay=0.01,
-                   b1=0.9, b2=0.999, eps=1e-6, grad_clip_norm=1.0)
+                   b1=0.9, b2=0.999, eps=1e-6, grad_clip_norm=1.0, skip_nonfinite=0)
     return c
 
 
@@ -88,3 +88,20 @@ def test_other_optimizers_build_and_step(name):
         updates, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
         params = optax.apply_updates(params, updates)
     assert float(params["kernel"][0, 0]) < 1.0
+
+
+def test_skip_nonfinite_drops_bad_steps_and_counts_them():
+    c = _config()
+    c.optim.skip_nonfinite = 2
+    tx, _ = make_optimizer(c)
+    params = {"w": jnp.ones(3)}
+    state = tx.init(params)
+    good = {"w": jnp.full(3, 0.5)}
+    bad = {"w": jnp.array([1.0, jnp.nan, 0.0])}
+    for grads, expect_zero in [(good, True), (bad, True), (good, False), (bad, True), (bad, True)]:
+        updates, state = tx.update(grads, state, params)
+        # step 0 has lr 0 (warm-up); a skipped step changes nothing
+        assert bool(jnp.all(updates["w"] == 0)) == expect_zero
+    assert int(state.total_notfinite) == 3 and int(state.notfinite_count) == 2
+    updates, state = tx.update(bad, state, params)  # a third in a row is no longer skipped
+    assert not bool(jnp.all(jnp.isfinite(updates["w"])))

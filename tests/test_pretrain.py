@@ -9,7 +9,7 @@ from conftest import ROOT
 from electra_jax.config import load_config
 from electra_jax.data import SAMPLE_CORPUS, SAMPLE_TOKENIZER
 from electra_jax.data.builder import BuildArgs, build
-from electra_jax.train import TrainingError, pretrain
+from electra_jax.pretrain import TrainingError, pretrain
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +35,53 @@ def _params(workdir, step):
 
 def test_stopped_and_resumed_run_equals_straight_run(data_dir, tmp_path):
     one = jax.devices()[:1]
-    straight = pretrain(_config(data_dir), str(tmp_path / "a"), devices=one, progress=False)
+    straight = pretrain(_config(data_dir, "--config.train.profile_steps=2"), str(tmp_path / "a"),
+                        devices=one, progress=False)
     first = pretrain(_config(data_dir), str(tmp_path / "b"), max_steps=3, devices=one, progress=False)
     assert first["step"] == 3
     resumed = pretrain(_config(data_dir), str(tmp_path / "b"), devices=one, progress=False)
     assert resumed["step"] == straight["step"] == 8
     for a, b in zip(jax.tree.leaves(_params(tmp_path / "a", 8)), jax.tree.leaves(_params(tmp_path / "b", 8))):
         np.testing.assert_array_equal(a, b)  # bitwise on CPU
-    assert resumed["train"] == straight["train"]
+    timing = ("tokens_per_s", "step_time_s", "mfu")
+    drop = lambda m: {k: v for k, v in m.items() if k not in timing}
+    assert drop(resumed["train"]) == drop(straight["train"])
     assert resumed["eval"] == straight["eval"]
     assert 0.0 <= straight["eval"]["disc_auc"] <= 1.0
+    _check_logs(tmp_path / "a")
+
+
+def _check_logs(workdir):
+    """metrics.jsonl, TensorBoard events, the profile and `electra-jax plot` of a finished 8-step run."""
+    import json
+
+    import tensorflow as tf
+
+    from electra_jax.cli import main
+
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train] == [2, 4, 6, 8]
+    assert [r["step"] for r in records if r["split"] == "eval"] == [4, 8]
+    evals = [r for r in records if r["split"] == "eval"]
+    for name in ("loss", "learning_rate", "grad_norm", "param_norm", "tokens_per_s", "step_time_s"):
+        assert name in train[-1], name
+    assert {"masked_lm_accuracy", "disc_auc", "disc_precision"} <= set(evals[-1])
+    np.testing.assert_allclose(train[0]["learning_rate"], 1e-3 * (1 - 1 / 8) * (1 / 20), rtol=1e-5)
+
+    tags = {}
+    for split in ("train", "eval"):
+        for path in tf.io.gfile.glob(str(workdir / "tensorboard" / split / "events.out.tfevents.*")):
+            for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
+                event = tf.compat.v1.Event.FromString(raw)
+                for v in event.summary.value:
+                    tags.setdefault((split, v.tag), []).append(event.step)
+    assert tags[("train", "loss")] == [2, 4, 6, 8] and tags[("eval", "disc_auc")] == [4, 8]
+    assert ("train", "tokens_per_s") in tags and ("train", "learning_rate") in tags
+    assert list((workdir / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
+
+    assert main(["plot", str(workdir)]) == 0
+    assert (workdir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_checkpoint_of_another_model_and_mismatched_data_are_refused(data_dir, tmp_path):
@@ -94,7 +131,7 @@ def test_export_loads_in_transformers_with_equal_logits(data_dir, tmp_path):
     import sys
 
     from electra_jax.model import Electra
-    from electra_jax.train import restore_params
+    from electra_jax.pretrain import restore_params
 
     workdir = tmp_path / "w"
     pretrain(_config(data_dir, "--config.num_train_steps=4"), str(workdir), devices=jax.devices()[:1],
@@ -145,3 +182,63 @@ def test_demo_runs_end_to_end_in_short_form(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "4/4 electra-jax detect" in out.stdout and "light" in out.stdout
     assert (tmp_path / "export" / "discriminator" / "model.safetensors").exists()
+
+
+def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
+    # Warm-up makes step 0's learning rate 0; the next update (lr ~1e37) overflows the parameters.
+    config = _config(data_dir, "--config.optim.learning_rate=1e38", "--config.optim.warmup_steps=4",
+                     "--config.train.save_every=1", "--config.train.log_every=1")
+    with pytest.raises(TrainingError, match=r"not finite at step (\d+).*the last good checkpoint is step 1\b"):
+        pretrain(config, str(tmp_path), devices=jax.devices()[:1], progress=False)
+    steps = ocp.CheckpointManager(str(tmp_path / "checkpoints")).all_steps()
+    assert list(steps) == [1]
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(_params(tmp_path, 1)))
+
+
+def test_kill_9_during_a_save_leaves_the_previous_checkpoint_usable(data_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    workdir = tmp_path / "w"
+    env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "electra_jax.cli", "pretrain", "--config", str(ROOT / "configs" / "tiny.py"),
+         "--workdir", str(workdir), "--data", data_dir, "--config.num_train_steps=100000",
+         "--config.train.save_every=1", "--config.train.keep_checkpoints=100000",
+         "--config.train.eval_every=0"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoints, killed_mid_save = workdir / "checkpoints", False
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        names = os.listdir(checkpoints) if checkpoints.exists() else []
+        if sum(n.isdigit() for n in names) >= 3 and any("tmp" in n for n in names):
+            proc.send_signal(signal.SIGKILL)  # while orbax is writing a step
+            killed_mid_save = True
+            break
+        time.sleep(0.002)
+    proc.wait(timeout=60)
+    assert killed_mid_save, proc.stderr.read()[-2000:]
+
+    steps = ocp.CheckpointManager(str(checkpoints)).all_steps()
+    assert steps and all(str(s) in os.listdir(checkpoints) for s in steps)
+    last = max(steps)
+    resumed = pretrain(_config(data_dir, f"--config.num_train_steps={last + 2}"), str(workdir),
+                       devices=jax.devices()[:1], progress=False)
+    assert resumed["step"] == last + 2  # resumed from the last committed step, not from scratch
+
+
+def test_unwritable_or_full_workdir_is_refused_before_training(data_dir, tmp_path, monkeypatch):
+    import collections
+    import shutil
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(TrainingError, match="cannot write to --workdir"):
+        pretrain(_config(data_dir), str(blocker / "run"), devices=jax.devices()[:1], progress=False)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(TrainingError, match=r"has 0.00 GiB free but one checkpoint needs"):
+        pretrain(_config(data_dir), str(tmp_path / "run"), devices=jax.devices()[:1], progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()

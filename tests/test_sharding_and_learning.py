@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 from electra_jax import config as config_lib
 from electra_jax.data.synthetic import synthetic_batch
 from electra_jax.objective import electra_loss, summarize
-from electra_jax.train import setup
+from electra_jax.train import gradients, setup
 
 DATA = pathlib.Path(__file__).parent / "data" / "genesis.txt"
 
@@ -108,3 +108,25 @@ def test_tiny_model_learns_real_sentences(tiny_config):
     assert after["mlm_accuracy"] > before["mlm_accuracy"] + 0.1
     assert after["disc_accuracy"] > before["disc_accuracy"] + 0.03
     assert after["loss"] < before["loss"]
+
+
+def test_micro_batches_give_the_whole_batch_gradient(tiny_config):
+    """Accumulating 4 micro-batches = one pass over the whole batch. Dropout off and a near-zero
+    sampling temperature leave the (shared) masking as the only randomness."""
+    c = tiny_config
+    c.model.update(dropout_rate=0.0, attention_dropout_rate=0.0)
+    c.objective.temperature = 1e-6
+    s = setup(c, jax.devices()[:1])
+    init_rng, rng = s.rngs()
+    params = s.init(init_rng).params
+    batch = synthetic_batch(np.random.default_rng(1), 16, c.data.seq_len, c.model.vocab_size,
+                            c.tokens.cls_id, c.tokens.sep_id, min_len=8)  # uneven: no mean of means
+    spec = config_lib.objective_spec(c)
+    run = lambda k: jax.jit(functools.partial(gradients, model=s.model, spec=spec, micro_batches=k))(
+        params, batch, rng)
+    (grads_1, metrics_1), (grads_4, metrics_4) = run(1), run(4)
+    m1, m4 = summarize(metrics_1), summarize(metrics_4)
+    for k in m1:
+        np.testing.assert_allclose(m4[k], m1[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(grads_1), jax.tree.leaves(grads_4)):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-7, err_msg=jax.tree_util.keystr(path))

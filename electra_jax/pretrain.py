@@ -1,0 +1,280 @@
+"""The pretraining loop: data in, checkpoints, evaluation and metrics out.
+
+    pretrain(config, workdir)  # resumes from the latest checkpoint in workdir
+
+The host only feeds batches and reads metrics one log interval late, so it never waits on the device.
+Every check that can fail (data, checkpoint, workdir) runs before the first step compiles.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import signal
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from electra_jax import config as config_lib
+from electra_jax import flops
+from electra_jax.checkpoint import Checkpoints
+from electra_jax.objective import eval_metrics, eval_statistics
+from electra_jax.sharding import replicated
+from electra_jax.train import Setup, setup
+from electra_jax.writers import MetricWriter
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (NaN, incompatible checkpoint, bad data or workdir); says what to do."""
+
+
+MODEL_FIELDS_THAT_MUST_MATCH = ("vocab_size", "embedding_size", "hidden_size", "num_layers", "num_heads",
+                                "intermediate_size", "max_position_embeddings", "type_vocab_size",
+                                "generator_hidden_fraction", "generator_layers_fraction", "scan_layers")
+
+
+def check_data(config, manifest: dict) -> None:
+    sp, t = manifest["special_ids"], config.tokens
+    if manifest["vocab_size"] > config.model.vocab_size:
+        raise TrainingError(f"the data's tokenizer has {manifest['vocab_size']} tokens but "
+                            f"config.model.vocab_size is {config.model.vocab_size}; raise it")
+    wrong = [f"tokens.{k}_id={t[k + '_id']} (data: {sp[k]})" for k in ("pad", "cls", "sep", "mask")
+             if sp[k] != t[k + "_id"]]
+    if wrong:
+        raise TrainingError(f"special token ids differ from the data's tokenizer: {', '.join(wrong)}; "
+                            "set them with --config.tokens.<name>_id")
+
+
+def check_checkpoint(config, meta: dict, workdir: str) -> None:
+    saved = meta.get("model", {})
+    differ = [f"{k}: checkpoint {saved[k]!r}, config {config.model[k]!r}"
+              for k in MODEL_FIELDS_THAT_MUST_MATCH if k in saved and saved[k] != config.model[k]]
+    if differ:
+        raise TrainingError(f"{workdir} holds a checkpoint of a different model ({'; '.join(differ)}); "
+                            "use another --workdir or the checkpoint's config")
+
+
+def check_workdir(workdir: str, checkpoint_bytes: int) -> None:
+    """Writable, with room for one more checkpoint: fail now, not hours later at the first save."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write-test-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise TrainingError(f"cannot write to --workdir {workdir}: {e.strerror or e}; choose a writable "
+                            "directory") from None
+    free = shutil.disk_usage(workdir).free
+    if free < 1.2 * checkpoint_bytes:
+        raise TrainingError(f"--workdir {workdir} has {free / 2**30:.2f} GiB free but one checkpoint "
+                            f"needs {checkpoint_bytes / 2**30:.2f} GiB; free space or use another disk")
+
+
+def _write_config(config, workdir: str) -> None:
+    tmp = os.path.join(workdir, "config.json.tmp")
+    with open(tmp, "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(tmp, os.path.join(workdir, "config.json"))
+
+
+class _Evaluator:
+    """Deterministic eval on the held-out split: fixed PRNG, no dropout, the original's metrics."""
+
+    def __init__(self, s: Setup, config):
+        self.s, self.config = s, config
+        self.step = jax.jit(
+            functools.partial(eval_statistics, model=s.model, spec=config_lib.objective_spec(config)),
+            in_shardings=(s.state_shardings.params, s.batch_sharding, replicated(s.mesh)),
+            out_shardings=replicated(s.mesh))
+        self.rng = jax.random.key(config.seed + 1, impl=config.rng_impl)
+
+    def __call__(self, params) -> dict:
+        from electra_jax.data.reader import eval_dataset
+
+        total, limit = None, self.config.train.eval_batches
+        batches = eval_dataset(self.config.data.path, self.config.batch_size).as_numpy_iterator()
+        for i, host_batch in enumerate(batches):
+            if limit and i >= limit:
+                break
+            batch = {k: jax.make_array_from_process_local_data(self.s.batch_sharding, v)
+                     for k, v in host_batch.items()}
+            stats = jax.device_get(self.step(params, batch, self.rng))
+            total = stats if total is None else jax.tree.map(np.add, total, stats)
+        return eval_metrics(total)
+
+
+class _Speed:
+    """Tokens/s, step time and MFU between two log points, not counting eval and checkpoint time."""
+
+    def __init__(self, config, step: int, num_devices: int):
+        spec = config_lib.model_spec(config)
+        self.tokens_per_step = config.batch_size * config.data.seq_len
+        self.flops_per_step = config.batch_size * flops.train_flops_per_sequence(
+            spec, config.data.seq_len, config_lib.max_predictions_per_seq(config))
+        peak = flops.peak_tflops(jax.devices()[0].device_kind)
+        self.peak_flops = peak * 1e12 * num_devices if peak else None
+        self.since, self.since_step, self.paused = time.perf_counter(), step, 0.0
+
+    def pause(self, seconds: float) -> None:
+        self.paused += seconds
+
+    def measure(self, step: int) -> dict:
+        now = time.perf_counter()
+        steps = max(step - self.since_step, 1)
+        step_time = max(now - self.since - self.paused, 1e-9) / steps
+        self.since, self.since_step, self.paused = now, step, 0.0
+        out = {"step_time_s": step_time, "tokens_per_s": self.tokens_per_step / step_time}
+        if self.peak_flops:
+            out["mfu"] = self.flops_per_step / step_time / self.peak_flops
+        return out
+
+
+def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int | None = None,
+             devices=None, progress: bool = True, handle_sigterm: bool = True) -> dict:
+    """Pretrain until config.num_train_steps (or `max_steps`), resuming from the latest checkpoint.
+
+    Returns {step, train: last logged train metrics, eval: last eval metrics}. SIGTERM and orbax's
+    multi-host preemption notice save the current step, wait for the save and return.
+    """
+    from tqdm import tqdm
+
+    from electra_jax.data.reader import Reader, open_build, train_dataset
+
+    if not config.data.path:
+        raise TrainingError("no training data: pass --config.data.path=DIR (a `build-data` output)")
+    manifest = open_build(config.data.path, seq_len=config.data.seq_len)
+    check_data(config, manifest)
+    s = setup(config, devices)
+    abstract = s.abstract_state()
+    check_workdir(workdir, sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract)))
+    tc = config.train
+    lead = jax.process_index() == 0
+    if lead:
+        _write_config(config, workdir)
+
+    init_rng, train_rng = s.rngs()
+    reader = Reader(train_dataset(config.data.path, config.batch_size, config.seed,
+                                  shuffle_buffer=config.data.shuffle_buffer), s.batch_sharding)
+    checkpoints = Checkpoints(workdir, tc.keep_checkpoints, tc.async_checkpoints)
+    meta = {"model": config.model.to_dict(), "data": config.data.path,
+            "tokenizer_fingerprint": manifest["tokenizer_fingerprint"]}
+    latest = checkpoints.latest_step()
+    if latest is None:
+        state = s.init(init_rng)
+    else:
+        check_checkpoint(config, checkpoints.meta(latest), workdir)
+        state = checkpoints.restore(latest, abstract, reader)
+    step = first_step = int(state.step)
+    last = min(config.num_train_steps, max_steps or config.num_train_steps)
+
+    evaluate = _Evaluator(s, config) if "eval" in manifest["splits"] and tc.eval_every else None
+    writer = MetricWriter(workdir, enabled=lead)
+    speed = _Speed(config, step, s.mesh.size)
+    skip_limit = config.optim.skip_nonfinite
+
+    def fetch(at: int, metrics) -> dict:
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if skip_limit:  # bad steps were skipped; only a run of more than skip_limit got applied
+            bad = values["consecutive_skipped"] > skip_limit
+        else:
+            bad = not (np.isfinite(values["loss"]) and np.isfinite(values["grad_norm"]))
+        if bad or not np.isfinite(values["param_norm"]):
+            raise TrainingError(
+                f"loss, gradients or parameters are not finite at step {at} (loss {values['loss']}, "
+                f"grad norm {values['grad_norm']}, param norm {values['param_norm']}); the last good checkpoint is step {checkpoints.latest_step()}. "
+                "Lower optim.learning_rate, check the data, or set optim.skip_nonfinite=N to skip up "
+                "to N bad steps in a row.")
+        return values
+
+    stop = {"signal": False}
+    if handle_sigterm:
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
+    profile_from = step + 3 if tc.profile_steps else -1  # after compilation and warm-up
+    bar = tqdm(total=last, initial=step, unit="step", disable=not (progress and lead), dynamic_ncols=True)
+    pending = None  # (step, metrics on device), read one log interval later
+    logged, evaluated = {}, {}
+    tracing = False
+
+    def log_pending():
+        nonlocal pending, logged
+        at, metrics = pending
+        logged = {**fetch(at, metrics), **speed.measure(at)}
+        writer.write(at, "train", logged)
+        bar.set_postfix(loss=f"{logged['loss']:.3f}", tok_s=f"{logged['tokens_per_s']:,.0f}")
+        pending = None
+
+    try:
+        while step < last:
+            if step == profile_from:
+                os.makedirs(writer.tensorboard_dir, exist_ok=True)
+                jax.profiler.start_trace(writer.tensorboard_dir)
+                tracing = True
+            dispatched = time.perf_counter()
+            state, metrics = s.step(state, next(reader), train_rng)
+            if step == first_step:  # this call compiled the step: not a training-speed cost
+                speed.pause(time.perf_counter() - dispatched)
+            step += 1
+            if tracing and step == profile_from + tc.profile_steps:
+                jax.block_until_ready(metrics)
+                jax.profiler.stop_trace()
+                tracing = False
+                bar.write(f"profile of steps {profile_from}-{step - 1} in {writer.tensorboard_dir}")
+            if pending is not None:
+                log_pending()
+            if step % tc.log_every == 0 or step == last:
+                pending = (step, metrics)
+            bar.update(1)
+            preempted = stop["signal"] or checkpoints.reached_preemption(step)
+            paused = time.perf_counter()
+            if step % tc.save_every == 0 or step == last or preempted:
+                fetch(step, metrics)  # never save a non-finite state
+                checkpoints.save(step, state, meta, reader)
+            if evaluate and (step % tc.eval_every == 0 or step == last):
+                evaluated = evaluate(state.params)
+                writer.write(step, "eval", evaluated)
+            speed.pause(time.perf_counter() - paused)
+            if preempted:
+                bar.write(f"preempted: saved step {step}; rerun the same command to resume")
+                break
+        if pending is not None:
+            log_pending()
+    finally:
+        if tracing:
+            jax.profiler.stop_trace()
+        bar.close()
+        checkpoints.wait()
+        checkpoints.close()
+        writer.close()
+        if handle_sigterm:
+            signal.signal(signal.SIGTERM, previous)
+    return {"step": step, "train": logged, "eval": evaluated}
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise TrainingError(f"{workdir}: no config.json; is this a pretrain --workdir?")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def restore_params(workdir: str, step: int | None = None) -> tuple[ml_collections.ConfigDict, int, Any]:
+    """(config, step, params as numpy) from a pretrain workdir, on this host's first device."""
+    config = load_workdir_config(workdir)
+    checkpoints = Checkpoints(workdir, async_save=False)
+    steps = checkpoints.all_steps()
+    if not steps:
+        raise TrainingError(f"{workdir}: no checkpoints yet")
+    step = steps[-1] if step is None else step
+    if step not in steps:
+        raise TrainingError(f"{workdir}: no checkpoint at step {step}; there are {steps}")
+    config.mesh.update(data=-1, fsdp=1, tensor=1)  # export on whatever this machine has
+    state = checkpoints.restore(step, setup(config, jax.devices()[:1]).abstract_state())
+    checkpoints.close()
+    return config, step, jax.tree.map(jax.device_get, state.params)
