@@ -66,6 +66,8 @@ class Checkpoints:
             state=ocp.args.StandardRestore(abstract_state)))
         if reader is not None:
             path = self._reader_path(step)
+            if step == 0 and not os.path.exists(path + ".index"):
+                return restored["state"]  # an imported model: no batch read yet, start the data fresh
             if not os.path.exists(path + ".index"):
                 raise CheckpointError(f"{path}: no data-reader position for step {step}; the run cannot "
                                       "resume its data order exactly (was it saved by another version?)")

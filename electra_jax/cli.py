@@ -9,6 +9,8 @@ import sys
 from electra_jax.config import ConfigError, load_config
 from electra_jax.data.builder import DataError
 from electra_jax.data.tokenizer import TokenizerError
+from electra_jax.checkpoint import CheckpointError
+from electra_jax.hf import HFFormatError
 from electra_jax.pretrain import TrainingError
 
 
@@ -52,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--step", type=int, default=None, help="default: the latest checkpoint")
     export.add_argument("--out", required=True, help="OUT/discriminator and OUT/generator are written")
     export.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+
+    imp = sub.add_parser("import", help="HF discriminator + generator -> a step-0 checkpoint to pretrain on")
+    imp.add_argument("--discriminator", required=True, help="an HF ElectraForPreTraining directory")
+    imp.add_argument("--generator", required=True, help="an HF ElectraForMaskedLM directory")
+    imp.add_argument("--workdir", required=True, help="an empty directory; `pretrain` continues from it")
+    imp.add_argument("--config", default="configs/base.py",
+                     help="training settings to continue with (model fields come from the HF configs)")
 
     detect = sub.add_parser("detect", help="show which tokens an exported discriminator calls replaced")
     detect.add_argument("--model", required=True, help="an exported discriminator directory")
@@ -178,6 +187,14 @@ def _export_command(args) -> None:
     print(f"exported step {step}: {written['discriminator']}, {written['generator']}")
 
 
+def _import_command(args, config) -> None:
+    from electra_jax.pretrain import import_hf
+
+    config, overrides = import_hf(args.discriminator, args.generator, args.workdir, config)
+    print(f"wrote step 0 to {args.workdir}; continue pretraining with\n  electra-jax pretrain --config "
+          f"{args.config} --workdir {args.workdir} --data DATA " + " ".join(overrides))
+
+
 def _detect_command(args) -> None:
     import json
 
@@ -251,7 +268,8 @@ def _bench_command(args, config) -> None:
 COMMANDS = {"tokenizer": _tokenizer_command, "build-data": _build_data_command,
             "export": _export_command, "detect": _detect_command, "bench-data": _bench_data_command,
             "plot": _plot_command}
-CONFIG_COMMANDS = {"demo": _demo_command, "pretrain": _pretrain_command, "bench": _bench_command}
+CONFIG_COMMANDS = {"demo": _demo_command, "pretrain": _pretrain_command, "bench": _bench_command,
+                   "import": _import_command}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             COMMANDS[args.command](args)
         else:
             CONFIG_COMMANDS[args.command](args, load_config(args.config, overrides))
-    except (ConfigError, DataError, TokenizerError, TrainingError) as e:
+    except (ConfigError, DataError, TokenizerError, TrainingError, HFFormatError, CheckpointError) as e:
         print(f"electra-jax: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -107,16 +107,29 @@ def to_hf_state_dict(params, spec: ModelSpec, tower: str, dtype=np.float32) -> d
             for path, key, layout in _entries(spec, tower)}
 
 
-def from_hf_state_dict(state_dict: dict, spec: ModelSpec, tower: str) -> dict:
+class HFFormatError(ValueError):
+    """A Hugging Face directory that is not the ELECTRA model expected; the message says which part."""
+
+
+def from_hf_state_dict(state_dict: dict, spec: ModelSpec, tower: str, expected=None) -> dict:
     """Our (unrolled) params for the embeddings and one tower from an HF state dict.
 
-    Raises KeyError naming every missing key, and ValueError for a tensor of the wrong shape.
+    `expected` (our unrolled param tree, arrays or ShapeDtypeStructs) checks every tensor's shape first.
+    Raises HFFormatError naming the missing keys or the tensors of the wrong shape.
     """
     enc = getattr(spec, tower)
     entries = list(_entries(spec, tower))
     missing = [key for _, key, _ in entries if key not in state_dict]
     if missing:
-        raise KeyError(f"HF state dict lacks {len(missing)} {tower} tensors, e.g. {missing[:3]}")
+        raise HFFormatError(f"the {tower} lacks {len(missing)} of its tensors, e.g. {missing[:3]}")
+    if expected is not None:
+        wrong = []
+        for path, key, layout in entries:
+            want = _to_hf(np.empty(_get(expected, path).shape, np.int8), layout).shape
+            if tuple(np.shape(state_dict[key])) != want:
+                wrong.append(f"{key} {tuple(np.shape(state_dict[key]))}, expected {want}")
+        if wrong:
+            raise HFFormatError(f"{len(wrong)} {tower} tensors have the wrong shape: {'; '.join(wrong[:4])}")
     params: dict = {}
     for path, key, layout in entries:
         _set(params, path, _from_hf(np.asarray(state_dict[key], np.float32), layout, enc))
@@ -146,6 +159,75 @@ def hf_config(spec: ModelSpec, tower: str, pad_token_id: int = 0) -> dict:
         "tie_word_embeddings": True,
         "dtype": "float32",
     }
+
+
+# Fields both towers of one ELECTRA must agree on: they share the embedding tables.
+SHARED_HF_FIELDS = ("vocab_size", "embedding_size", "max_position_embeddings", "type_vocab_size")
+
+
+def read_pretrained(model_dir: str) -> tuple[dict, dict]:
+    """(config.json, numpy state dict) of an HF ELECTRA directory (model.safetensors, or
+    pytorch_model.bin when torch is installed)."""
+    import json
+    import os
+
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(path):
+        raise HFFormatError(f"{model_dir}: no config.json; expected a Hugging Face ELECTRA model directory")
+    with open(path) as f:
+        config = json.load(f)
+    if config.get("model_type") != "electra":
+        raise HFFormatError(f"{path}: model_type is {config.get('model_type')!r}, not 'electra'")
+    weights = os.path.join(model_dir, "model.safetensors")
+    if os.path.isfile(weights):
+        from safetensors.numpy import load_file
+
+        return config, load_file(weights)
+    legacy = os.path.join(model_dir, "pytorch_model.bin")
+    if os.path.isfile(legacy):
+        try:
+            import torch
+        except ImportError:
+            raise HFFormatError(f"{legacy}: reading .bin weights needs torch; install it or convert the "
+                                "model to safetensors") from None
+        state = torch.load(legacy, map_location="cpu", weights_only=True)
+        return config, {k: v.float().numpy() for k, v in state.items()}
+    raise HFFormatError(f"{model_dir}: no model.safetensors or pytorch_model.bin")
+
+
+def model_fields_from_hf(discriminator: dict, generator: dict) -> dict:
+    """config.model fields for a discriminator/generator pair of HF configs, checked against each other
+    and against the generator electra-jax derives (`config.generator_encoder`)."""
+    import ml_collections
+
+    from electra_jax.config import generator_encoder
+
+    differ = [f"{k}: discriminator {discriminator.get(k)}, generator {generator.get(k)}"
+              for k in SHARED_HF_FIELDS if discriminator.get(k) != generator.get(k)]
+    if differ:
+        raise HFFormatError(f"the two models cannot share embeddings ({'; '.join(differ)})")
+    for name, c in (("discriminator", discriminator), ("generator", generator)):
+        if c.get("hidden_act", "gelu") != "gelu":
+            raise HFFormatError(f"the {name} uses hidden_act={c['hidden_act']!r}; electra-jax has gelu only")
+    d, g = discriminator, generator
+    fields = {
+        "vocab_size": d["vocab_size"], "embedding_size": d["embedding_size"],
+        "hidden_size": d["hidden_size"], "num_layers": d["num_hidden_layers"],
+        "num_heads": d["num_attention_heads"], "intermediate_size": d["intermediate_size"],
+        "max_position_embeddings": d["max_position_embeddings"], "type_vocab_size": d["type_vocab_size"],
+        "dropout_rate": d["hidden_dropout_prob"], "attention_dropout_rate": d["attention_probs_dropout_prob"],
+        "layer_norm_eps": d["layer_norm_eps"], "initializer_range": d["initializer_range"],
+        "generator_hidden_fraction": g["hidden_size"] / d["hidden_size"],
+        "generator_layers_fraction": g["num_hidden_layers"] / d["num_hidden_layers"],
+    }
+
+    derived = generator_encoder(ml_collections.ConfigDict(fields))
+    given = EncoderSpec(g["hidden_size"], g["num_hidden_layers"], g["num_attention_heads"],
+                        g["intermediate_size"])
+    if derived != given:
+        raise HFFormatError(f"the generator ({given}) is not the one electra-jax derives from the "
+                            f"discriminator and its width ({derived}: 4x FFN, one head per 64 dims)")
+    return fields
 
 
 def spec_from_hf_config(c: dict) -> ModelSpec:

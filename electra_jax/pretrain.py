@@ -278,3 +278,59 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[ml_collection
     state = checkpoints.restore(step, setup(config, jax.devices()[:1]).abstract_state())
     checkpoints.close()
     return config, step, jax.tree.map(jax.device_get, state.params)
+
+
+def import_hf(discriminator_dir: str, generator_dir: str, workdir: str, config: ml_collections.ConfigDict,
+              devices=None) -> tuple[ml_collections.ConfigDict, list[str]]:
+    """Published-layout HF discriminator + generator -> a step-0 checkpoint in `workdir` that pretraining
+    continues from. Model fields come from the HF configs (checked against each other); the rest of
+    `config` (optimizer, data, ...) is kept. Returns the config and the model overrides it needed."""
+    import numpy as np
+
+    from electra_jax.data.tokenizer import TokenizerError, load_tokenizer, special_ids
+    from electra_jax.hf import from_hf_state_dict, model_fields_from_hf, read_pretrained
+    from electra_jax.model import stack_layers, unstack_layers
+    from electra_jax.train import TrainState
+
+    disc_config, disc_weights = read_pretrained(discriminator_dir)
+    gen_config, gen_weights = read_pretrained(generator_dir)
+    fields = model_fields_from_hf(disc_config, gen_config)
+    overrides = [f"--config.model.{k}={v}" for k, v in fields.items() if config.model[k] != v]
+    config.model.update(fields)
+    try:
+        ids = special_ids(load_tokenizer(discriminator_dir), discriminator_dir)
+        tokens = {"pad_id": ids.pad, "cls_id": ids.cls, "sep_id": ids.sep, "mask_id": ids.mask}
+        overrides += [f"--config.tokens.{k}={v}" for k, v in tokens.items() if config.tokens[k] != v]
+        config.tokens.update(tokens)
+    except TokenizerError:
+        pass  # no tokenizer files beside the weights: the config's special ids stand
+
+    s = setup(config, devices)
+    abstract = s.abstract_state()
+    check_workdir(workdir, sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract)))
+    checkpoints = Checkpoints(workdir, async_save=False)
+    if checkpoints.latest_step() is not None:
+        raise TrainingError(f"{workdir} already holds checkpoints {checkpoints.all_steps()}; import into "
+                            "an empty --workdir")
+    expected = jax.eval_shape(unstack_layers, abstract.params)
+    spec = config_lib.model_spec(config)
+    params = from_hf_state_dict(disc_weights, spec, "discriminator", expected)
+    generator = from_hf_state_dict(gen_weights, spec, "generator", expected)
+    params["generator"] = generator["generator"]
+    shared = params["embeddings"]
+    if not all(np.array_equal(shared[k], generator["embeddings"][k]) for k in shared if k != "layer_norm"):
+        print("note: the generator's embedding tables differ from the discriminator's; the "
+              "discriminator's are kept (ELECTRA shares them)")
+    if config.model.scan_layers:
+        params = stack_layers(params)
+    params = jax.device_put(params, s.state_shardings.params)
+    opt_state = jax.jit(s.tx.init, out_shardings=s.state_shardings.opt_state)(params)
+    state = TrainState(step=jax.device_put(np.int32(0), s.state_shardings.step), params=params,
+                       opt_state=opt_state)
+    _write_config(config, workdir)
+    meta = {"model": config.model.to_dict(), "data": None,
+            "imported_from": {"discriminator": discriminator_dir, "generator": generator_dir}}
+    checkpoints.save(0, state, meta)
+    checkpoints.wait()
+    checkpoints.close()
+    return config, overrides

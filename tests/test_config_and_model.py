@@ -112,3 +112,9 @@ def test_bfloat16_compute_keeps_float32_state(tiny_config):
     assert np.isfinite(float(metrics["loss"]))
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
     assert {x.dtype for x in jax.tree.leaves(state.opt_state) if x.ndim} == {jnp.dtype("float32")}
+
+
+def test_override_typo_names_the_nearest_field():
+    with pytest.raises(config_lib.ConfigError, match=r"no field 'model.hiden_size'; did you mean "
+                                                     r"--config.model.hidden_size\?"):
+        config_lib.load_config(str(ROOT / "configs" / "tiny.py"), ["--config.model.hiden_size=3"])

@@ -167,6 +167,40 @@ def test_export_loads_in_transformers_with_equal_logits(data_dir, tmp_path):
         np.testing.assert_allclose(np.asarray(ours[tower])[real], logits[real], atol=1e-5, rtol=1e-5)
     fill = transformers.pipeline("fill-mask", model=str(tmp_path / "hf" / "generator"))
     assert len(fill("In the beginning God created the [MASK].")) == 5
+    _check_import(tmp_path, data_dir, params)
+
+
+def _check_import(tmp_path, data_dir, params):
+    """HF export -> import gives back the same parameters, pretraining continues from it, and a
+    discriminator whose config disagrees with its weights is refused naming the tensors."""
+    import json
+    import shutil
+
+    from electra_jax.cli import main
+    from electra_jax.hf import HFFormatError
+    from electra_jax.pretrain import import_hf, restore_params
+
+    hf = tmp_path / "hf"
+    tiny = str(ROOT / "configs" / "tiny.py")
+    args = ["import", "--discriminator", str(hf / "discriminator"), "--generator", str(hf / "generator"),
+            "--config", tiny]
+    assert main(args + ["--workdir", str(tmp_path / "imported")]) == 0
+    _, step, imported = restore_params(str(tmp_path / "imported"))
+    assert step == 0
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(imported)):
+        np.testing.assert_array_equal(b, a, err_msg=jax.tree_util.keystr(path))
+    resumed = pretrain(_config(data_dir, "--config.num_train_steps=2"), str(tmp_path / "imported"),
+                       devices=jax.devices()[:1], progress=False)
+    assert resumed["step"] == 2
+    assert main(args + ["--workdir", str(tmp_path / "imported")]) == 2  # not over a run
+
+    bad = tmp_path / "bad"
+    shutil.copytree(hf / "discriminator", bad)
+    config = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**config, "intermediate_size": 512}))
+    with pytest.raises(HFFormatError, match=r"tensors have the wrong shape: .*intermediate.dense.weight "
+                                            r"\(256, 64\), expected \(512, 64\)"):
+        import_hf(str(bad), str(hf / "generator"), str(tmp_path / "never"), _config(data_dir))
 
 
 def test_demo_runs_end_to_end_in_short_form(tmp_path):
