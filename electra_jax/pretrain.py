@@ -231,14 +231,17 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
                 pending = (step, metrics)
             bar.update(1)
             preempted = stop["signal"] or checkpoints.reached_preemption(step)
-            paused = time.perf_counter()
-            if step % tc.save_every == 0 or step == last or preempted:
-                fetch(step, metrics)  # never save a non-finite state
-                checkpoints.save(step, state, meta, reader)
-            if evaluate and (step % tc.eval_every == 0 or step == last):
-                evaluated = evaluate(state.params)
-                writer.write(step, "eval", evaluated)
-            speed.pause(time.perf_counter() - paused)
+            save = step % tc.save_every == 0 or step == last or preempted
+            run_eval = evaluate and (step % tc.eval_every == 0 or step == last)
+            if save or run_eval:
+                fetch(step, metrics)  # waits for the step; never save or evaluate a non-finite state
+                paused = time.perf_counter()
+                if save:
+                    checkpoints.save(step, state, meta, reader)
+                if run_eval:
+                    evaluated = evaluate(state.params)
+                    writer.write(step, "eval", evaluated)
+                speed.pause(time.perf_counter() - paused)
             if preempted:
                 bar.write(f"preempted: saved step {step}; rerun the same command to resume")
                 break
