@@ -19,8 +19,27 @@ from electra_jax.flops import peak_tflops, train_flops_per_sequence
 from electra_jax.train import setup
 
 
+def time_checkpoint(state, directory: str) -> dict:
+    """Seconds a training loop is held by an async orbax save (device -> host copy) and until the save
+    is committed, for the state just trained."""
+    import shutil
+
+    from electra_jax.checkpoint import Checkpoints
+
+    shutil.rmtree(directory, ignore_errors=True)
+    checkpoints = Checkpoints(directory, keep=1, async_save=True)
+    t0 = time.perf_counter()
+    checkpoints.save(1, state, {"bench": True})
+    blocking = time.perf_counter() - t0
+    checkpoints.wait()
+    total = time.perf_counter() - t0
+    checkpoints.close()
+    return {"checkpoint_bytes": sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)),
+            "checkpoint_blocking_s": round(blocking, 3), "checkpoint_total_s": round(total, 3)}
+
+
 def run(config: ml_collections.ConfigDict, steps: int = 10, warmup: int = 2,
-        peak: float | None = None) -> dict:
+        peak: float | None = None, checkpoint_dir: str | None = None) -> dict:
     s = setup(config)
     init_rng, train_rng = s.rngs()
     state = s.init(init_rng)
@@ -34,8 +53,8 @@ def run(config: ml_collections.ConfigDict, steps: int = 10, warmup: int = 2,
     compiled = s.step.lower(state, batch, train_rng).compile()
     compile_s = time.perf_counter() - t0
     for _ in range(warmup):
-        state, metrics = compiled(state, batch, train_rng)
-    jax.block_until_ready(metrics)
+        state, _ = compiled(state, batch, train_rng)
+    jax.block_until_ready(state)
     t0 = time.perf_counter()
     for _ in range(steps):
         state, metrics = compiled(state, batch, train_rng)
@@ -54,7 +73,9 @@ def run(config: ml_collections.ConfigDict, steps: int = 10, warmup: int = 2,
     compiled_bytes = None if analysis is None else (
         analysis.argument_size_in_bytes + analysis.output_size_in_bytes
         + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+    saved = time_checkpoint(state, checkpoint_dir) if checkpoint_dir else {}
     return {
+        **saved,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": device.device_kind,
         "platform": device.platform,
@@ -93,7 +114,10 @@ def report(result: dict) -> str:
             f"{result['tokens_per_s']:.0f} tokens/s\n"
             f"  {result['model_tflops_per_s_per_device']:.3f} model TFLOP/s per device   MFU {mfu}   "
             f"peak memory {'n/a' if mem is None else f'{mem / 2**30:.2f} GiB'}   "
-            f"compiled step needs {'n/a' if compiled is None else f'{compiled / 2**30:.3f} GiB'}")
+            f"compiled step needs {'n/a' if compiled is None else f'{compiled / 2**30:.3f} GiB'}"
+            + (f"\n  checkpoint {result['checkpoint_bytes'] / 2**20:.0f} MiB: training held "
+               f"{result['checkpoint_blocking_s']:.2f} s, committed after {result['checkpoint_total_s']:.2f} s"
+               if "checkpoint_bytes" in result else ""))
 
 
 def append_result(result: dict, path: str) -> None:

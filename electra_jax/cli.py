@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="JSON-lines file the result is appended to")
     bench.add_argument("--peak-tflops", type=float, default=None,
                        help="per-device peak for MFU where the device kind is not in the table")
+    bench.add_argument("--checkpoint-dir", default=None,
+                       help="also time an async orbax save of the trained state into this directory")
 
     pre = sub.add_parser("pretrain", help="pretrain (resumes from the latest checkpoint in --workdir)")
     pre.add_argument("--config", required=True, help="a config file, e.g. configs/small.py")
@@ -259,7 +261,8 @@ def _bench_command(args, config) -> None:
 
     if args.steps < 1 or args.warmup < 0:
         raise ConfigError("--steps must be >= 1 and --warmup >= 0")
-    result = bench.run(config, steps=args.steps, warmup=args.warmup, peak=args.peak_tflops)
+    result = bench.run(config, steps=args.steps, warmup=args.warmup, peak=args.peak_tflops,
+                       checkpoint_dir=args.checkpoint_dir)
     print(bench.report(result))
     bench.append_result(result, args.results)
     print(f"  appended to {args.results}")

@@ -2,7 +2,8 @@
 
     pretrain(config, workdir)  # resumes from the latest checkpoint in workdir
 
-The host only feeds batches and reads metrics one log interval late, so it never waits on the device.
+The host only feeds batches, and reads a step's metrics after the next step is queued, so the device
+never waits on the host.
 Every check that can fail (data, checkpoint, workdir) runs before the first step compiles.
 """
 
@@ -187,7 +188,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
         if bad or not np.isfinite(values["param_norm"]):
             raise TrainingError(
                 f"loss, gradients or parameters are not finite at step {at} (loss {values['loss']}, "
-                f"grad norm {values['grad_norm']}, param norm {values['param_norm']}); the last good checkpoint is step {checkpoints.latest_step()}. "
+                f"grad norm {values['grad_norm']}, param norm {values['param_norm']}); the last good "
+                f"checkpoint is step {checkpoints.latest_step()}. "
                 "Lower optim.learning_rate, check the data, or set optim.skip_nonfinite=N to skip up "
                 "to N bad steps in a row.")
         return values
@@ -197,7 +199,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
         previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
     profile_from = step + 3 if tc.profile_steps else -1  # after compilation and warm-up
     bar = tqdm(total=last, initial=step, unit="step", disable=not (progress and lead), dynamic_ncols=True)
-    pending = None  # (step, metrics on device), read one log interval later
+    pending = None  # (step, metrics on device), read once the next step is queued
     logged, evaluated = {}, {}
     tracing = False
 

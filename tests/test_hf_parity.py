@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from electra_jax import config as config_lib
-from electra_jax.hf import (from_hf_state_dict, hf_config, save_pretrained, spec_from_hf_config,
-                            to_hf_state_dict)
+from electra_jax.hf import (HFFormatError, from_hf_state_dict, hf_config, save_pretrained,
+                            spec_from_hf_config, to_hf_state_dict)
 from electra_jax.model import Electra, init_params
 
 torch = pytest.importorskip("torch")
@@ -83,5 +83,5 @@ def test_round_trip_and_scanned_layout(tiny_config):
         back = spec_from_hf_config(hf_config(spec, tower))
         assert back.discriminator == getattr(spec, tower)
         assert (back.vocab_size, back.embedding_size) == (spec.vocab_size, spec.embedding_size)
-    with pytest.raises(KeyError, match="lacks"):
+    with pytest.raises(HFFormatError, match="lacks"):
         from_hf_state_dict({}, spec, "generator")
