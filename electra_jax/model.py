@@ -246,6 +246,55 @@ class Electra(nn.Module):
                 self.discriminator_logits(input_ids, segment_ids, input_mask, deterministic))
 
 
+class _DiscriminatorEncoder(nn.Module):
+    """The discriminator's encoder under its pretraining parameter names (`discriminator/encoder`)."""
+
+    spec: ModelSpec
+
+    @nn.compact
+    def __call__(self, embedded, input_mask, deterministic):
+        return Encoder(self.spec, self.spec.discriminator, name="encoder")(embedded, input_mask, deterministic)
+
+
+class _Head(nn.Module):
+    spec: ModelSpec
+    num_outputs: int
+    style: str
+
+    @nn.compact
+    def __call__(self, x, deterministic):
+        s = self.spec
+        keys = (None, None) if deterministic else jax.random.split(self.make_rng("dropout"))
+        x = _dropout(x, s.dropout_rate, keys[0], deterministic)
+        if self.style == "hf":
+            x = _gelu(_dense(s.discriminator.hidden_size, ("embed", "proj"), "dense", s)(x))
+            x = _dropout(x, s.dropout_rate, keys[1], deterministic)
+        return _dense(self.num_outputs, ("embed", "proj"), "out_proj", s)(x).astype(jnp.float32)
+
+
+class Classifier(nn.Module):
+    """Fine-tuning model: the shared embeddings and the discriminator's encoder (pretrained parameters
+    drop in by name), then a head on [CLS] (`pooling="cls"`) or on every token (`"tokens"`).
+
+    head "paper": dropout -> dense(outputs), the original's. "hf": dropout -> dense(H) -> GELU ->
+    dropout -> out_proj, Hugging Face's ElectraClassificationHead, so the model exports exactly.
+    """
+
+    spec: ModelSpec
+    num_outputs: int
+    pooling: str = "cls"
+    head: str = "paper"
+
+    @nn.compact
+    def __call__(self, input_ids, segment_ids, input_mask, deterministic=True) -> Array:
+        s = self.spec
+        embedded = Embeddings(s, name="embeddings")(input_ids, segment_ids)
+        x = _DiscriminatorEncoder(s, name="discriminator")(embedded, input_mask, deterministic)
+        if self.pooling == "cls":
+            x = x[:, 0]
+        return _Head(s, self.num_outputs, self.head, name="head")(x, deterministic)
+
+
 def init_params(model: Electra, rng: Array, seq_len: int, num_positions: int = 1) -> Any:
     """Initialise (boxed, logically partitioned) parameters from dummy inputs of the right shape."""
     ids = jnp.zeros((1, seq_len), jnp.int32)

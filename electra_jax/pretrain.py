@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -77,11 +78,32 @@ def check_workdir(workdir: str, checkpoint_bytes: int) -> None:
                             f"needs {checkpoint_bytes / 2**30:.2f} GiB; free space or use another disk")
 
 
-def _write_config(config, workdir: str) -> None:
+def write_config(config, workdir: str) -> None:
     tmp = os.path.join(workdir, "config.json.tmp")
     with open(tmp, "w") as f:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True))
     os.replace(tmp, os.path.join(workdir, "config.json"))
+
+
+# Metrics reported at their latest value rather than averaged over the log interval.
+LATEST_VALUE_METRICS = ("learning_rate", "skipped_steps", "consecutive_skipped")
+
+
+def check_finite(metrics: dict, step: int, last_good: int | None, skip_limit: int = 0) -> dict:
+    """Host floats of a step's metrics, or TrainingError when the step broke the state: a non-finite
+    loss or gradient (or, with `skip_limit`, more than that many skipped steps in a row) or parameters."""
+    values = {k: float(v) for k, v in metrics.items()}
+    if skip_limit:  # bad steps were skipped; only a run of more than skip_limit got applied
+        bad = values["consecutive_skipped"] > skip_limit
+    else:
+        bad = not (np.isfinite(values["loss"]) and np.isfinite(values["grad_norm"]))
+    if bad or not np.isfinite(values["param_norm"]):
+        raise TrainingError(
+            f"loss, gradients or parameters are not finite at step {step} (loss {values['loss']}, "
+            f"grad norm {values['grad_norm']}, param norm {values['param_norm']}); the last good "
+            f"checkpoint is step {last_good}. Lower optim.learning_rate, check the data, or set "
+            "optim.skip_nonfinite=N to skip up to N bad steps in a row.")
+    return values
 
 
 class _Evaluator:
@@ -157,7 +179,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
     tc = config.train
     lead = jax.process_index() == 0
     if lead:
-        _write_config(config, workdir)
+        write_config(config, workdir)
 
     init_rng, train_rng = s.rngs()
     reader = Reader(train_dataset(config.data.path, config.batch_size, config.seed,
@@ -177,36 +199,31 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
     evaluate = _Evaluator(s, config) if "eval" in manifest["splits"] and tc.eval_every else None
     writer = MetricWriter(workdir, enabled=lead)
     speed = _Speed(config, step, s.mesh.size)
-    skip_limit = config.optim.skip_nonfinite
 
     def fetch(at: int, metrics) -> dict:
-        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if skip_limit:  # bad steps were skipped; only a run of more than skip_limit got applied
-            bad = values["consecutive_skipped"] > skip_limit
-        else:
-            bad = not (np.isfinite(values["loss"]) and np.isfinite(values["grad_norm"]))
-        if bad or not np.isfinite(values["param_norm"]):
-            raise TrainingError(
-                f"loss, gradients or parameters are not finite at step {at} (loss {values['loss']}, "
-                f"grad norm {values['grad_norm']}, param norm {values['param_norm']}); the last good "
-                f"checkpoint is step {checkpoints.latest_step()}. "
-                "Lower optim.learning_rate, check the data, or set optim.skip_nonfinite=N to skip up "
-                "to N bad steps in a row.")
-        return values
+        return check_finite(jax.device_get(metrics), at, checkpoints.latest_step(),
+                            config.optim.skip_nonfinite)
+
+    # Train metrics are summed on device over each log interval (one small async op per step) and
+    # reported as interval means, so a NaN in any step of the interval is caught too.
+    add = jax.jit(lambda total, metrics: jax.tree.map(jnp.add, total, metrics))
+    interval = None  # (sums, count) since the last log
 
     stop = {"signal": False}
     if handle_sigterm:
         previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
     profile_from = step + 3 if tc.profile_steps else -1  # after compilation and warm-up
     bar = tqdm(total=last, initial=step, unit="step", disable=not (progress and lead), dynamic_ncols=True)
-    pending = None  # (step, metrics on device), read once the next step is queued
+    pending = None  # (step, (interval sums, count), step metrics), read once the next step is queued
     logged, evaluated = {}, {}
     tracing = False
 
     def log_pending():
         nonlocal pending, logged
-        at, metrics = pending
-        logged = {**fetch(at, metrics), **speed.measure(at)}
+        at, (sums, count), latest = pending
+        values = fetch(at, jax.tree.map(lambda x: x / count, sums))
+        values.update({k: float(latest[k]) for k in LATEST_VALUE_METRICS if k in latest})
+        logged = {**values, **speed.measure(at)}
         writer.write(at, "train", logged)
         bar.set_postfix(loss=f"{logged['loss']:.3f}", tok_s=f"{logged['tokens_per_s']:,.0f}")
         pending = None
@@ -227,10 +244,11 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
                 jax.profiler.stop_trace()
                 tracing = False
                 bar.write(f"profile of steps {profile_from}-{step - 1} in {writer.tensorboard_dir}")
+            interval = (metrics, 1) if interval is None else (add(interval[0], metrics), interval[1] + 1)
             if pending is not None:
                 log_pending()
             if step % tc.log_every == 0 or step == last:
-                pending = (step, metrics)
+                pending, interval = (step, interval, metrics), None
             bar.update(1)
             preempted = stop["signal"] or checkpoints.reached_preemption(step)
             save = step % tc.save_every == 0 or step == last or preempted
@@ -295,7 +313,6 @@ def import_hf(discriminator_dir: str, generator_dir: str, workdir: str, config: 
     from electra_jax.data.tokenizer import TokenizerError, load_tokenizer, special_ids
     from electra_jax.hf import from_hf_state_dict, model_fields_from_hf, read_pretrained
     from electra_jax.model import stack_layers, unstack_layers
-    from electra_jax.train import TrainState
 
     disc_config, disc_weights = read_pretrained(discriminator_dir)
     gen_config, gen_weights = read_pretrained(generator_dir)
@@ -326,13 +343,8 @@ def import_hf(discriminator_dir: str, generator_dir: str, workdir: str, config: 
     if not all(np.array_equal(shared[k], generator["embeddings"][k]) for k in shared if k != "layer_norm"):
         print("note: the generator's embedding tables differ from the discriminator's; the "
               "discriminator's are kept (ELECTRA shares them)")
-    if config.model.scan_layers:
-        params = stack_layers(params)
-    params = jax.device_put(params, s.state_shardings.params)
-    opt_state = jax.jit(s.tx.init, out_shardings=s.state_shardings.opt_state)(params)
-    state = TrainState(step=jax.device_put(np.int32(0), s.state_shardings.step), params=params,
-                       opt_state=opt_state)
-    _write_config(config, workdir)
+    state = s.state_from_params(stack_layers(params) if config.model.scan_layers else params)
+    write_config(config, workdir)
     meta = {"model": config.model.to_dict(), "data": None,
             "imported_from": {"discriminator": discriminator_dir, "generator": generator_dir}}
     checkpoints.save(0, state, meta)

@@ -67,13 +67,12 @@ def gradients(params, batch: dict, rng: jax.Array, *, model: Electra, spec: conf
     return grads, metrics
 
 
-def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: Electra,
-               tx: optax.GradientTransformation, spec: config_lib.ObjectiveSpec,
-               schedule: optax.Schedule, micro_batches: int = 1) -> tuple[TrainState, dict]:
-    """One optimizer step on a global batch {input_ids, input_mask, segment_ids} [B, S]."""
+def train_step(state: TrainState, batch: dict, rng: jax.Array, *, grad_fn: Callable,
+               tx: optax.GradientTransformation, schedule: optax.Schedule) -> tuple[TrainState, dict]:
+    """One optimizer step on a global batch; `grad_fn(params, batch, rng) -> (grads, {name: [num, den]})`
+    is the task (`gradients` for ELECTRA pretraining, a classifier loss for fine-tuning)."""
     step_rng = jax.random.fold_in(rng, state.step)
-    grads, metrics = gradients(state.params, batch, step_rng, model=model, spec=spec,
-                               micro_batches=micro_batches)
+    grads, metrics = grad_fn(state.params, batch, step_rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = summarize(metrics)
@@ -92,7 +91,7 @@ class Setup:
 
     config: ml_collections.ConfigDict
     mesh: Mesh
-    model: Electra
+    model: nn.Module
     tx: optax.GradientTransformation
     schedule: optax.Schedule
     state_shardings: Any
@@ -106,25 +105,28 @@ class Setup:
         return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
                             jax.eval_shape(self.init, init_rng), self.state_shardings)
 
+    def state_from_params(self, params) -> TrainState:
+        """A step-0 state holding `params` (e.g. pretrained weights) with a fresh optimizer state."""
+        params = jax.device_put(params, self.state_shardings.params)
+        opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings.opt_state)(params)
+        step = jax.device_put(jnp.zeros([], jnp.int32), self.state_shardings.step)
+        return TrainState(step=step, params=params, opt_state=opt_state)
+
     def rngs(self) -> tuple[jax.Array, jax.Array]:
         """(init_rng, train_rng) from the config seed, in the configured PRNG implementation."""
         base = jax.random.key(self.config.seed, impl=self.config.rng_impl)
         return jax.random.split(base)
 
 
-def setup(config: ml_collections.ConfigDict, devices=None) -> Setup:
-    """Validate the config, build the mesh, model and optimizer, and jit init and step with shardings."""
-    devices = list(devices if devices is not None else jax.devices())
-    config_lib.validate(config, num_devices=len(devices))
+def build(config: ml_collections.ConfigDict, devices, model: nn.Module, init_fn: Callable,
+          grad_fn: Callable, tx: optax.GradientTransformation, schedule: optax.Schedule) -> Setup:
+    """Mesh from the config; `init_fn(rng) -> boxed params` and `train_step(grad_fn)` jitted with
+    shardings from the parameters' logical axes; the state is created sharded and donated to the step."""
     mesh = make_mesh(config, devices)
     rules = logical_rules(config)
-    model = Electra(config_lib.model_spec(config))
-    tx, schedule = make_optimizer(config)
-    spec = config_lib.objective_spec(config)
-    seq_len = config.data.seq_len
 
     def boxed_init(rng):
-        params = init_params(model, rng, seq_len, spec.max_predictions)
+        params = init_fn(rng)
         return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params))
 
     abstract_rng = jax.eval_shape(lambda: jax.random.key(0, impl=config.rng_impl))
@@ -133,10 +135,22 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> Setup:
 
     batch_sh = batch_sharding(mesh, rules)
     step = jax.jit(
-        functools.partial(train_step, model=model, tx=tx, spec=spec, schedule=schedule,
-                          micro_batches=config.micro_batches),
+        functools.partial(train_step, grad_fn=grad_fn, tx=tx, schedule=schedule),
         in_shardings=(state_shardings, batch_sh, replicated(mesh)),
         out_shardings=(state_shardings, replicated(mesh)),
         donate_argnums=0,
     )
     return Setup(config, mesh, model, tx, schedule, state_shardings, batch_sh, init, step)
+
+
+def setup(config: ml_collections.ConfigDict, devices=None) -> Setup:
+    """ELECTRA pretraining: validate the config, then build the model, optimizer and sharded step."""
+    devices = list(devices if devices is not None else jax.devices())
+    config_lib.validate(config, num_devices=len(devices))
+    model = Electra(config_lib.model_spec(config))
+    tx, schedule = make_optimizer(config)
+    spec = config_lib.objective_spec(config)
+    init_fn = functools.partial(init_params, model, seq_len=config.data.seq_len,
+                                num_positions=spec.max_predictions)
+    grad_fn = functools.partial(gradients, model=model, spec=spec, micro_batches=config.micro_batches)
+    return build(config, devices, model, init_fn, grad_fn, tx, schedule)
