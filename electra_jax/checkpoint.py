@@ -20,12 +20,14 @@ class CheckpointError(ValueError):
 
 
 class Checkpoints:
-    def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+    def __init__(self, workdir: str, keep: int = 3, async_save: bool = True, best=None):
+        """`best(metrics) -> float`: keep the `keep` highest-scoring steps instead of the latest."""
         self.workdir = workdir
         self.manager = ocp.CheckpointManager(
             os.path.join(workdir, "checkpoints"),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                                 enable_async_checkpointing=async_save))
+                                                 enable_async_checkpointing=async_save,
+                                                 best_fn=best, best_mode="max"))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -40,13 +42,17 @@ class Checkpoints:
     def _reader_path(self, step: int) -> str:
         return os.path.join(self.workdir, "data_state", str(step), f"host-{jax.process_index()}")
 
-    def save(self, step: int, state: Any, meta: dict, reader=None) -> None:
+    def best_step(self) -> int | None:
+        return self.manager.best_step()
+
+    def save(self, step: int, state: Any, meta: dict, reader=None, metrics: dict | None = None) -> None:
         """Start an async save of `state` (and write the reader position now, it is small)."""
         if reader is not None:
             os.makedirs(os.path.dirname(self._reader_path(step)), exist_ok=True)
             reader.save(self._reader_path(step))
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        meta=ocp.args.JsonSave(meta)), force=True)
+                                                        meta=ocp.args.JsonSave(meta)),
+                          metrics=metrics, force=True)
         self._drop_stale_reader_positions(keep={step, *self.all_steps()})
 
     def _drop_stale_reader_positions(self, keep: set[int]) -> None:

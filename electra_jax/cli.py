@@ -9,6 +9,7 @@ import sys
 from electra_jax.config import ConfigError, load_config
 from electra_jax.data.builder import DataError
 from electra_jax.data.tokenizer import TokenizerError
+from electra_jax.finetune.tasks import TaskError
 from electra_jax.checkpoint import CheckpointError
 from electra_jax.hf import HFFormatError
 from electra_jax.pretrain import TrainingError
@@ -51,11 +52,29 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", default="configs/tiny.py")
     demo.add_argument("--workdir", default="demo")
 
+    ft = sub.add_parser("finetune", help="fine-tune a pretrained discriminator on a task")
+    ft.add_argument("--init", required=True,
+                    help="an HF ELECTRA discriminator directory, or a pretrain WORKDIR[:step]")
+    ft.add_argument("--task", required=True, help="cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, or "
+                    "classification / regression / tagging with --train and --dev files")
+    ft.add_argument("--workdir", required=True)
+    ft.add_argument("--config", default=None, help="default: configs/finetune/<size>.py by hidden size")
+    ft.add_argument("--train", default=None, help="training file (.csv/.tsv/.jsonl; CoNLL for tagging)")
+    ft.add_argument("--dev", default=None, help="evaluation file, same format")
+    ft.add_argument("--seeds", type=int, default=1, help="runs with seeds seed..seed+K-1; the median is "
+                    "reported, as the paper")
+    ft.add_argument("--random-init", action="store_true",
+                    help="the --init model's shape and tokenizer but random weights (a baseline)")
+    ft.add_argument("--tfds-data-dir", default=None, help="where GLUE is prepared for TFDS")
+    ft.add_argument("--download", action="store_true", help="let TFDS download GLUE (needs network)")
+
     export = sub.add_parser("export", help="write Hugging Face directories from a pretrain checkpoint")
     export.add_argument("--workdir", required=True)
     export.add_argument("--step", type=int, default=None, help="default: the latest checkpoint")
     export.add_argument("--out", required=True, help="OUT/discriminator and OUT/generator are written")
     export.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    export.add_argument("--seed", type=int, default=None,
+                        help="fine-tuning workdirs: which seed's run (default: the best)")
 
     imp = sub.add_parser("import", help="HF discriminator + generator -> a step-0 checkpoint to pretrain on")
     imp.add_argument("--discriminator", required=True, help="an HF ElectraForPreTraining directory")
@@ -170,8 +189,14 @@ def _export_command(args) -> None:
     from electra_jax.data.reader import open_build
     from electra_jax.hf import export_pretrained
     from electra_jax.writers import read_metrics
-    from electra_jax.pretrain import restore_params
+    from electra_jax.pretrain import load_workdir_config, restore_params
 
+    dtype = np.float32 if args.dtype == "float32" else ml_dtypes.bfloat16
+    if "task" in load_workdir_config(args.workdir):  # a fine-tuning run: one classifier directory
+        from electra_jax.finetune.run import export_finetuned
+
+        print(f"exported {export_finetuned(args.workdir, args.out, args.seed, dtype)}")
+        return
     config, step, params = restore_params(args.workdir, args.step)
     manifest = open_build(config.data.path)
     evals = [r for r in read_metrics(args.workdir) if r.get("split") == "eval"]
@@ -183,10 +208,49 @@ def _export_command(args) -> None:
         f"{config.model.embedding_size}, generator fraction {config.model.generator_hidden_fraction}.",
         f"Final eval: {json.dumps(evals[-1]) if evals else 'none'}",
     ])
-    dtype = np.float32 if args.dtype == "float32" else ml_dtypes.bfloat16
     written = export_pretrained(params, model_spec(config), args.out, manifest["args"]["tokenizer"], card,
                                 dtype, config.tokens.pad_id)
     print(f"exported step {step}: {written['discriminator']}, {written['generator']}")
+
+
+def _finetune_config_path(args) -> str:
+    """configs/finetune/<size>.py for the --init model's hidden size, unless --config names one."""
+    import json
+
+    if args.config:
+        return args.config
+    workdir = args.init.split(":", 1)[0]
+    path = os.path.join(workdir, "config.json")
+    hidden = None
+    if os.path.isfile(path):
+        with open(path) as f:
+            c = json.load(f)
+        hidden = c.get("hidden_size") or c.get("model", {}).get("hidden_size")
+    size = {256: "small", 768: "base", 1024: "large"}.get(hidden, "tiny" if hidden and hidden < 256 else "base")
+    print(f"using configs/finetune/{size}.py (hidden size {hidden}); --config overrides")
+    return f"configs/finetune/{size}.py"
+
+
+def _finetune_command(args, overrides) -> None:
+    from electra_jax.finetune.run import finetune
+
+    config = load_config(_finetune_config_path(args), overrides)
+    config.task.name = args.task
+    if args.train:
+        config.task.train = args.train
+    if args.dev:
+        config.task.dev = args.dev
+    if args.tfds_data_dir:
+        config.task.tfds_data_dir = args.tfds_data_dir
+    config.task.download = config.task.download or args.download
+    if args.seeds < 1:
+        raise ConfigError("--seeds must be >= 1")
+    results = finetune(config, args.init, args.workdir, seeds=args.seeds, random_init=args.random_init)
+    for run in results["runs"]:
+        print(f"seed {run['seed']} (epoch {run['epoch']}): " +
+              ", ".join(f"{k} {v:.4f}" for k, v in run.items() if "/" in k))
+    print("median: " + ", ".join(f"{k} {v:.4f}" for k, v in results["median"].items()) +
+          f"  -> {os.path.join(args.workdir, 'results.json')}")
 
 
 def _import_command(args, config) -> None:
@@ -280,13 +344,16 @@ def main(argv: list[str] | None = None) -> int:
     args_only, overrides = _split_overrides(argv)
     args = _parser().parse_args(args_only)
     try:
-        if args.command in COMMANDS:
+        if args.command == "finetune":  # its config file depends on the --init model
+            _finetune_command(args, overrides)
+        elif args.command in COMMANDS:
             if overrides:
                 raise ConfigError(f"{args.command} takes no config, so {overrides[0]} has nothing to set")
             COMMANDS[args.command](args)
         else:
             CONFIG_COMMANDS[args.command](args, load_config(args.config, overrides))
-    except (ConfigError, DataError, TokenizerError, TrainingError, HFFormatError, CheckpointError) as e:
+    except (ConfigError, DataError, TokenizerError, TrainingError, HFFormatError, CheckpointError,
+            TaskError) as e:
         print(f"electra-jax: error: {e}", file=sys.stderr)
         return 2
     return 0

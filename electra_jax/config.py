@@ -18,6 +18,8 @@ DTYPES = ("float32", "bfloat16")
 RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 MESH_AXES = ("data", "fsdp", "tensor")
+LAYERWISE_DEPTHS = ("original", "consecutive")
+HEADS = ("paper", "hf")
 
 # Logical axis names carried by every parameter (see model.py), mapped onto mesh axes. Flax assigns
 # rules in order and skips a mesh axis that a dimension of the same array already uses.
@@ -107,6 +109,10 @@ def default_config() -> ml_collections.ConfigDict:
     # 0: a NaN/Inf loss or gradient stops the run. N > 0: skip such steps (no update, counted in the
     # `skipped_steps` metric) and stop only after N in a row.
     p.skip_nonfinite = 0
+    # Fine-tuning: learning rate x decay^(top - depth) per layer (1.0: off); `original` puts the head
+    # at depth L+2 as google-research/electra (the top layer gets decay^2), `consecutive` at L+1.
+    p.layerwise_lr_decay = 1.0
+    p.layerwise_depth = "original"
     c.num_train_steps = 1_000_000
 
     # The training loop.
@@ -310,6 +316,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _check(config.batch_size > 0, "batch_size", f"must be > 0, got {config.batch_size}")
     _check(config.micro_batches >= 1, "micro_batches", f"must be >= 1, got {config.micro_batches}")
     _check(p.skip_nonfinite >= 0, "optim.skip_nonfinite", f"must be >= 0, got {p.skip_nonfinite}")
+    _check(0 < p.layerwise_lr_decay <= 1, "optim.layerwise_lr_decay",
+           f"must be in (0, 1], got {p.layerwise_lr_decay}")
+    _check(p.layerwise_depth in LAYERWISE_DEPTHS, "optim.layerwise_depth",
+           f"{p.layerwise_depth!r} is not one of {LAYERWISE_DEPTHS}")
+    if "head" in config:
+        _check(config.head in HEADS, "head", f"{config.head!r} is not one of {HEADS}")
 
     tr = config.train
     for name in ("log_every", "save_every", "keep_checkpoints"):
@@ -369,6 +381,35 @@ def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> ml_co
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"config file {path!r} could not be loaded: define get_config() returning a ConfigDict")
     return config
+
+
+def finetune_config() -> ml_collections.ConfigDict:
+    """Fine-tuning defaults (google-research/electra `configure_finetuning.py`). Model fields and token
+    ids come from the checkpoint given to `finetune --init`; num_train_steps and warmup from the data."""
+    c = default_config()
+    c.task = t = ml_collections.ConfigDict()
+    t.name = ""  # a GLUE task (cola, sst2, ...) or classification / regression / tagging
+    t.train = ""  # local files for the generic tasks (.csv/.tsv/.jsonl, CoNLL for tagging)
+    t.dev = ""
+    t.text_a = ""  # column names; defaults: sentence / (none) / label
+    t.text_b = ""
+    t.label = ""
+    t.max_len = 128
+    t.tfds_data_dir = ""
+    t.download = False  # let TFDS download GLUE (needs network)
+    # Recorded by `finetune` for export: where the model came from, its tokenizer, the classes.
+    t.init = ""
+    t.tokenizer = ""
+    t.labels = ml_collections.FieldReference([], field_type=list)
+    t.random_init = False
+    c.head = "paper"  # "paper": [CLS] -> dropout -> dense; "hf": ElectraClassificationHead (exports)
+    c.num_epochs = 0  # 0: the task's own (3; 10 for RTE and STS-B)
+    c.batch_size = 32
+    c.optim.update(name="electra_adam", learning_rate=1e-4, weight_decay=0.01, layerwise_lr_decay=0.8,
+                   warmup_steps=0)
+    c.optim.warmup_fraction = 0.1
+    c.train.update(log_every=50, keep_checkpoints=1)
+    return c
 
 
 def _field_names(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:

@@ -15,14 +15,19 @@ from electra_jax.config import EncoderSpec, ModelSpec
 from electra_jax.model import unstack_layers
 
 TOWERS = ("discriminator", "generator")
-ARCHITECTURES = {"discriminator": "ElectraForPreTraining", "generator": "ElectraForMaskedLM"}
+# Our model kinds -> the transformers class that loads them. The classifiers are fine-tuned
+# discriminators: same embeddings and encoder names, a task head instead of the RTD head.
+ARCHITECTURES = {"discriminator": "ElectraForPreTraining", "generator": "ElectraForMaskedLM",
+                 "sequence_classifier": "ElectraForSequenceClassification",
+                 "token_classifier": "ElectraForTokenClassification"}
 
 # Layouts: how one of our arrays becomes an HF tensor.
 COPY, DENSE, QKV, QKV_BIAS, ATTN_OUT = "copy", "dense", "qkv", "qkv_bias", "attn_out"
 
 
-def _entries(spec: ModelSpec, tower: str) -> Iterator[tuple[tuple[str, ...], str, str]]:
-    """(our path, HF key, layout) for every tensor of one model."""
+def _entries(spec: ModelSpec, kind: str) -> Iterator[tuple[tuple[str, ...], str, str]]:
+    """(our path, HF key, layout) for every tensor of one model (a key of ARCHITECTURES)."""
+    tower = "generator" if kind == "generator" else "discriminator"
     enc: EncoderSpec = getattr(spec, tower)
     emb = ("embeddings",)
     yield emb + ("word_embeddings",), "electra.embeddings.word_embeddings.weight", COPY
@@ -48,7 +53,14 @@ def _entries(spec: ModelSpec, tower: str) -> Iterator[tuple[tuple[str, ...], str
         for dense, hf_dense in (("intermediate", "intermediate.dense"), ("output", "output.dense")):
             yield ours + (dense, "kernel"), hf + f"{hf_dense}.weight", DENSE
             yield ours + (dense, "bias"), hf + f"{hf_dense}.bias", COPY
-    if tower == "discriminator":
+    if kind == "sequence_classifier":  # the "hf" head: ElectraClassificationHead
+        for dense in ("dense", "out_proj"):
+            yield ("head", dense, "kernel"), f"classifier.{dense}.weight", DENSE
+            yield ("head", dense, "bias"), f"classifier.{dense}.bias", COPY
+    elif kind == "token_classifier":
+        yield ("head", "out_proj", "kernel"), "classifier.weight", DENSE
+        yield ("head", "out_proj", "bias"), "classifier.bias", COPY
+    elif kind == "discriminator":
         for dense in ("dense", "dense_prediction"):
             yield (tower, dense, "kernel"), f"discriminator_predictions.{dense}.weight", DENSE
             yield (tower, dense, "bias"), f"discriminator_predictions.{dense}.bias", COPY
@@ -99,8 +111,8 @@ def _set(tree: dict, path, value) -> None:
 
 def to_hf_state_dict(params, spec: ModelSpec, tower: str, dtype=np.float32) -> dict[str, np.ndarray]:
     """One model's HF state dict (numpy, contiguous, `dtype`) from our params (scanned or not)."""
-    if tower not in TOWERS:
-        raise ValueError(f"tower must be one of {TOWERS}, got {tower!r}")
+    if tower not in ARCHITECTURES:
+        raise ValueError(f"tower must be one of {list(ARCHITECTURES)}, got {tower!r}")
     params = unstack_layers(params)
     return {key: np.ascontiguousarray(_to_hf(np.asarray(_get(params, path), np.float32), layout)
                                       ).astype(dtype)
@@ -138,7 +150,7 @@ def from_hf_state_dict(state_dict: dict, spec: ModelSpec, tower: str, expected=N
 
 def hf_config(spec: ModelSpec, tower: str, pad_token_id: int = 0) -> dict:
     """The `config.json` of one model, as `transformers.ElectraConfig` reads it."""
-    enc = getattr(spec, tower)
+    enc = spec.generator if tower == "generator" else spec.discriminator
     return {
         "architectures": [ARCHITECTURES[tower]],
         "model_type": "electra",
@@ -240,15 +252,16 @@ def spec_from_hf_config(c: dict) -> ModelSpec:
 
 
 def save_pretrained(params, spec: ModelSpec, tower: str, out_dir: str, dtype=np.float32,
-                    pad_token_id: int = 0) -> None:
-    """Write `config.json` + `model.safetensors` that `<Architecture>.from_pretrained(out_dir)` loads."""
+                    pad_token_id: int = 0, extra_config: dict | None = None) -> None:
+    """Write `config.json` + `model.safetensors` that `<Architecture>.from_pretrained(out_dir)` loads;
+    `extra_config` adds fields (num_labels, id2label, ... for the classifiers)."""
     import json
     import os
 
     from safetensors.numpy import save_file
 
     os.makedirs(out_dir, exist_ok=True)
-    config = hf_config(spec, tower, pad_token_id)
+    config = {**hf_config(spec, tower, pad_token_id), **(extra_config or {})}
     config["dtype"] = np.dtype(dtype).name if np.dtype(dtype) != np.float32 else "float32"
     save_file(to_hf_state_dict(params, spec, tower, dtype), os.path.join(out_dir, "model.safetensors"),
               metadata={"format": "pt"})
@@ -256,29 +269,32 @@ def save_pretrained(params, spec: ModelSpec, tower: str, out_dir: str, dtype=np.
         json.dump(config, f, indent=2, sort_keys=True)
 
 
-def export_pretrained(params, spec: ModelSpec, out_dir: str, tokenizer_path: str, card: str,
-                      dtype=np.float32, pad_token_id: int = 0) -> dict[str, str]:
-    """Write OUT/discriminator and OUT/generator: weights, config.json, tokenizer files, README.md.
-
-    Each directory is written under a temporary name and renamed when complete, so an interrupted
-    export never looks finished.
-    """
+def export_model(params, spec: ModelSpec, kind: str, out_dir: str, tokenizer_path: str, card: str,
+                 dtype=np.float32, pad_token_id: int = 0, extra_config: dict | None = None) -> str:
+    """Write one HF model directory: weights, config.json, tokenizer files, README.md. It is written
+    under a temporary name and renamed when complete, so an interrupted export never looks finished."""
     import os
     import shutil
 
     from electra_jax.data.tokenizer import load_tokenizer, save_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_path)
-    written = {}
-    for tower in TOWERS:
-        final = os.path.join(out_dir, tower)
-        tmp = final + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_pretrained(params, spec, tower, tmp, dtype, pad_token_id)
-        save_tokenizer(tokenizer, tmp, model_max_length=spec.max_position_embeddings)
-        with open(os.path.join(tmp, "README.md"), "w") as f:
-            f.write(f"# ELECTRA {tower} ({ARCHITECTURES[tower]})\n\n{card}\n")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        written[tower] = final
-    return written
+    tmp = out_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_pretrained(params, spec, kind, tmp, dtype, pad_token_id, extra_config)
+    save_tokenizer(tokenizer, tmp, model_max_length=spec.max_position_embeddings)
+    with open(os.path.join(tmp, "README.md"), "w") as f:
+        f.write(f"# ELECTRA {kind} ({ARCHITECTURES[kind]})\n\n{card}\n")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def export_pretrained(params, spec: ModelSpec, out_dir: str, tokenizer_path: str, card: str,
+                      dtype=np.float32, pad_token_id: int = 0) -> dict[str, str]:
+    """Write OUT/discriminator and OUT/generator (each as `export_model`)."""
+    import os
+
+    return {tower: export_model(params, spec, tower, os.path.join(out_dir, tower), tokenizer_path, card,
+                                dtype, pad_token_id)
+            for tower in TOWERS}

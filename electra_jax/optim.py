@@ -66,8 +66,24 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The optax chain named by `config.optim.name`, and its learning-rate schedule (for logging)."""
+def layerwise_lr_decay(depths_fn, decay: float) -> optax.GradientTransformation:
+    """Scale each parameter's update by decay^(top - depth), `depths_fn(tree) -> (depth per leaf, top)`.
+
+    The depths come from the tree's paths, so the factors are constants at trace time."""
+
+    def update_fn(updates, state, params=None):
+        del params
+        depths, top = depths_fn(updates)
+        return jax.tree.map(lambda u, d: u * decay ** (top - d), updates, depths), state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
+
+
+def make_optimizer(config: ml_collections.ConfigDict, depths_fn=None
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optax chain named by `config.optim.name`, and its learning-rate schedule (for logging).
+
+    `depths_fn(params) -> (depth tree, top)` enables `optim.layerwise_lr_decay` (fine-tuning)."""
     p = config.optim
     schedule = learning_rate_schedule(p.learning_rate, config.num_train_steps, p.warmup_steps,
                                       p.lr_decay_power)
@@ -85,6 +101,8 @@ def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTra
                           mask=decay_mask)
     else:  # validate() rejects this earlier, with the allowed names
         raise ValueError(f"unknown optimizer {p.name!r}")
+    if depths_fn is not None and p.layerwise_lr_decay < 1.0:
+        core = optax.chain(core, layerwise_lr_decay(depths_fn, p.layerwise_lr_decay))
     if p.grad_clip_norm and p.grad_clip_norm > 0:
         core = optax.chain(optax.clip_by_global_norm(p.grad_clip_norm), core)
     if p.skip_nonfinite > 0:  # drop steps with NaN/Inf gradients, up to this many in a row

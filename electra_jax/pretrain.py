@@ -280,11 +280,24 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
 
 
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run saved, over today's defaults (so fields added since then have values)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
-        raise TrainingError(f"{workdir}: no config.json; is this a pretrain --workdir?")
+        raise TrainingError(f"{workdir}: no config.json; is this a pretrain or finetune --workdir?")
     with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        saved = json.load(f)
+    config = config_lib.finetune_config() if "task" in saved else config_lib.default_config()
+
+    def merge(into: ml_collections.ConfigDict, values: dict) -> None:
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(into.get(key), ml_collections.ConfigDict):
+                merge(into[key], value)
+            else:
+                with into.ignore_type():
+                    into[key] = value
+
+    merge(config, saved)
+    return config
 
 
 def restore_params(workdir: str, step: int | None = None) -> tuple[ml_collections.ConfigDict, int, Any]:

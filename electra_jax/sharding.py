@@ -57,8 +57,9 @@ def _divisible(sharding: NamedSharding, shape: tuple, mesh: Mesh) -> NamedShardi
 
 
 def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
-    """Examples split over the 'batch' rule's mesh axes (data x fsdp by default), sequence unsplit."""
-    return nn.logical_to_mesh_sharding(PartitionSpec("batch", None), mesh, rules)
+    """Examples split over the 'batch' rule's mesh axes (data x fsdp by default), other dims unsplit;
+    one sharding for [B] labels and [B, S] token arrays alike."""
+    return nn.logical_to_mesh_sharding(PartitionSpec("batch"), mesh, rules)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

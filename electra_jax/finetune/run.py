@@ -1,0 +1,357 @@
+"""`electra-jax finetune`: a pretrained discriminator + a task -> fine-tuned classifiers, one per seed,
+the best epoch of each kept by the task's metric, and results.json with each seed and the median.
+
+Same machinery as pretraining: the Flax encoder (`model.Classifier` reuses the discriminator's modules
+and parameter names), `train.build` (sharded jit, donated state), optax chains from `optim`, orbax
+`Checkpoints` and the `MetricWriter`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from electra_jax import config as config_lib
+from electra_jax.checkpoint import Checkpoints
+from electra_jax.finetune import metrics as metrics_lib
+from electra_jax.finetune.tasks import (Examples, TaskError, TaskSpec, encode, label_names, read_conll,
+                                        read_table, read_tfds, task_spec)
+from electra_jax.model import Classifier
+from electra_jax.optim import make_optimizer
+from electra_jax.pretrain import (TrainingError, check_finite, check_workdir, load_workdir_config,
+                                  write_config)
+from electra_jax.sharding import replicated
+from electra_jax.train import Setup, build
+from electra_jax.writers import MetricWriter
+
+
+# ----------------------------------------------------------------------------- the pure core
+
+
+def classifier_loss(params, batch: dict, rng: jax.Array, *, model: Classifier, kind: str,
+                    deterministic: bool = False):
+    """Weighted CE (classification, tagging) or MSE (regression) and {name: [num, den]} metrics.
+
+    `weights` [B] marks real rows (padding rows of the last batch weigh 0); tagging multiplies in
+    `label_weights` [B, S] (the first sub-token of each word).
+    """
+    logits = model.apply({"params": params}, batch["input_ids"], batch["segment_ids"], batch["input_mask"],
+                         deterministic, rngs=None if deterministic else {"dropout": rng})
+    w = batch["weights"].astype(jnp.float32)
+    if kind == "regression":
+        per = jnp.square(logits[..., 0] - batch["labels"])
+        correct = jnp.zeros_like(per)
+    else:
+        if kind == "tagging":
+            w = w[:, None] * batch["label_weights"]
+        per = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
+        correct = (jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.float32)
+    total = jnp.sum(w)
+    loss = jnp.sum(w * per) / jnp.maximum(total, 1e-6)
+    return loss, {"loss": jnp.stack([jnp.sum(w * per), total]),
+                  "accuracy": jnp.stack([jnp.sum(w * correct), total])}
+
+
+def layer_depths(params, num_layers: int, convention: str) -> Any:
+    """Depth of every parameter for layer-wise LR decay: 0 embeddings (and their projection), i+1 for
+    layer_i, and the head on top. `original` puts the head at L+2, as `_get_layer_lrs` (the top layer
+    then gets d^2, an off-by-one left from a removed pooler); `consecutive` at L+1."""
+    top = num_layers + 2 if convention == "original" else num_layers + 1
+
+    def depth(path, _):
+        names = [str(getattr(k, "key", k)) for k in path]
+        if names[0] == "head":
+            return top
+        layer = next((n for n in names if re.fullmatch(r"layer_\d+", n)), None)
+        return int(layer[len("layer_"):]) + 1 if layer else 0
+
+    return jax.tree_util.tree_map_with_path(depth, params), top
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def load_init(init: str) -> tuple[dict, dict, dict, str]:
+    """(config.model fields, token ids, params {embeddings, discriminator: {encoder}}, tokenizer path)
+    from an HF discriminator directory or a pretrain WORKDIR[:step]."""
+    from electra_jax.data.tokenizer import load_tokenizer, special_ids
+    from electra_jax.hf import HFFormatError, from_hf_state_dict, read_pretrained, spec_from_hf_config
+    from electra_jax.model import unstack_layers
+
+    if os.path.isfile(os.path.join(init, "config.json")) and not os.path.isdir(os.path.join(init, "checkpoints")):
+        hf, weights = read_pretrained(init)
+        if "ElectraForMaskedLM" in hf.get("architectures", []):
+            raise HFFormatError(f"{init} is an ELECTRA generator; fine-tune the discriminator")
+        spec = spec_from_hf_config(hf)
+        params = from_hf_state_dict(weights, spec, "discriminator")
+        fields = {"vocab_size": spec.vocab_size, "embedding_size": spec.embedding_size,
+                  "hidden_size": hf["hidden_size"], "num_layers": hf["num_hidden_layers"],
+                  "num_heads": hf["num_attention_heads"], "intermediate_size": hf["intermediate_size"],
+                  "max_position_embeddings": spec.max_position_embeddings,
+                  "type_vocab_size": spec.type_vocab_size, "layer_norm_eps": spec.layer_norm_eps}
+        tokenizer = init
+    else:
+        from electra_jax.data.reader import open_build
+        from electra_jax.pretrain import restore_params
+
+        workdir, _, step = init.partition(":")
+        if not os.path.isfile(os.path.join(workdir, "config.json")):
+            raise HFFormatError(f"--init {init}: neither a Hugging Face ELECTRA discriminator directory "
+                                "(config.json + model.safetensors) nor a pretrain workdir[:step]")
+        config, _, params = restore_params(workdir, int(step) if step else None)
+        params = unstack_layers(params)
+        m = config.model
+        fields = {k: m[k] for k in ("vocab_size", "embedding_size", "hidden_size", "num_layers", "num_heads",
+                                    "intermediate_size", "max_position_embeddings", "type_vocab_size",
+                                    "layer_norm_eps")}
+        tokenizer = open_build(config.data.path)["args"]["tokenizer"]
+    ids = special_ids(load_tokenizer(tokenizer), tokenizer)
+    tokens = {"pad_id": ids.pad, "cls_id": ids.cls, "sep_id": ids.sep, "mask_id": ids.mask}
+    backbone = {"embeddings": params["embeddings"],
+                "discriminator": {"encoder": params["discriminator"]["encoder"]}}
+    return fields, tokens, backbone, tokenizer
+
+
+def load_task(config: ml_collections.ConfigDict) -> tuple[TaskSpec, Examples, dict[str, Examples]]:
+    t = config.task
+    spec = task_spec(t.name, t.text_a, t.text_b, t.label)
+    if spec.tfds:
+        data_dir = t.tfds_data_dir or None
+        train = read_tfds(spec, spec.train_split, data_dir, t.download)
+        evals = {split: read_tfds(spec, split, data_dir, t.download) for split in spec.eval_splits}
+    else:
+        if not t.train or not t.dev:
+            raise TaskError(f"task {t.name!r} reads local files: pass --train FILE and --dev FILE")
+        read = read_conll if spec.kind == "tagging" else functools.partial(read_table, spec=spec)
+        train, evals = read(t.train), {"dev": read(t.dev)}
+    for examples in (train, *evals.values()):
+        if not examples.text_a:
+            raise TaskError(f"{examples.source}: the split is empty")
+    return spec, train, evals
+
+
+# ----------------------------------------------------------------------------- setup and loop
+
+
+def classifier_setup(config: ml_collections.ConfigDict, num_outputs: int, kind: str, devices=None) -> Setup:
+    devices = list(devices if devices is not None else jax.devices())
+    config_lib.validate(config, num_devices=len(devices))
+    spec = config_lib.model_spec(config)
+    model = Classifier(spec, num_outputs, "tokens" if kind == "tagging" else "cls", config.head)
+    max_len = config.task.max_len
+
+    def init_fn(rng):
+        ids = jnp.zeros((1, max_len), jnp.int32)
+        return model.init({"params": rng}, ids, ids, jnp.ones_like(ids))["params"]
+
+    def grad_fn(params, batch, rng):
+        loss_fn = functools.partial(classifier_loss, model=model, kind=kind)
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
+        return grads, metrics
+
+    depth_fn = None
+    if config.optim.layerwise_lr_decay < 1.0:
+        depth_fn = lambda params: layer_depths(params, spec.discriminator.num_layers,
+                                               config.optim.layerwise_depth)
+    tx, schedule = make_optimizer(config, depth_fn)
+    return build(config, devices, model, init_fn, grad_fn, tx, schedule)
+
+
+def _batches(data: dict, batch_size: int, order: np.ndarray):
+    """Global batches in `order`; the last is padded with weight-0 rows so every example counts once."""
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        pad = batch_size - len(rows)
+        batch = {k: np.concatenate([v[rows], np.zeros((pad, *v.shape[1:]), v.dtype)]) for k, v in data.items()}
+        batch["weights"] = np.concatenate([np.ones(len(rows), np.float32), np.zeros(pad, np.float32)])
+        yield batch
+
+
+def _put(batch: dict, sharding) -> dict:
+    """This host's rows of a global batch -> global arrays laid out as `sharding`."""
+    n, i = jax.process_count(), jax.process_index()
+    return {k: jax.make_array_from_process_local_data(sharding, np.array_split(v, n)[i])
+            for k, v in batch.items()}
+
+
+def score(spec: TaskSpec, outputs: np.ndarray, data: dict, labels: list[str]) -> dict:
+    """The task's metrics from model outputs on a whole split (host numpy)."""
+    if spec.kind == "regression":
+        pred, gold = outputs[..., 0], data["labels"]
+        return {"spearman": metrics_lib.spearman(pred, gold), "pearson": metrics_lib.pearson(pred, gold)}
+    pred = outputs.argmax(-1)
+    if spec.kind == "tagging":
+        keep = data["label_weights"] > 0
+        seqs = [([labels[t] for t in p[k]], [labels[t] for t in g[k]])
+                for p, g, k in zip(pred, data["labels"], keep)]
+        return {"entity_f1": metrics_lib.entity_f1([p for p, _ in seqs], [g for _, g in seqs]),
+                "accuracy": metrics_lib.accuracy(pred[keep], data["labels"][keep])}
+    gold = data["labels"]
+    out = {"accuracy": metrics_lib.accuracy(pred, gold)}
+    if len(labels) == 2:
+        out.update(f1=metrics_lib.binary_f1(pred, gold), mcc=metrics_lib.matthews_corrcoef(pred, gold))
+    return out
+
+
+def _predictor(s: Setup):
+    return jax.jit(lambda params, batch: s.model.apply(
+        {"params": params}, batch["input_ids"], batch["segment_ids"], batch["input_mask"], True),
+        in_shardings=(s.state_shardings.params, s.batch_sharding), out_shardings=replicated(s.mesh))
+
+
+def predict(s: Setup, params, data: dict, batch_size: int, predictor=None) -> np.ndarray:
+    predictor = predictor or _predictor(s)
+    n = len(data["input_ids"])
+    outs = [np.asarray(jax.device_get(predictor(params, _put(b, s.batch_sharding))))
+            for b in _batches(data, batch_size, np.arange(n))]
+    return np.concatenate(outs)[:n]
+
+
+def run_seed(config, spec: TaskSpec, train: dict, evals: dict[str, dict], labels: list[str],
+             backbone: dict | None, workdir: str, devices=None, progress: bool = True) -> dict:
+    """Fine-tune one seed; keep the best epoch's checkpoint; return its metrics per eval split."""
+    from tqdm import tqdm
+
+    num_outputs = 1 if spec.kind == "regression" else len(labels)
+    s = classifier_setup(config, num_outputs, spec.kind, devices)
+    init_rng, train_rng = s.rngs()
+    state = s.init(init_rng)
+    if backbone is not None:
+        state = s.state_from_params({**state.params, **backbone})
+    main_split, main_metric = next(iter(evals)), spec.metrics[0]
+    checkpoints = Checkpoints(workdir, keep=1, async_save=False,
+                              best=lambda m: m[f"{main_split}/{main_metric}"])
+    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    predictor = _predictor(s)
+    n, bs = len(train["input_ids"]), config.batch_size
+    epochs = config.num_epochs or spec.epochs
+    bar = tqdm(total=epochs * math.ceil(n / bs), unit="step", disable=not progress, dynamic_ncols=True)
+    history = []
+    try:
+        for epoch in range(epochs):
+            order = np.random.default_rng([config.seed, epoch]).permutation(n)
+            for batch in _batches(train, bs, order):
+                state, metrics = s.step(state, _put(batch, s.batch_sharding), train_rng)
+                bar.update(1)
+            step = int(state.step)
+            values = check_finite(jax.device_get(metrics), step, checkpoints.latest_step(),
+                                  config.optim.skip_nonfinite)
+            writer.write(step, "train", values)
+            result = {"epoch": epoch + 1, "step": step}
+            for split, data in evals.items():
+                scores = score(spec, predict(s, state.params, data, bs, predictor), data, labels)
+                result.update({f"{split}/{k}": v for k, v in scores.items()})
+            writer.write(step, "eval", {k: v for k, v in result.items() if "/" in k})
+            bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in result.items()
+                             if k.startswith(main_split)})
+            history.append(result)
+            checkpoints.save(step, state, {"task": spec.name, "labels": labels, **result}, metrics=result)
+        kept = checkpoints.best_step()  # orbax's choice (ties included) is what export restores
+    finally:
+        bar.close()
+        checkpoints.close()
+        writer.close()
+    best = next(r for r in history if r["step"] == kept)
+    return {"best": {"seed": config.seed, **best}, "history": history}
+
+
+def finetune(config: ml_collections.ConfigDict, init: str, workdir: str, *, seeds: int = 1,
+             random_init: bool = False, devices=None, progress: bool = True) -> dict:
+    """Fine-tune `seeds` runs from `init` (its weights, or only its shape with `random_init`) and write
+    WORKDIR/results.json: every seed's best epoch and the median of each metric over seeds."""
+    from electra_jax.data.tokenizer import load_tokenizer
+
+    fields, tokens, backbone, tokenizer_path = load_init(init)
+    config.model.update(fields)
+    config.tokens.update(tokens)
+    spec, train_examples, eval_examples = load_task(config)
+    labels = label_names(train_examples, spec)
+    tokenizer = load_tokenizer(tokenizer_path)
+    max_len = config.task.max_len
+    if max_len > config.model.max_position_embeddings:
+        raise TaskError(f"task.max_len {max_len} exceeds the model's {config.model.max_position_embeddings} "
+                        "positions")
+    encode_split = functools.partial(encode, spec=spec, tokenizer=tokenizer, max_len=max_len, labels=labels,
+                                     pad_id=tokens["pad_id"])
+    train = encode_split(train_examples)
+    evals = {split: encode_split(e) for split, e in eval_examples.items()}
+    epochs = config.num_epochs or spec.epochs
+    config.num_train_steps = epochs * math.ceil(len(train["input_ids"]) / config.batch_size)
+    config.optim.warmup_steps = int(config.optim.warmup_fraction * config.num_train_steps)
+    check_workdir(workdir, 0)
+    config.task.init = init
+    config.task.tokenizer = tokenizer_path
+    config.task.labels = labels
+    config.task.random_init = random_init
+    if jax.process_index() == 0:
+        write_config(config, workdir)
+
+    runs = []
+    for k in range(seeds):
+        seed_config = config.copy_and_resolve_references()
+        seed_config.seed = config.seed + k
+        runs.append(run_seed(seed_config, spec, train, evals, labels, None if random_init else backbone,
+                             os.path.join(workdir, f"seed_{seed_config.seed}"), devices, progress))
+    names = [k for k in runs[0]["best"] if "/" in k]  # split/metric
+    results = {"task": spec.name, "init": init, "random_init": random_init, "seeds": seeds,
+               "epochs": epochs, "train_examples": len(train["input_ids"]),
+               "runs": [r["best"] for r in runs],
+               "median": {k: float(np.median([r["best"][k] for r in runs])) for k in names}}
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+def export_finetuned(workdir: str, out: str, seed: int | None = None, dtype=np.float32) -> str:
+    """The best epoch of a fine-tuning run (of its best seed, or `seed`) -> one HF directory that
+    ElectraForSequenceClassification / ElectraForTokenClassification loads, with id2label."""
+    from electra_jax.hf import export_model
+
+    config = load_workdir_config(workdir)
+    results_path = os.path.join(workdir, "results.json")
+    if not os.path.isfile(results_path):
+        raise TrainingError(f"{workdir}: no results.json; has the fine-tuning run finished?")
+    with open(results_path) as f:
+        results = json.load(f)
+    spec = task_spec(config.task.name, config.task.text_a, config.task.text_b, config.task.label)
+    main = [k for k in results["runs"][0] if k.endswith("/" + spec.metrics[0])][0]
+    runs = {r["seed"]: r for r in results["runs"]}
+    if seed is not None and seed not in runs:
+        raise TrainingError(f"{workdir}: no run with seed {seed}; there are {sorted(runs)}")
+    run = runs[seed] if seed is not None else max(results["runs"], key=lambda r: r[main])
+    if spec.kind == "tagging":
+        kind = "token_classifier"
+    elif config.head == "hf":
+        kind = "sequence_classifier"
+    else:
+        raise TrainingError("the paper head ([CLS] -> dense) has no exact Hugging Face class; fine-tune "
+                            "with --config.head=hf to export a sequence classifier")
+    labels = list(config.task.labels)
+    num_outputs = 1 if spec.kind == "regression" else len(labels)
+    config.mesh.update(data=-1, fsdp=1, tensor=1)
+    s = classifier_setup(config, num_outputs, spec.kind, jax.devices()[:1])
+    checkpoints = Checkpoints(os.path.join(workdir, f"seed_{run['seed']}"), async_save=False)
+    state = checkpoints.restore(run["step"], s.abstract_state())
+    checkpoints.close()
+    params = jax.tree.map(np.asarray, jax.device_get(state.params))
+    extra = {"architectures": [{"sequence_classifier": "ElectraForSequenceClassification",
+                                "token_classifier": "ElectraForTokenClassification"}[kind]],
+             "num_labels": num_outputs,
+             "problem_type": "regression" if spec.kind == "regression" else "single_label_classification"}
+    if labels:
+        extra.update(id2label=dict(enumerate(labels)), label2id={v: i for i, v in enumerate(labels)})
+    card = (f"Fine-tuned with electra-jax on {spec.name} from `{config.task.init}` (seed {run['seed']}, "
+            f"epoch {run['epoch']}, step {run['step']}).\n\nScores: {json.dumps({k: v for k, v in run.items() if '/' in k})}")
+    return export_model(params, config_lib.model_spec(config), kind, out, config.task.tokenizer, card, dtype,
+                        config.tokens.pad_id, extra)

@@ -1,0 +1,240 @@
+"""Fine-tuning tasks: what to read (GLUE through TFDS, local CSV/TSV/JSONL tables, CoNLL files), how
+it becomes fixed-length arrays, and which metrics score it.
+
+    [CLS] A [SEP] (B [SEP]), truncated longest-first to max_len, as the original's `classification_tasks.py`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+KINDS = ("classification", "regression", "tagging")
+
+
+class TaskError(ValueError):
+    """Task data that cannot be used; the message names the file, column or label and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    kind: str  # one of KINDS
+    metrics: tuple[str, ...]  # the first picks the best checkpoint
+    epochs: int
+    text_a: str = "sentence"
+    text_b: str | None = None
+    label: str = "label"
+    tfds: str | None = None
+    train_split: str = "train"
+    eval_splits: tuple[str, ...] = ("validation",)
+
+
+def _glue(name, metrics, a, b=None, epochs=3, kind="classification", eval_splits=("validation",)):
+    return TaskSpec(name, kind, metrics, epochs, a, b, "label", f"glue/{name}", "train", eval_splits)
+
+
+# Epochs as the original's configure_finetuning.py: 3, and 10 for the small RTE and STS-B.
+GLUE = {
+    "cola": _glue("cola", ("mcc", "accuracy"), "sentence"),
+    "sst2": _glue("sst2", ("accuracy",), "sentence"),
+    "mrpc": _glue("mrpc", ("accuracy", "f1"), "sentence1", "sentence2"),
+    "stsb": _glue("stsb", ("spearman", "pearson"), "sentence1", "sentence2", 10, "regression"),
+    "qqp": _glue("qqp", ("accuracy", "f1"), "question1", "question2"),
+    "mnli": _glue("mnli", ("accuracy",), "premise", "hypothesis",
+                  eval_splits=("validation_matched", "validation_mismatched")),
+    "qnli": _glue("qnli", ("accuracy",), "question", "sentence"),
+    "rte": _glue("rte", ("accuracy",), "sentence1", "sentence2", 10),
+}
+LOCAL = {
+    "classification": TaskSpec("classification", "classification", ("accuracy", "f1", "mcc"), 3),
+    "regression": TaskSpec("regression", "regression", ("spearman", "pearson"), 3),
+    "tagging": TaskSpec("tagging", "tagging", ("entity_f1", "accuracy"), 3, text_a="tokens", label="tags"),
+}
+TASKS = {**GLUE, **LOCAL}
+
+
+def task_spec(name: str, text_a: str = "", text_b: str = "", label: str = "") -> TaskSpec:
+    if name not in TASKS:
+        raise TaskError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+    spec = TASKS[name]
+    if name in LOCAL:  # column names are the user's
+        spec = dataclasses.replace(spec, text_a=text_a or spec.text_a, text_b=text_b or None,
+                                   label=label or spec.label)
+    return spec
+
+
+@dataclasses.dataclass
+class Examples:
+    """One split as read: texts (or word lists for tagging) and raw labels (str, float or tag lists)."""
+
+    source: str
+    text_a: list
+    text_b: list | None
+    labels: list
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _rows(path: str) -> tuple[list[dict], list[str]]:
+    ext = os.path.splitext(path)[1].lower()
+    with open(path, encoding="utf-8", newline="") as f:
+        if ext in (".jsonl", ".json"):
+            rows = [json.loads(line) for line in f if line.strip()]
+            columns = sorted({k for r in rows for k in r})
+        elif ext in (".csv", ".tsv"):
+            reader = csv.DictReader(f, delimiter="\t" if ext == ".tsv" else ",", quoting=csv.QUOTE_MINIMAL)
+            rows, columns = list(reader), list(reader.fieldnames or [])
+        else:
+            raise TaskError(f"{path}: unknown table format {ext!r}; use .csv, .tsv or .jsonl")
+    return rows, columns
+
+
+def read_table(path: str, spec: TaskSpec) -> Examples:
+    """A CSV/TSV/JSONL file with the spec's text_a, optional text_b and label columns."""
+    if not os.path.isfile(path):
+        raise TaskError(f"{path}: no such file")
+    rows, columns = _rows(path)
+    for column in (spec.text_a, spec.text_b, spec.label):
+        if column and column not in columns:
+            raise TaskError(f"{path}: no column {column!r}; the columns are {columns} (choose them with "
+                            "--config.task.text_a / text_b / label)")
+    labels = []
+    for i, row in enumerate(rows):
+        value = row.get(spec.label)
+        if value is None or str(value).strip() == "":
+            raise TaskError(f"{path}: row {i + 1} has no {spec.label!r} label")
+        if spec.kind == "regression":
+            try:
+                value = float(value)
+            except ValueError:
+                raise TaskError(f"{path}: row {i + 1}: label {value!r} is not a number") from None
+        labels.append(str(value).strip() if spec.kind == "classification" else value)
+    return Examples(path, [str(r[spec.text_a]) for r in rows],
+                    [str(r[spec.text_b]) for r in rows] if spec.text_b else None, labels)
+
+
+def read_conll(path: str) -> Examples:
+    """CoNLL: one `token ... tag` per line (tag last), blank lines between sentences."""
+    if not os.path.isfile(path):
+        raise TaskError(f"{path}: no such file")
+    sentences, tags, words, word_tags = [], [], [], []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts or parts[0] == "-DOCSTART-":
+                if words:
+                    sentences.append(words)
+                    tags.append(word_tags)
+                words, word_tags = [], []
+                continue
+            if len(parts) < 2:
+                raise TaskError(f"{path}:{n}: expected `token ... tag`, got {line.strip()!r}")
+            words.append(parts[0])
+            word_tags.append(parts[-1])
+    if words:
+        sentences.append(words)
+        tags.append(word_tags)
+    return Examples(path, sentences, None, tags)
+
+
+def read_tfds(spec: TaskSpec, split: str, data_dir: str | None, download: bool = False) -> Examples:
+    """A GLUE split through TensorFlow Datasets: prepared under data_dir, or downloaded when allowed
+    (offline, tfds would retry its download for minutes; we refuse at once instead)."""
+    import tensorflow_datasets as tfds
+
+    source = f"tfds {spec.tfds}:{split}"
+    builder = tfds.builder(spec.tfds, data_dir=data_dir)
+    if not builder.is_prepared():
+        if not download:
+            raise TaskError(f"{source} is not prepared under {data_dir or '~/tensorflow_datasets'}; pass "
+                            "--download on a machine with network (or prepare it there and copy it)")
+        try:
+            builder.download_and_prepare()
+        except Exception as e:  # tfds raises many kinds; all mean the same thing to the user
+            raise TaskError(f"{source}: download failed ({type(e).__name__}: {str(e)[:200]})") from None
+    label = builder.info.features[spec.label]
+    names = getattr(label, "names", None)
+    a, b, labels = [], [] if spec.text_b else None, []
+    for row in tfds.as_numpy(builder.as_dataset(split=split)):
+        a.append(row[spec.text_a].decode("utf-8"))
+        if spec.text_b:
+            b.append(row[spec.text_b].decode("utf-8"))
+        value = row[spec.label]
+        labels.append(float(value) if spec.kind == "regression" else names[int(value)])
+    return Examples(source, a, b, labels)
+
+
+def label_names(train: Examples, spec: TaskSpec) -> list[str]:
+    """Classes in a fixed order: sorted by their text (numbers numerically), from the training split."""
+    if spec.kind == "regression":
+        return []
+    values = {t for tags in train.labels for t in tags} if spec.kind == "tagging" else set(train.labels)
+    if spec.kind == "tagging" and "O" in values:
+        values.discard("O")
+        return ["O", *sorted(values)]
+    return sorted(values, key=lambda v: (0, float(v), v) if _is_number(v) else (1, 0.0, v))
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+        return True
+    except ValueError:
+        return False
+
+
+# ----------------------------------------------------------------------------- encoding
+
+
+def encode(examples: Examples, spec: TaskSpec, tokenizer, max_len: int, labels: list[str],
+           pad_id: int) -> dict[str, np.ndarray]:
+    """Fixed-length int32 arrays {input_ids, input_mask, segment_ids, labels[, label_weights]}.
+
+    Tagging labels the first sub-token of each word (the others get weight 0); classification and
+    tagging labels unseen in training stop here, naming the label and the file.
+    """
+    if not examples.text_a:
+        raise TaskError(f"{examples.source}: no examples")
+    tok = tokenizer
+    tok.enable_truncation(max_len, strategy="longest_first")
+    tok.enable_padding(length=max_len, pad_id=pad_id, pad_token="[PAD]")
+    if spec.kind == "tagging":
+        encodings = tok.encode_batch(examples.text_a, is_pretokenized=True)
+    elif examples.text_b is not None:
+        encodings = tok.encode_batch(list(zip(examples.text_a, examples.text_b)))
+    else:
+        encodings = tok.encode_batch(examples.text_a)
+    tok.no_truncation()
+    tok.no_padding()
+    out = {"input_ids": np.asarray([e.ids for e in encodings], np.int32),
+           "input_mask": np.asarray([e.attention_mask for e in encodings], np.int32),
+           "segment_ids": np.asarray([e.type_ids for e in encodings], np.int32)}
+    index = {name: i for i, name in enumerate(labels)}
+
+    def label_id(value, i):
+        if value not in index:
+            raise TaskError(f"{examples.source}: example {i + 1} has label {value!r}, which the training "
+                            f"data does not have (known: {labels[:20]})")
+        return index[value]
+
+    if spec.kind == "regression":
+        out["labels"] = np.asarray(examples.labels, np.float32)
+    elif spec.kind == "classification":
+        out["labels"] = np.asarray([label_id(v, i) for i, v in enumerate(examples.labels)], np.int32)
+    else:
+        tags = np.zeros_like(out["input_ids"])
+        weights = np.zeros(out["input_ids"].shape, np.float32)
+        for i, (enc, word_tags) in enumerate(zip(encodings, examples.labels)):
+            previous = None
+            for t, word in enumerate(enc.word_ids):
+                if word is not None and word != previous:  # the word's first sub-token
+                    tags[i, t], weights[i, t] = label_id(word_tags[word], i), 1.0
+                previous = word
+        out["labels"], out["label_weights"] = tags, weights
+    return out

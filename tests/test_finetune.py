@@ -1,0 +1,283 @@
+"""Fine-tuning: heads and losses against numpy, layer-wise learning rates against the formula, metrics
+against known values, a tiny model that learns a task, HF export parity, and the bad-input errors."""
+
+import csv
+import gzip
+import json
+import random
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from electra_jax.config import finetune_config, load_config, model_spec
+from electra_jax.data import SAMPLE_CORPUS, SAMPLE_TOKENIZER
+from electra_jax.finetune import metrics
+from electra_jax.finetune.run import classifier_loss, finetune, layer_depths
+from electra_jax.finetune.tasks import GLUE, TaskError, encode, label_names, read_tfds, task_spec
+from electra_jax.model import Classifier, Electra, init_params
+from electra_jax.optim import layerwise_lr_decay
+
+
+def _spec():
+    return model_spec(load_config(str(ROOT / "configs" / "tiny.py")))
+
+
+def _batch(rng, n=6, s=16, vocab=2048):
+    ids = rng.integers(5, vocab, (n, s)).astype(np.int32)
+    mask = (np.arange(s)[None] < rng.integers(4, s + 1, (n, 1))).astype(np.int32)
+    ids[:, 0] = 2
+    return {"input_ids": ids * mask, "input_mask": mask, "segment_ids": np.zeros_like(ids),
+            "weights": np.array([1, 1, 1, 1, 0, 1], np.float32)}
+
+
+def _log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize("kind", ["classification", "regression", "tagging"])
+def test_head_and_loss_equal_numpy(kind):
+    spec, rng = _spec(), np.random.default_rng(0)
+    outputs = 1 if kind == "regression" else 3
+    model = Classifier(spec, outputs, "tokens" if kind == "tagging" else "cls", "paper")
+    batch = _batch(rng)
+    params = nn.unbox(model.init(jax.random.key(0), batch["input_ids"], batch["segment_ids"],
+                                 batch["input_mask"])["params"])
+    params = jax.tree.map(np.asarray, params)
+    if kind == "regression":
+        batch["labels"] = rng.normal(size=6).astype(np.float32)
+    elif kind == "classification":
+        batch["labels"] = rng.integers(0, 3, 6).astype(np.int32)
+    else:
+        batch["labels"] = rng.integers(0, 3, (6, 16)).astype(np.int32)
+        batch["label_weights"] = (rng.random((6, 16)) < 0.5).astype(np.float32) * batch["input_mask"]
+    loss, pairs = classifier_loss(params, batch, jax.random.key(1), model=model, kind=kind, deterministic=True)
+
+    # The encoder's output, captured; the head and loss below are plain numpy.
+    _, state = model.apply({"params": params}, batch["input_ids"], batch["segment_ids"], batch["input_mask"],
+                           True, capture_intermediates=lambda m, _: m.name == "discriminator",
+                           mutable=["intermediates"])
+    hidden = np.asarray(state["intermediates"]["discriminator"]["__call__"][0], np.float64)
+    x = hidden if kind == "tagging" else hidden[:, 0]
+    w_out, b_out = params["head"]["out_proj"]["kernel"], params["head"]["out_proj"]["bias"]
+    logits = x @ w_out + b_out
+    w = batch["weights"]
+    if kind == "regression":
+        per = (logits[:, 0] - batch["labels"]) ** 2
+    else:
+        if kind == "tagging":
+            w = w[:, None] * batch["label_weights"]
+        per = -np.take_along_axis(_log_softmax(logits), batch["labels"][..., None], -1)[..., 0]
+    expected = (w * per).sum() / w.sum()
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(pairs["loss"]), [(w * per).sum(), w.sum()], rtol=1e-5)
+
+
+@pytest.mark.parametrize("convention,top", [("original", 4), ("consecutive", 3)])
+def test_layerwise_learning_rates_follow_the_formula(convention, top):
+    spec = _spec()  # 2 layers
+    model = Classifier(spec, 2, "cls", "hf")
+    ids = jnp.zeros((1, 8), jnp.int32)
+    params = jax.tree.map(np.asarray, nn.unbox(model.init(jax.random.key(0), ids, ids, jnp.ones_like(ids))["params"]))
+    decay = 0.8
+    tx = layerwise_lr_decay(lambda p: layer_depths(p, 2, convention), decay)
+    updates, _ = tx.update(jax.tree.map(np.ones_like, params), tx.init(params))
+    # lr * d^(top - depth): embeddings and their projection depth 0, layer_i depth i + 1, head depth top.
+    expect = {"embeddings/word_embeddings": decay ** top,
+              "discriminator/encoder/embeddings_project/kernel": decay ** top,
+              "discriminator/encoder/layer_0/attention/query/kernel": decay ** (top - 1),
+              "discriminator/encoder/layer_1/output_layer_norm/scale": decay ** (top - 2),
+              "head/out_proj/kernel": 1.0, "head/dense/bias": 1.0}
+    flat = {"/".join(str(k.key) for k in path): np.unique(np.asarray(v))
+            for path, v in jax.tree_util.tree_leaves_with_path(updates)}
+    for name, factor in expect.items():
+        np.testing.assert_allclose(flat[name], [factor], rtol=1e-6, err_msg=name)
+
+
+def test_metrics_equal_known_values():
+    gold, pred = np.array([1, 1, 1, 0]), np.array([1, 0, 1, 1])
+    assert metrics.matthews_corrcoef(pred, gold) == pytest.approx(-1 / 3)  # scikit-learn's doc example
+    assert metrics.matthews_corrcoef(np.ones(4), gold) == 0.0
+    assert metrics.binary_f1(np.array([1, 0, 0, 1, 1]), np.array([1, 1, 0, 0, 1])) == pytest.approx(2 / 3)
+    assert metrics.accuracy(pred, gold) == 0.5
+    # scipy's documented examples (ties in the second)
+    assert metrics.pearson(np.array([1, 2, 3, 4, 5.]), np.array([10, 9, 2.5, 6, 4])) == pytest.approx(
+        -0.7426106572325057)
+    assert metrics.spearman(np.array([1, 2, 3, 4, 5.]), np.array([5, 6, 7, 8, 7.])) == pytest.approx(
+        0.8207826816681233)
+    # conlleval: a span of the wrong type is a miss; I- after O opens a span (IOB1)
+    gold_tags = [["B-PER", "I-PER", "O", "B-LOC"], ["I-ORG", "I-ORG", "O"]]
+    pred_tags = [["B-PER", "I-PER", "O", "B-ORG"], ["B-ORG", "I-ORG", "O"]]
+    assert metrics.entities(gold_tags[1]) == {("ORG", 0, 2)}
+    assert metrics.entity_f1(pred_tags, gold_tags) == pytest.approx(2 * 2 / (3 + 3))
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def random_discriminator(tmp_path_factory):
+    """An HF export of a randomly initialised tiny ELECTRA: fine-tuning from it is from scratch."""
+    from electra_jax.hf import export_pretrained
+
+    spec = _spec()
+    params = jax.tree.map(np.asarray, nn.unbox(init_params(Electra(spec), jax.random.key(0), 64, 9)))
+    out = tmp_path_factory.mktemp("hf")
+    export_pretrained(params, spec, str(out), SAMPLE_TOKENIZER, "random tiny", pad_token_id=0)
+    return str(out / "discriminator")
+
+
+def _kjv(n):
+    lines = [line.strip() for line in gzip.open(SAMPLE_CORPUS, "rt") if line.strip()]
+    random.Random(0).shuffle(lines)
+    return lines[:n]
+
+
+def _write_csv(path, rows, header=("sentence", "label")):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def test_tiny_model_learns_a_task_and_exports_exactly(random_discriminator, tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from electra_jax.cli import main
+
+    rows = [(s, "lord" if " lord" in s.lower() else "other") for s in _kjv(900)]
+    _write_csv(tmp_path / "train.csv", rows[:700])
+    _write_csv(tmp_path / "dev.csv", rows[700:])
+    config = load_config(str(ROOT / "configs" / "finetune" / "tiny.py"), [
+        "--config.task.name=classification", f"--config.task.train={tmp_path / 'train.csv'}",
+        f"--config.task.dev={tmp_path / 'dev.csv'}", "--config.task.max_len=48", "--config.num_epochs=10",
+        "--config.head=hf"])
+    # From scratch some seeds never leave the majority class (why the paper reports medians).
+    results = finetune(config, random_discriminator, str(tmp_path / "run"), seeds=3,
+                       devices=jax.devices()[:1], progress=False)
+    base_rate = np.mean([label == "other" for _, label in rows[700:]])
+    assert [r["seed"] for r in results["runs"]] == [0, 1, 2]
+    assert results["median"]["dev/accuracy"] > 0.95 > base_rate + 0.1, results
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["median"] == results["median"]
+
+    assert main(["export", "--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
+    hf = transformers.ElectraForSequenceClassification.from_pretrained(str(tmp_path / "hf"))
+    assert hf.config.id2label == {0: "lord", 1: "other"}
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    texts = [s for s, _ in rows[700:708]]
+    enc = tok(texts, padding=True, return_tensors="np")
+    with torch.no_grad():
+        theirs = hf(**{k: torch.tensor(v).long() for k, v in enc.items()}).logits.numpy()
+    ours = _our_logits(tmp_path / "run", results, enc)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=1e-5)
+    assert (theirs.argmax(-1) == np.array([0 if " lord" in t.lower() else 1 for t in texts])).mean() > 0.8
+
+
+def _our_logits(workdir, results, enc):
+    from electra_jax.checkpoint import Checkpoints
+    from electra_jax.finetune.run import classifier_setup
+    from electra_jax.pretrain import load_workdir_config
+
+    best = max(results["runs"], key=lambda r: r["dev/accuracy"])
+    config = load_workdir_config(str(workdir))
+    s = classifier_setup(config, 2, "classification", jax.devices()[:1])
+    checkpoints = Checkpoints(str(workdir / f"seed_{best['seed']}"), async_save=False)
+    params = checkpoints.restore(best["step"], s.abstract_state()).params
+    return np.asarray(s.model.apply({"params": params}, enc["input_ids"].astype(np.int32),
+                                    enc["token_type_ids"].astype(np.int32),
+                                    enc["attention_mask"].astype(np.int32), True))
+
+
+def test_token_classifier_exports_exactly(random_discriminator, tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from electra_jax.finetune.run import export_finetuned
+
+    names = {"god", "lord", "moses", "israel", "david"}
+    with open(tmp_path / "train.conll", "w") as f:
+        for sentence in _kjv(200):
+            for word in sentence.replace(",", " ,").split()[:30]:
+                f.write(f"{word} {'B-NAME' if word.lower() in names else 'O'}\n")
+            f.write("\n")
+    config = load_config(str(ROOT / "configs" / "finetune" / "tiny.py"), [
+        "--config.task.name=tagging", f"--config.task.train={tmp_path / 'train.conll'}",
+        f"--config.task.dev={tmp_path / 'train.conll'}", "--config.task.max_len=48", "--config.num_epochs=1"])
+    results = finetune(config, random_discriminator, str(tmp_path / "run"), devices=jax.devices()[:1],
+                       progress=False)
+    assert 0.0 <= results["median"]["dev/entity_f1"] <= 1.0
+    out = export_finetuned(str(tmp_path / "run"), str(tmp_path / "hf"))
+    hf = transformers.ElectraForTokenClassification.from_pretrained(out)
+    assert hf.config.id2label == {0: "O", 1: "B-NAME"}
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    enc = tok(["And Moses said unto the LORD"], return_tensors="np")
+    with torch.no_grad():
+        theirs = hf(**{k: torch.tensor(v).long() for k, v in enc.items()}).logits.numpy()
+    from electra_jax.checkpoint import Checkpoints
+    from electra_jax.finetune.run import classifier_setup
+    from electra_jax.pretrain import load_workdir_config
+
+    config = load_workdir_config(str(tmp_path / "run"))
+    s = classifier_setup(config, 2, "tagging", jax.devices()[:1])
+    run = results["runs"][0]
+    params = Checkpoints(str(tmp_path / "run" / "seed_0"), async_save=False).restore(
+        run["step"], s.abstract_state()).params
+    ours = s.model.apply({"params": params}, enc["input_ids"].astype(np.int32),
+                         enc["token_type_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32), True)
+    np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_glue_through_tfds_reads_and_encodes_pairs():
+    import tensorflow_datasets as tfds
+
+    from electra_jax.data.tokenizer import load_tokenizer
+
+    with tfds.testing.mock_data(num_examples=5):
+        with pytest.raises(TaskError, match="not prepared .* pass --download"):
+            read_tfds(GLUE["rte"], "train", None, download=False)
+        train = read_tfds(GLUE["mnli"], "train", None, download=True)
+        dev = read_tfds(GLUE["mnli"], "validation_mismatched", None, download=True)
+    labels = label_names(train, GLUE["mnli"])
+    assert set(train.labels) <= {"entailment", "neutral", "contradiction"} and len(dev.text_a) == 5
+    arrays = encode(dev, GLUE["mnli"], load_tokenizer(SAMPLE_TOKENIZER), 24,
+                    sorted({*labels, *dev.labels}), 0)
+    ids, seg = arrays["input_ids"], arrays["segment_ids"]
+    assert ids.shape == (5, 24) and (ids[:, 0] == 2).all()  # [CLS]
+    for row, s in zip(ids, seg):  # [CLS] A [SEP] B [SEP]: segment 1 from after the first [SEP]
+        seps = np.flatnonzero(row == 3)
+        assert len(seps) == 2 and (s[: seps[0] + 1] == 0).all() and (s[seps[0] + 1: seps[1] + 1] == 1).all()
+
+
+def test_bad_input_gets_a_clear_error(random_discriminator, tmp_path):
+    from electra_jax.cli import main
+
+    with pytest.raises(TaskError, match="unknown task 'colaa'; known: cola, sst2"):
+        task_spec("colaa")
+    _write_csv(tmp_path / "train.csv", [("a b", "x"), ("c d", "y")], header=("text", "label"))
+    _write_csv(tmp_path / "dev.csv", [("a b", "x"), ("c d", "z")], header=("text", "label"))
+    _write_csv(tmp_path / "empty.csv", [], header=("text", "label"))
+    cfg = finetune_config()
+    cfg.model.dtype = "float32"
+
+    def run(**task):
+        c = cfg.copy_and_resolve_references()
+        c.task.update(name="classification", **task)
+        return finetune(c, random_discriminator, str(tmp_path / "w"), devices=jax.devices()[:1], progress=False)
+
+    with pytest.raises(TaskError, match=r"no column 'sentence'; the columns are \['text', 'label'\]"):
+        run(train=str(tmp_path / "train.csv"), dev=str(tmp_path / "dev.csv"))
+    with pytest.raises(TaskError, match=r"dev.csv: example 2 has label 'z', which the training data does not"):
+        run(train=str(tmp_path / "train.csv"), dev=str(tmp_path / "dev.csv"), text_a="text")
+    with pytest.raises(TaskError, match="empty.csv: the split is empty"):
+        run(train=str(tmp_path / "train.csv"), dev=str(tmp_path / "empty.csv"), text_a="text")
+
+    generator = random_discriminator.replace("discriminator", "generator")
+    base = ["finetune", "--task", "classification", "--train", str(tmp_path / "train.csv"), "--dev",
+            str(tmp_path / "dev.csv"), "--workdir", str(tmp_path / "w2"), "--config.task.text_a=text"]
+    assert main(base + ["--init", generator]) == 2  # "is an ELECTRA generator"
+    assert main(base + ["--init", str(tmp_path)]) == 2  # neither HF nor a pretrain workdir
+    assert main(["finetune", "--init", random_discriminator, "--task", "nope", "--workdir",
+                 str(tmp_path / "w3")]) == 2
