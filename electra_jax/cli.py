@@ -145,7 +145,8 @@ def _build_data_command(args) -> None:
 
     inputs = args.input or ([] if args.tfds else [SAMPLE_CORPUS])
     manifest = build(BuildArgs(
-        tokenizer=args.tokenizer or SAMPLE_TOKENIZER, out=args.out, inputs=inputs, tfds=args.tfds, text_key=args.text_key, tfds_data_dir=args.tfds_data_dir, seq_len=args.seq_len,
+        tokenizer=args.tokenizer or SAMPLE_TOKENIZER, out=args.out, inputs=inputs, tfds=args.tfds,
+        text_key=args.text_key, tfds_data_dir=args.tfds_data_dir, seq_len=args.seq_len,
         max_positions=args.max_positions, workers=args.workers, shards=args.shards,
         eval_fraction=args.eval_fraction, seed=args.seed, overwrite=args.overwrite,
         max_line_chars=args.max_line_chars))
@@ -226,7 +227,8 @@ def _finetune_config_path(args) -> str:
         with open(path) as f:
             c = json.load(f)
         hidden = c.get("hidden_size") or c.get("model", {}).get("hidden_size")
-    size = {256: "small", 768: "base", 1024: "large"}.get(hidden, "tiny" if hidden and hidden < 256 else "base")
+    size = {256: "small", 768: "base", 1024: "large"}.get(hidden)
+    size = size or ("tiny" if hidden and hidden < 256 else "base")
     print(f"using configs/finetune/{size}.py (hidden size {hidden}); --config overrides")
     return f"configs/finetune/{size}.py"
 

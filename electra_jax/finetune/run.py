@@ -88,7 +88,8 @@ def load_init(init: str) -> tuple[dict, dict, dict, str]:
     from electra_jax.hf import HFFormatError, from_hf_state_dict, read_pretrained, spec_from_hf_config
     from electra_jax.model import unstack_layers
 
-    if os.path.isfile(os.path.join(init, "config.json")) and not os.path.isdir(os.path.join(init, "checkpoints")):
+    is_workdir = os.path.isdir(os.path.join(init.split(":", 1)[0], "checkpoints"))
+    if os.path.isfile(os.path.join(init, "config.json")) and not is_workdir:
         hf, weights = read_pretrained(init)
         if "ElectraForMaskedLM" in hf.get("architectures", []):
             raise HFFormatError(f"{init} is an ELECTRA generator; fine-tune the discriminator")
@@ -351,7 +352,8 @@ def export_finetuned(workdir: str, out: str, seed: int | None = None, dtype=np.f
              "problem_type": "regression" if spec.kind == "regression" else "single_label_classification"}
     if labels:
         extra.update(id2label=dict(enumerate(labels)), label2id={v: i for i, v in enumerate(labels)})
+    scores = {k: v for k, v in run.items() if "/" in k}
     card = (f"Fine-tuned with electra-jax on {spec.name} from `{config.task.init}` (seed {run['seed']}, "
-            f"epoch {run['epoch']}, step {run['step']}).\n\nScores: {json.dumps({k: v for k, v in run.items() if '/' in k})}")
+            f"epoch {run['epoch']}, step {run['step']}).\n\nScores: {json.dumps(scores)}")
     return export_model(params, config_lib.model_spec(config), kind, out, config.task.tokenizer, card, dtype,
                         config.tokens.pad_id, extra)
