@@ -9,6 +9,7 @@ import sys
 from electra_jax.config import ConfigError, load_config
 from electra_jax.data.builder import DataError
 from electra_jax.data.tokenizer import TokenizerError
+from electra_jax.distributed import DistributedError
 from electra_jax.finetune.tasks import TaskError
 from electra_jax.checkpoint import CheckpointError
 from electra_jax.hf import HFFormatError
@@ -18,6 +19,18 @@ from electra_jax.pretrain import TrainingError
 def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     overrides = [a for a in argv if a.startswith("--config.")]
     return [a for a in argv if not a.startswith("--config.")], overrides
+
+
+def _distributed_flags() -> argparse.ArgumentParser:
+    """Flags joining the processes of a multi-host job (not needed on Cloud TPU or under Slurm)."""
+    flags = argparse.ArgumentParser(add_help=False)
+    group = flags.add_argument_group("multi-host (automatic on Cloud TPU VMs and under Slurm)")
+    group.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
+    group.add_argument("--num-processes", type=int, default=None)
+    group.add_argument("--process-id", type=int, default=None)
+    group.add_argument("--distributed-timeout", type=int, default=300, help="seconds to wait for all")
+    group.add_argument("--cpu-collectives", action="store_true", help="gloo for CPU-only processes (tests)")
+    return flags
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--checkpoint-dir", default=None,
                        help="also time an async orbax save of the trained state into this directory")
 
-    pre = sub.add_parser("pretrain", help="pretrain (resumes from the latest checkpoint in --workdir)")
+    pre = sub.add_parser("pretrain", help="pretrain (resumes from the latest checkpoint in --workdir)",
+                         parents=[_distributed_flags()])
     pre.add_argument("--config", required=True, help="a config file, e.g. configs/small.py")
     pre.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl and config.json go here")
     pre.add_argument("--data", default=None, help="a build-data directory (sets config.data.path)")
@@ -52,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", default="configs/tiny.py")
     demo.add_argument("--workdir", default="demo")
 
-    ft = sub.add_parser("finetune", help="fine-tune a pretrained discriminator on a task")
+    ft = sub.add_parser("finetune", help="fine-tune a pretrained discriminator on a task",
+                        parents=[_distributed_flags()])
     ft.add_argument("--init", required=True,
                     help="an HF ELECTRA discriminator directory, or a pretrain WORKDIR[:step]")
     ft.add_argument("--task", required=True, help="cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, or "
@@ -346,6 +361,11 @@ def main(argv: list[str] | None = None) -> int:
     args_only, overrides = _split_overrides(argv)
     args = _parser().parse_args(args_only)
     try:
+        if hasattr(args, "coordinator"):  # before anything touches a JAX backend
+            from electra_jax.distributed import initialize
+
+            initialize(args.coordinator, args.num_processes, args.process_id, args.distributed_timeout,
+                       args.cpu_collectives)
         if args.command == "finetune":  # its config file depends on the --init model
             _finetune_command(args, overrides)
         elif args.command in COMMANDS:
@@ -355,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             CONFIG_COMMANDS[args.command](args, load_config(args.config, overrides))
     except (ConfigError, DataError, TokenizerError, TrainingError, HFFormatError, CheckpointError,
-            TaskError) as e:
+            TaskError, DistributedError) as e:
         print(f"electra-jax: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -186,13 +186,23 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
                                   shuffle_buffer=config.data.shuffle_buffer), s.batch_sharding)
     checkpoints = Checkpoints(workdir, tc.keep_checkpoints, tc.async_checkpoints)
     meta = {"model": config.model.to_dict(), "data": config.data.path,
-            "tokenizer_fingerprint": manifest["tokenizer_fingerprint"]}
+            "tokenizer_fingerprint": manifest["tokenizer_fingerprint"], "process_count": jax.process_count()}
     latest = checkpoints.latest_step()
     if latest is None:
         state = s.init(init_rng)
     else:
-        check_checkpoint(config, checkpoints.meta(latest), workdir)
-        state = checkpoints.restore(latest, abstract, reader)
+        saved = checkpoints.meta(latest)
+        check_checkpoint(config, saved, workdir)
+        if saved.get("process_count", 1) == jax.process_count():
+            state = checkpoints.restore(latest, abstract, reader)
+        else:  # each host's reader position belongs to another split of the shards
+            if lead:
+                print(f"{workdir}: step {latest} was saved by {saved['process_count']} processes, this run has "
+                      f"{jax.process_count()}: the train state resumes exactly, the data order restarts "
+                      "(reseeded with the step)")
+            reader = Reader(train_dataset(config.data.path, config.batch_size, config.seed + latest,
+                                          shuffle_buffer=config.data.shuffle_buffer), s.batch_sharding)
+            state = checkpoints.restore(latest, abstract)
     step = first_step = int(state.step)
     last = min(config.num_train_steps, max_steps or config.num_train_steps)
 
@@ -210,6 +220,9 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
     interval = None  # (sums, count) since the last log
 
     stop = {"signal": False}
+    # With several processes JAX's coordination service turns SIGTERM into a step every host agrees on
+    # (`reached_preemption`); a handler here would replace that and let hosts stop at different steps.
+    handle_sigterm = handle_sigterm and jax.process_count() == 1
     if handle_sigterm:
         previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
     profile_from = step + 3 if tc.profile_steps else -1  # after compilation and warm-up
