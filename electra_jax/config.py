@@ -126,7 +126,8 @@ def default_config() -> ml_collections.ConfigDict:
     tr.profile_steps = 0  # > 0: a jax.profiler trace of this many steps after warm-up (`--profile`)
 
     # Mesh axis sizes; -1 takes all remaining devices.
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # dcn_data: how many TPU slices / GPU nodes the data axis spans over the data-centre network.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))
     c.sharding_rules = [list(r) for r in DEFAULT_SHARDING_RULES]
     return c
 
@@ -340,6 +341,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
             sizes = mesh_shape(config, num_devices)
         except ConfigError as e:
             raise ConfigError(f"config.{e}") from None
+        dcn = int(config.mesh.get("dcn_data", 1))
+        _check(dcn >= 1 and sizes["data"] % dcn == 0, "mesh.dcn_data",
+               f"{dcn} slices must divide the data axis ({sizes['data']})")
         batch_shards = sizes["data"] * sizes["fsdp"]
         _check(config.batch_size % batch_shards == 0, "batch_size",
                f"{config.batch_size} is not divisible by the data x fsdp mesh axes "

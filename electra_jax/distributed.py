@@ -8,6 +8,8 @@ process does nothing.
 from __future__ import annotations
 
 import os
+import socket
+import time
 
 
 class DistributedError(RuntimeError):
@@ -40,6 +42,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                                "(or none, on a Cloud TPU pod or under Slurm)")
     if explicit and not 0 <= process_id < num_processes:
         raise DistributedError(f"--process-id {process_id} is outside 0..{num_processes - 1}")
+    if explicit and process_id != 0:
+        _wait_for(coordinator, timeout_s)
     if cpu_collectives:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
@@ -51,3 +55,22 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                                f"{str(e)[:300]}); check the address and port are reachable from every "
                                "host and that all processes were started") from None
     return True
+
+
+def _wait_for(coordinator: str, timeout_s: int) -> None:
+    """Poll the coordinator's port: JAX aborts the whole process (no exception) when it cannot
+    register, so an unreachable address is caught here with a message instead."""
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit():
+        raise DistributedError(f"--coordinator {coordinator!r} must be HOST:PORT")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=2):
+                return
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise DistributedError(f"could not reach the coordinator {coordinator} within {timeout_s} s "
+                                       f"({e.strerror or e}); start process 0 there first and check that the "
+                                       "port is open from this host") from None
+            time.sleep(0.5)

@@ -63,6 +63,20 @@ def check_checkpoint(config, meta: dict, workdir: str) -> None:
 
 def check_workdir(workdir: str, checkpoint_bytes: int) -> None:
     """Writable, with room for one more checkpoint: fail now, not hours later at the first save."""
+    if "://" in workdir:  # gs:// and friends: can we write there (credentials, bucket)?
+        import tensorflow as tf
+
+        probe = f"{workdir.rstrip('/')}/.write-test-{os.getpid()}"
+        try:
+            tf.io.gfile.makedirs(workdir)
+            with tf.io.gfile.GFile(probe, "w") as f:
+                f.write("ok")
+            tf.io.gfile.remove(probe)
+        except Exception as e:  # tf raises NotFound, PermissionDenied, ... with the server's reason
+            raise TrainingError(f"cannot write to --workdir {workdir}: {str(e)[:300]}; check the bucket "
+                                "name and this machine's credentials (gcloud auth application-default "
+                                "login, or the VM's service account scopes)") from None
+        return
     try:
         os.makedirs(workdir, exist_ok=True)
         probe = os.path.join(workdir, f".write-test-{os.getpid()}")

@@ -19,14 +19,29 @@ from electra_jax.config import MESH_AXES, mesh_shape
 
 
 def make_mesh(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The ('data', 'fsdp', 'tensor') mesh. With `mesh.dcn_data` = S > 1 (S TPU slices, or S GPU nodes),
+    the data axis spans the slow data-centre network S ways and everything else stays inside a slice
+    or node (mesh_utils.create_hybrid_device_mesh), so only gradient all-reduces cross it."""
     devices = list(devices if devices is not None else jax.devices())
     sizes = mesh_shape(config, len(devices))
     shape = [sizes[a] for a in MESH_AXES]
+    dcn = int(config.mesh.get("dcn_data", 1))
+    if dcn > 1:
+        ici = [shape[0] // dcn, *shape[1:]]
+        grid = mesh_utils.create_hybrid_device_mesh(ici, [dcn, 1, 1], devices,
+                                                    process_is_granule=devices[0].platform == "gpu")
+        return Mesh(grid, MESH_AXES)
     try:
         grid = mesh_utils.create_device_mesh(shape, devices)
     except (AssertionError, NotImplementedError, ValueError):
         grid = np.asarray(devices).reshape(shape)  # topologies mesh_utils does not know
     return Mesh(grid, MESH_AXES)
+
+
+def bytes_per_device(abstract_tree: Any, shardings: Any) -> int:
+    """Bytes one device holds of a tree laid out by `shardings` (from shapes; nothing is allocated)."""
+    return sum(int(np.prod(sh.shard_shape(x.shape))) * x.dtype.itemsize
+               for x, sh in zip(jax.tree.leaves(abstract_tree), jax.tree.leaves(shardings)))
 
 
 def logical_rules(config: ml_collections.ConfigDict) -> tuple:

@@ -88,3 +88,14 @@ def test_one_process_resumes_a_two_process_checkpoint(two_process_run):
         "--config.train.log_every=1", "--config.data.shuffle_buffer=64", "--config.train.async_checkpoints=False"])
     result = pretrain(config, str(workdir), devices=jax.devices(), progress=False)
     assert result["step"] == STEPS + 2 and np.isfinite(result["train"]["loss"])
+
+
+def test_unreachable_coordinator_is_a_clear_error(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    port = _free_port()  # nothing listens there
+    out = subprocess.run([sys.executable, "-m", "electra_jax.cli", "pretrain", "--config",
+                          str(ROOT / "configs" / "tiny.py"), "--workdir", str(tmp_path), "--coordinator",
+                          f"localhost:{port}", "--num-processes", "2", "--process-id", "1",
+                          "--distributed-timeout", "2"], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 2
+    assert f"could not reach the coordinator localhost:{port} within 2 s" in out.stderr
