@@ -3,7 +3,7 @@ host's data-reader position, so a resumed run continues with exactly the batches
 
 Layout under the workdir:  checkpoints/<step>/{state, meta}  (orbax)  and  data_state/<step>/host-<i>.
 A step directory appears only once orbax has committed it, so a crash mid-save leaves the previous
-step as the latest.
+step as the latest. The workdir may be local or gs://.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from electra_jax.data.reader import host_tf
 
 
 class CheckpointError(ValueError):
@@ -48,7 +50,7 @@ class Checkpoints:
     def save(self, step: int, state: Any, meta: dict, reader=None, metrics: dict | None = None) -> None:
         """Start an async save of `state` (and write the reader position now, it is small)."""
         if reader is not None:
-            os.makedirs(os.path.dirname(self._reader_path(step)), exist_ok=True)
+            host_tf().io.gfile.makedirs(os.path.dirname(self._reader_path(step)))
             reader.save(self._reader_path(step))
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                         meta=ocp.args.JsonSave(meta)),
@@ -56,12 +58,12 @@ class Checkpoints:
         self._drop_stale_reader_positions(keep={step, *self.all_steps()})
 
     def _drop_stale_reader_positions(self, keep: set[int]) -> None:
-        import shutil
-
         root = os.path.join(self.workdir, "data_state")
-        for name in os.listdir(root) if os.path.isdir(root) else []:
+        gfile = host_tf().io.gfile
+        for name in gfile.listdir(root) if gfile.isdir(root) else []:
+            name = name.rstrip("/")
             if name.isdigit() and int(name) not in keep:
-                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+                gfile.rmtree(os.path.join(root, name))
 
     def meta(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -72,9 +74,9 @@ class Checkpoints:
             state=ocp.args.StandardRestore(abstract_state)))
         if reader is not None:
             path = self._reader_path(step)
-            if step == 0 and not os.path.exists(path + ".index"):
+            if step == 0 and not host_tf().io.gfile.exists(path + ".index"):
                 return restored["state"]  # an imported model: no batch read yet, start the data fresh
-            if not os.path.exists(path + ".index"):
+            if not host_tf().io.gfile.exists(path + ".index"):
                 raise CheckpointError(f"{path}: no data-reader position for step {step}; the run cannot "
                                       "resume its data order exactly (was it saved by another version?)")
             reader.restore(path)

@@ -25,6 +25,7 @@ import numpy as np
 from electra_jax import config as config_lib
 from electra_jax import flops
 from electra_jax.checkpoint import Checkpoints
+from electra_jax.data.reader import host_tf
 from electra_jax.objective import eval_metrics, eval_statistics
 from electra_jax.sharding import replicated
 from electra_jax.train import Setup, setup
@@ -64,8 +65,7 @@ def check_checkpoint(config, meta: dict, workdir: str) -> None:
 def check_workdir(workdir: str, checkpoint_bytes: int) -> None:
     """Writable, with room for one more checkpoint: fail now, not hours later at the first save."""
     if "://" in workdir:  # gs:// and friends: can we write there (credentials, bucket)?
-        import tensorflow as tf
-
+        tf = host_tf()
         probe = f"{workdir.rstrip('/')}/.write-test-{os.getpid()}"
         try:
             tf.io.gfile.makedirs(workdir)
@@ -93,10 +93,11 @@ def check_workdir(workdir: str, checkpoint_bytes: int) -> None:
 
 
 def write_config(config, workdir: str) -> None:
+    tf = host_tf()
     tmp = os.path.join(workdir, "config.json.tmp")
-    with open(tmp, "w") as f:
+    with tf.io.gfile.GFile(tmp, "w") as f:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    os.replace(tmp, os.path.join(workdir, "config.json"))
+    tf.io.gfile.rename(tmp, os.path.join(workdir, "config.json"), overwrite=True)
 
 
 # Metrics reported at their latest value rather than averaged over the log interval.
@@ -258,7 +259,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
     try:
         while step < last:
             if step == profile_from:
-                os.makedirs(writer.tensorboard_dir, exist_ok=True)
+                host_tf().io.gfile.makedirs(writer.tensorboard_dir)
                 jax.profiler.start_trace(writer.tensorboard_dir)
                 tracing = True
             dispatched = time.perf_counter()
@@ -308,10 +309,11 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
 
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a run saved, over today's defaults (so fields added since then have values)."""
+    tf = host_tf()
     path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    if not tf.io.gfile.exists(path):
         raise TrainingError(f"{workdir}: no config.json; is this a pretrain or finetune --workdir?")
-    with open(path) as f:
+    with tf.io.gfile.GFile(path) as f:
         saved = json.load(f)
     config = config_lib.finetune_config() if "task" in saved else config_lib.default_config()
 

@@ -1,10 +1,13 @@
 """Where a run's numbers go: a JSON-lines file (the record of truth, read by `plot` and `export`) and
-TensorBoard event files (`tensorboard --logdir WORKDIR/tensorboard`). Only process 0 writes."""
+TensorBoard event files (`tensorboard --logdir WORKDIR/tensorboard`). Only process 0 writes. Files go
+through tf.io.gfile, so a gs:// workdir works like a local one."""
 
 from __future__ import annotations
 
 import json
 import os
+
+from electra_jax.data.reader import host_tf
 
 
 class MetricWriter:
@@ -18,18 +21,15 @@ class MetricWriter:
 
     def _summary_writer(self, split: str):
         if split not in self._tb:
-            import tensorflow as tf  # already loaded by the tf.data reader
-
-            self._tb[split] = tf.summary.create_file_writer(os.path.join(self.tensorboard_dir, split))
+            self._tb[split] = host_tf().summary.create_file_writer(os.path.join(self.tensorboard_dir, split))
         return self._tb[split]
 
     def write(self, step: int, split: str, scalars: dict[str, float]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
+        tf = host_tf()
+        with tf.io.gfile.GFile(self.path, "a") as f:
             f.write(json.dumps({"step": step, "split": split, **scalars}) + "\n")
-        import tensorflow as tf
-
         with self._summary_writer(split).as_default(step=step):
             for name, value in scalars.items():
                 tf.summary.scalar(name, value)
@@ -42,11 +42,12 @@ class MetricWriter:
 
 def read_metrics(workdir: str) -> list[dict]:
     """The records of WORKDIR/metrics.jsonl; a line cut short by a crash is ignored."""
+    gfile = host_tf().io.gfile
     path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.isfile(path):
+    if not gfile.exists(path):
         return []
     records = []
-    with open(path) as f:
+    with gfile.GFile(path) as f:
         for line in f:
             try:
                 records.append(json.loads(line))

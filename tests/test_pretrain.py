@@ -276,3 +276,20 @@ def test_unwritable_or_full_workdir_is_refused_before_training(data_dir, tmp_pat
     with pytest.raises(TrainingError, match=r"has 0.00 GiB free but one checkpoint needs"):
         pretrain(_config(data_dir), str(tmp_path / "run"), devices=jax.devices()[:1], progress=False)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_workdir_files_go_through_gfile():
+    """config.json, metrics.jsonl and TensorBoard use tf.io.gfile: an in-memory filesystem stands in
+    for gs:// here (same code path, no network)."""
+    from electra_jax.pretrain import check_workdir, load_workdir_config, write_config
+    from electra_jax.writers import MetricWriter, read_metrics
+
+    workdir = "ram://electra-test/run"
+    check_workdir(workdir, 10**15)  # remote: a write probe, no local disk-size check
+    write_config(load_config(str(ROOT / "configs" / "tiny.py")), workdir)
+    assert load_workdir_config(workdir).model.hidden_size == 64
+    writer = MetricWriter(workdir)
+    writer.write(1, "train", {"loss": 1.0})
+    writer.write(2, "train", {"loss": 0.5})
+    writer.close()
+    assert [r["loss"] for r in read_metrics(workdir)] == [1.0, 0.5]

@@ -19,10 +19,12 @@ import numpy as np
 from electra_jax.data.builder import FORMAT, DataError, read_manifest
 
 
-def _tf():
+def host_tf():
+    """TensorFlow for host work (tf.data, tf.io.gfile), kept off the accelerators.
+
+    TensorFlow must not claim accelerator memory that JAX needs; it only feeds the host."""
     import tensorflow as tf
 
-    # TensorFlow must not claim accelerator memory that JAX needs; it only feeds the host.
     try:
         tf.config.set_visible_devices([], "GPU")
     except RuntimeError:
@@ -45,7 +47,7 @@ def open_build(data_dir: str, seq_len: int | None = None) -> dict:
 
 
 def _parser(manifest: dict):
-    tf = _tf()
+    tf = host_tf()
     seq_len = manifest["seq_len"]
     dtype = {"uint16": tf.uint16, "int32": tf.int32}[manifest["id_dtype"]]
     features = {
@@ -95,7 +97,7 @@ def train_dataset(data_dir: str, global_batch: int, seed: int, process_index: in
     """An endless, seeded tf.data.Dataset of this host's batches (dicts of int32 [host_batch, S]).
 
     `threads` caps tf.data's thread pool (default: as many as TensorFlow likes)."""
-    tf = _tf()
+    tf = host_tf()
     process_index, process_count = _host(process_index, process_count)
     manifest = open_build(data_dir)
     files = _files(data_dir, manifest, "train")
@@ -121,7 +123,7 @@ def train_dataset(data_dir: str, global_batch: int, seed: int, process_index: in
 def eval_dataset(data_dir: str, global_batch: int, process_index: int | None = None,
                  process_count: int | None = None):
     """A finite dataset over the held-out split: same number of batches on every host, last padded."""
-    tf = _tf()
+    tf = host_tf()
     process_index, process_count = _host(process_index, process_count)
     manifest = open_build(data_dir)
     files = _files(data_dir, manifest, "eval")
@@ -146,7 +148,7 @@ class Reader:
     """Iterate a dataset as global jax.Arrays laid out by `sharding`; save and restore its position."""
 
     def __init__(self, dataset, sharding=None):
-        tf = _tf()
+        tf = host_tf()
         self._iterator = iter(dataset)
         self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
         self.sharding = sharding
@@ -155,7 +157,7 @@ class Reader:
         return self
 
     def __next__(self):
-        tf = _tf()
+        tf = host_tf()
         try:
             batch = {k: v.numpy() for k, v in next(self._iterator).items()}
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
@@ -182,7 +184,7 @@ def host_files(data_dir: str, split: str, process_index: int, process_count: int
 
 def read_examples(data_dir: str, split: str = "train") -> dict[str, np.ndarray]:
     """Every example of a split, shard by shard in file order, as numpy (for tests and tools)."""
-    tf = _tf()
+    tf = host_tf()
     manifest = open_build(data_dir)
     ds = tf.data.TFRecordDataset(_files(data_dir, manifest, split)).batch(4096).map(_parser(manifest))
     parts = list(ds.as_numpy_iterator())
