@@ -23,6 +23,7 @@ import optax
 
 from electra_jax import config as config_lib
 from electra_jax.checkpoint import Checkpoints
+from electra_jax.data.reader import host_tf
 from electra_jax.finetune import metrics as metrics_lib
 from electra_jax.finetune.tasks import (Examples, TaskError, TaskSpec, encode, label_names, read_conll,
                                         read_table, read_tfds, task_spec)
@@ -309,7 +310,7 @@ def finetune(config: ml_collections.ConfigDict, init: str, workdir: str, *, seed
                "runs": [r["best"] for r in runs],
                "median": {k: float(np.median([r["best"][k] for r in runs])) for k in names}}
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
+        with host_tf().io.gfile.GFile(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
     return results
 
@@ -321,9 +322,9 @@ def export_finetuned(workdir: str, out: str, seed: int | None = None, dtype=np.f
 
     config = load_workdir_config(workdir)
     results_path = os.path.join(workdir, "results.json")
-    if not os.path.isfile(results_path):
+    if not host_tf().io.gfile.exists(results_path):
         raise TrainingError(f"{workdir}: no results.json; has the fine-tuning run finished?")
-    with open(results_path) as f:
+    with host_tf().io.gfile.GFile(results_path) as f:
         results = json.load(f)
     spec = task_spec(config.task.name, config.task.text_a, config.task.text_b, config.task.label)
     main = [k for k in results["runs"][0] if k.endswith("/" + spec.metrics[0])][0]
