@@ -1,5 +1,11 @@
 """The pretraining loop: exact resume, checkpoint compatibility, data checks."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -98,20 +104,19 @@ def test_checkpoint_of_another_model_and_mismatched_data_are_refused(data_dir, t
         pretrain(_config("", ), str(tmp_path / "y"), devices=one, progress=False)
 
 
-def test_sigterm_saves_the_current_step_and_exits_0(data_dir, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    workdir = tmp_path / "w"
+def _start_pretrain(workdir, data_dir, *overrides, stdout=subprocess.PIPE):
+    """`electra-jax pretrain` of the tiny config in a child process that would run for a long time."""
     env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=1"}
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "electra_jax.cli", "pretrain", "--config", str(ROOT / "configs" / "tiny.py"),
          "--workdir", str(workdir), "--data", data_dir, "--config.num_train_steps=100000",
-         "--config.train.log_every=1", "--config.train.save_every=100000", "--config.train.eval_every=0"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--config.train.eval_every=0", *overrides],
+        env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigterm_saves_the_current_step_and_exits_0(data_dir, tmp_path):
+    workdir = tmp_path / "w"
+    proc = _start_pretrain(workdir, data_dir, "--config.train.log_every=1", "--config.train.save_every=100000")
     log = workdir / "metrics.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 3):
@@ -127,9 +132,6 @@ def test_sigterm_saves_the_current_step_and_exits_0(data_dir, tmp_path):
 def test_export_loads_in_transformers_with_equal_logits(data_dir, tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    import subprocess
-    import sys
-
     from electra_jax.model import Electra
     from electra_jax.pretrain import restore_params
 
@@ -204,10 +206,6 @@ def _check_import(tmp_path, data_dir, params):
 
 
 def test_demo_runs_end_to_end_in_short_form(tmp_path):
-    import os
-    import subprocess
-    import sys
-
     env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=1"}
     out = subprocess.run([sys.executable, "-m", "electra_jax.cli", "demo", "--workdir", str(tmp_path),
                           "--config", str(ROOT / "configs" / "tiny.py"), "--config.num_train_steps=20",
@@ -230,19 +228,9 @@ def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(data_dir, tm
 
 
 def test_kill_9_during_a_save_leaves_the_previous_checkpoint_usable(data_dir, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     workdir = tmp_path / "w"
-    env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "electra_jax.cli", "pretrain", "--config", str(ROOT / "configs" / "tiny.py"),
-         "--workdir", str(workdir), "--data", data_dir, "--config.num_train_steps=100000",
-         "--config.train.save_every=1", "--config.train.keep_checkpoints=100000",
-         "--config.train.eval_every=0"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = _start_pretrain(workdir, data_dir, "--config.train.save_every=1",
+                           "--config.train.keep_checkpoints=100000", stdout=subprocess.DEVNULL)
     checkpoints, killed_mid_save = workdir / "checkpoints", False
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
