@@ -172,21 +172,21 @@ def test_tiny_model_learns_a_task_and_exports_exactly(random_discriminator, tmp_
     enc = tok(texts, padding=True, return_tensors="np")
     with torch.no_grad():
         theirs = hf(**{k: torch.tensor(v).long() for k, v in enc.items()}).logits.numpy()
-    ours = _our_logits(tmp_path / "run", results, enc)
+    best = max(results["runs"], key=lambda r: r["dev/accuracy"])  # what export picks
+    ours = _our_logits(tmp_path / "run", best, "classification", enc)
     np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=1e-5)
     assert (theirs.argmax(-1) == np.array([0 if " lord" in t.lower() else 1 for t in texts])).mean() > 0.8
 
 
-def _our_logits(workdir, results, enc):
+def _our_logits(workdir, run, kind, enc):
+    """Our classifier's outputs from the checkpoint of one fine-tuning run (a results.json entry)."""
     from electra_jax.checkpoint import Checkpoints
     from electra_jax.finetune.run import classifier_setup
     from electra_jax.pretrain import load_workdir_config
 
-    best = max(results["runs"], key=lambda r: r["dev/accuracy"])
-    config = load_workdir_config(str(workdir))
-    s = classifier_setup(config, 2, "classification", jax.devices()[:1])
-    checkpoints = Checkpoints(str(workdir / f"seed_{best['seed']}"), async_save=False)
-    params = checkpoints.restore(best["step"], s.abstract_state()).params
+    s = classifier_setup(load_workdir_config(str(workdir)), 2, kind, jax.devices()[:1])
+    checkpoints = Checkpoints(str(workdir / f"seed_{run['seed']}"), async_save=False)
+    params = checkpoints.restore(run["step"], s.abstract_state()).params
     return np.asarray(s.model.apply({"params": params}, enc["input_ids"].astype(np.int32),
                                     enc["token_type_ids"].astype(np.int32),
                                     enc["attention_mask"].astype(np.int32), True))
@@ -216,17 +216,7 @@ def test_token_classifier_exports_exactly(random_discriminator, tmp_path):
     enc = tok(["And Moses said unto the LORD"], return_tensors="np")
     with torch.no_grad():
         theirs = hf(**{k: torch.tensor(v).long() for k, v in enc.items()}).logits.numpy()
-    from electra_jax.checkpoint import Checkpoints
-    from electra_jax.finetune.run import classifier_setup
-    from electra_jax.pretrain import load_workdir_config
-
-    config = load_workdir_config(str(tmp_path / "run"))
-    s = classifier_setup(config, 2, "tagging", jax.devices()[:1])
-    run = results["runs"][0]
-    params = Checkpoints(str(tmp_path / "run" / "seed_0"), async_save=False).restore(
-        run["step"], s.abstract_state()).params
-    ours = s.model.apply({"params": params}, enc["input_ids"].astype(np.int32),
-                         enc["token_type_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32), True)
+    ours = _our_logits(tmp_path / "run", results["runs"][0], "tagging", enc)
     np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-5, rtol=1e-5)
 
 
