@@ -202,7 +202,7 @@ def _export_command(args) -> None:
     import numpy as np
 
     from electra_jax.config import model_spec
-    from electra_jax.data.reader import open_build
+    from electra_jax.data.reader import build_tokenizer, open_build
     from electra_jax.hf import export_pretrained
     from electra_jax.writers import read_metrics
     from electra_jax.pretrain import load_workdir_config, restore_params
@@ -224,7 +224,7 @@ def _export_command(args) -> None:
         f"{config.model.embedding_size}, generator fraction {config.model.generator_hidden_fraction}.",
         f"Final eval: {json.dumps(evals[-1]) if evals else 'none'}",
     ])
-    written = export_pretrained(params, model_spec(config), args.out, manifest["args"]["tokenizer"], card,
+    written = export_pretrained(params, model_spec(config), args.out, build_tokenizer(config.data.path, manifest), card,
                                 dtype, config.tokens.pad_id)
     print(f"exported step {step}: {written['discriminator']}, {written['generator']}")
 

@@ -177,11 +177,30 @@ def hf_config(spec: ModelSpec, tower: str, pad_token_id: int = 0) -> dict:
 SHARED_HF_FIELDS = ("vocab_size", "embedding_size", "max_position_embeddings", "type_vocab_size")
 
 
+def is_remote(path: str) -> bool:
+    """gs://, s3://, ram://, ...: paths that go through tf.io.gfile instead of the local filesystem."""
+    return "://" in path
+
+
 def read_pretrained(model_dir: str) -> tuple[dict, dict]:
     """(config.json, numpy state dict) of an HF ELECTRA directory (model.safetensors, or
-    pytorch_model.bin when torch is installed)."""
+    pytorch_model.bin when torch is installed); local or remote (gs://, read through tf.io.gfile)."""
     import json
     import os
+    import tempfile
+
+    if is_remote(model_dir):
+        from electra_jax.data.reader import host_tf
+
+        gfile = host_tf().io.gfile
+        if not gfile.exists(os.path.join(model_dir, "config.json")):
+            raise HFFormatError(f"{model_dir}: no config.json; expected a Hugging Face ELECTRA model "
+                                "directory (is the path right and readable with these credentials?)")
+        with tempfile.TemporaryDirectory() as local:
+            for name in ("config.json", "model.safetensors", "pytorch_model.bin"):
+                if gfile.exists(os.path.join(model_dir, name)):
+                    gfile.copy(os.path.join(model_dir, name), os.path.join(local, name))
+            return read_pretrained(local)
 
     path = os.path.join(model_dir, "config.json")
     if not os.path.isfile(path):
@@ -271,20 +290,43 @@ def save_pretrained(params, spec: ModelSpec, tower: str, out_dir: str, dtype=np.
 
 def export_model(params, spec: ModelSpec, kind: str, out_dir: str, tokenizer_path: str, card: str,
                  dtype=np.float32, pad_token_id: int = 0, extra_config: dict | None = None) -> str:
-    """Write one HF model directory: weights, config.json, tokenizer files, README.md. It is written
-    under a temporary name and renamed when complete, so an interrupted export never looks finished."""
+    """Write one HF model directory: weights, config.json, tokenizer files, README.md.
+
+    Locally it is written under a temporary name and renamed when complete, so an interrupted export
+    never looks finished. A remote OUT (gs://) has no atomic directory rename: the files are written
+    locally, then uploaded with config.json last, so a cut-short upload has no config.json and
+    `from_pretrained` refuses it."""
     import os
     import shutil
+    import tempfile
 
     from electra_jax.data.tokenizer import load_tokenizer, save_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_path)
+
+    def write(directory):
+        save_pretrained(params, spec, kind, directory, dtype, pad_token_id, extra_config)
+        save_tokenizer(tokenizer, directory, model_max_length=spec.max_position_embeddings)
+        with open(os.path.join(directory, "README.md"), "w") as f:
+            f.write(f"# ELECTRA {kind} ({ARCHITECTURES[kind]})\n\n{card}\n")
+
+    if is_remote(out_dir):
+        from electra_jax.data.reader import host_tf
+
+        gfile = host_tf().io.gfile
+        with tempfile.TemporaryDirectory() as local:
+            write(local)
+            if gfile.exists(out_dir):
+                gfile.rmtree(out_dir)
+            gfile.makedirs(out_dir)
+            names = sorted(os.listdir(local), key=lambda n: n == "config.json")
+            for name in names:
+                gfile.copy(os.path.join(local, name), os.path.join(out_dir, name), overwrite=True)
+        return out_dir
+
     tmp = out_dir.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_pretrained(params, spec, kind, tmp, dtype, pad_token_id, extra_config)
-    save_tokenizer(tokenizer, tmp, model_max_length=spec.max_position_embeddings)
-    with open(os.path.join(tmp, "README.md"), "w") as f:
-        f.write(f"# ELECTRA {kind} ({ARCHITECTURES[kind]})\n\n{card}\n")
+    write(tmp)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     return out_dir

@@ -4,6 +4,7 @@ through tf.io.gfile, so a gs:// workdir works like a local one."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
@@ -94,6 +95,9 @@ def plot(workdir: str, out: str | None = None) -> str:
     fig.suptitle(workdir)
     fig.tight_layout()
     out = out or os.path.join(workdir, "curves.png")
-    fig.savefig(out, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    with host_tf().io.gfile.GFile(out, "wb") as f:  # a gs:// workdir gets its plot beside its metrics
+        f.write(png.getvalue())
     return out

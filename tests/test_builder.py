@@ -108,6 +108,8 @@ def test_examples_equal_reference_and_respect_documents(corpus, tmp_path):
             part = [vocab[i] for i, s, m in zip(row, segments, mask) if m and s == segment]
             assert all(w in it for w in part if w not in ("[CLS]", "[SEP]"))
     assert seen_docs == set(range(len(docs)))
+    # The tokenizer travels with the examples (export on another machine finds it there).
+    assert (tmp_path / "out" / "tokenizer.json").read_text() == tok.to_str()
 
 
 def test_deterministic_and_independent_of_worker_count(corpus, tmp_path):

@@ -85,3 +85,29 @@ def test_round_trip_and_scanned_layout(tiny_config):
         assert (back.vocab_size, back.embedding_size) == (spec.vocab_size, spec.embedding_size)
     with pytest.raises(HFFormatError, match="lacks"):
         from_hf_state_dict({}, spec, "generator")
+
+
+def test_export_and_read_back_through_gfile(tiny_config, tmp_path):
+    """A remote OUT (an in-memory filesystem stands in for gs://) gets the same files as a local one,
+    config.json uploaded last, and `read_pretrained` / `load_tokenizer` read them back from there."""
+    from electra_jax.data import SAMPLE_TOKENIZER
+    from electra_jax.data.reader import host_tf
+    from electra_jax.data.tokenizer import load_tokenizer
+    from electra_jax.hf import export_model, read_pretrained
+
+    spec = _spec(tiny_config, 32)
+    params = nn.unbox(init_params(Electra(spec), jax.random.key(0), 8, 4))
+    remote = export_model(params, spec, "discriminator", "ram://export-test/disc", SAMPLE_TOKENIZER, "card")
+    local = export_model(params, spec, "discriminator", str(tmp_path / "disc"), SAMPLE_TOKENIZER, "card")
+    gfile = host_tf().io.gfile
+    assert sorted(gfile.listdir(remote)) == sorted(p.name for p in (tmp_path / "disc").iterdir())
+    config, weights = read_pretrained(remote)
+    local_config, local_weights = read_pretrained(local)
+    assert config == local_config
+    expected = to_hf_state_dict(params, spec, "discriminator")
+    assert weights.keys() == expected.keys()
+    for name, value in expected.items():
+        np.testing.assert_array_equal(weights[name], value)
+    assert load_tokenizer(remote + "/tokenizer.json").to_str() == load_tokenizer(local).to_str()
+    with pytest.raises(HFFormatError, match="no config.json"):
+        read_pretrained("ram://export-test/nothing-here")

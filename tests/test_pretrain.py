@@ -270,7 +270,8 @@ def test_workdir_files_go_through_gfile():
     """config.json, metrics.jsonl and TensorBoard use tf.io.gfile: an in-memory filesystem stands in
     for gs:// here (same code path, no network)."""
     from electra_jax.pretrain import check_workdir, load_workdir_config, write_config
-    from electra_jax.writers import MetricWriter, read_metrics
+    from electra_jax.data.reader import host_tf
+    from electra_jax.writers import MetricWriter, plot, read_metrics
 
     workdir = "ram://electra-test/run"
     check_workdir(workdir, 10**15)  # remote: a write probe, no local disk-size check
@@ -281,3 +282,6 @@ def test_workdir_files_go_through_gfile():
     writer.write(2, "train", {"loss": 0.5})
     writer.close()
     assert [r["loss"] for r in read_metrics(workdir)] == [1.0, 0.5]
+    png = plot(workdir)
+    with host_tf().io.gfile.GFile(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -34,6 +34,7 @@ import numpy as np
 
 FORMAT = "electra-jax-pretraining/1"
 MANIFEST = "manifest.json"
+TOKENIZER_FILE = "tokenizer.json"  # a copy of the tokenizer the examples were made with
 BLOCK_CHARS = 1 << 20  # documents are handed to workers in blocks of about this many characters
 # A document longer than this (a whole book or dump with no blank line) is cut here, so memory stays
 # bounded; each cut costs at most one short example.
@@ -477,6 +478,9 @@ def build(a: BuildArgs) -> dict:
         "build_seconds": round(seconds, 2),
         "tokens_per_second": round(input_tokens / max(seconds, 1e-9)),
     }
+    # The tokenizer travels with the data, so a model exported on another machine gets the same one.
+    with tf.io.gfile.GFile(os.path.join(a.out, TOKENIZER_FILE), "w") as f:
+        f.write(tok.to_str())
     tmp = os.path.join(a.out, MANIFEST + ".tmp")
     with tf.io.gfile.GFile(tmp, "w") as f:
         json.dump(manifest, f, indent=2)

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from electra_jax.data.builder import FORMAT, DataError, read_manifest
+from electra_jax.data.builder import FORMAT, TOKENIZER_FILE, DataError, read_manifest
 
 
 def host_tf():
@@ -44,6 +44,13 @@ def open_build(data_dir: str, seq_len: int | None = None) -> dict:
         raise DataError(f"{data_dir}: built with seq_len {manifest['seq_len']} but the config wants "
                         f"{seq_len}; rebuild with --seq-len {seq_len} or set --config.data.seq_len")
     return manifest
+
+
+def build_tokenizer(data_dir: str, manifest: dict) -> str:
+    """The tokenizer a build was made with: its copy in the build directory, else (builds made before
+    the copy existed) the path `build-data` was given."""
+    copy = os.path.join(data_dir, TOKENIZER_FILE)
+    return copy if host_tf().io.gfile.exists(copy) else manifest["args"]["tokenizer"]
 
 
 def _parser(manifest: dict):

@@ -78,8 +78,17 @@ def save_tokenizer(tok: tokenizers.Tokenizer, out_dir: str, model_max_length: in
 
 
 def load_tokenizer(path: str) -> tokenizers.Tokenizer:
-    """A Rust tokenizer from an HF tokenizer directory, a directory with vocab.txt, or a vocab.txt."""
-    if os.path.isdir(path):
+    """A Rust tokenizer from an HF tokenizer directory, a directory with vocab.txt, a vocab.txt, or a
+    tokenizer.json (local or gs://, as `build-data` stores beside the examples)."""
+    if path.endswith(".json"):
+        from electra_jax.data.reader import host_tf
+
+        gfile = host_tf().io.gfile
+        if not gfile.exists(path):
+            raise TokenizerError(f"{path}: no such tokenizer file")
+        with gfile.GFile(path) as f:
+            tok = tokenizers.Tokenizer.from_str(f.read())
+    elif os.path.isdir(path):
         if os.path.isfile(os.path.join(path, "tokenizer.json")):
             tok = tokenizers.Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
         elif os.path.isfile(os.path.join(path, "vocab.txt")):

@@ -85,12 +85,17 @@ def layer_depths(params, num_layers: int, convention: str) -> Any:
 def load_init(init: str) -> tuple[dict, dict, dict, str]:
     """(config.model fields, token ids, params {embeddings, discriminator: {encoder}}, tokenizer path)
     from an HF discriminator directory or a pretrain WORKDIR[:step]."""
+    from electra_jax.data.reader import host_tf
     from electra_jax.data.tokenizer import load_tokenizer, special_ids
     from electra_jax.hf import HFFormatError, from_hf_state_dict, read_pretrained, spec_from_hf_config
     from electra_jax.model import unstack_layers
 
-    is_workdir = os.path.isdir(os.path.join(init.split(":", 1)[0], "checkpoints"))
-    if os.path.isfile(os.path.join(init, "config.json")) and not is_workdir:
+    exists = host_tf().io.gfile.exists  # local or gs://
+    workdir, sep, step = init.rpartition(":")
+    if not (sep and step.isdigit()):  # a gs:// scheme is not a step
+        workdir, step = init, ""
+    is_workdir = exists(os.path.join(workdir, "checkpoints"))
+    if exists(os.path.join(init, "config.json")) and not is_workdir:
         hf, weights = read_pretrained(init)
         if "ElectraForMaskedLM" in hf.get("architectures", []):
             raise HFFormatError(f"{init} is an ELECTRA generator; fine-tune the discriminator")
@@ -101,13 +106,12 @@ def load_init(init: str) -> tuple[dict, dict, dict, str]:
                   "num_heads": hf["num_attention_heads"], "intermediate_size": hf["intermediate_size"],
                   "max_position_embeddings": spec.max_position_embeddings,
                   "type_vocab_size": spec.type_vocab_size, "layer_norm_eps": spec.layer_norm_eps}
-        tokenizer = init
+        tokenizer = init if os.path.isdir(init) else os.path.join(init, "tokenizer.json")
     else:
-        from electra_jax.data.reader import open_build
+        from electra_jax.data.reader import build_tokenizer, open_build
         from electra_jax.pretrain import restore_params
 
-        workdir, _, step = init.partition(":")
-        if not os.path.isfile(os.path.join(workdir, "config.json")):
+        if not exists(os.path.join(workdir, "config.json")):
             raise HFFormatError(f"--init {init}: neither a Hugging Face ELECTRA discriminator directory "
                                 "(config.json + model.safetensors) nor a pretrain workdir[:step]")
         config, _, params = restore_params(workdir, int(step) if step else None)
@@ -116,7 +120,7 @@ def load_init(init: str) -> tuple[dict, dict, dict, str]:
         fields = {k: m[k] for k in ("vocab_size", "embedding_size", "hidden_size", "num_layers", "num_heads",
                                     "intermediate_size", "max_position_embeddings", "type_vocab_size",
                                     "layer_norm_eps")}
-        tokenizer = open_build(config.data.path)["args"]["tokenizer"]
+        tokenizer = build_tokenizer(config.data.path, open_build(config.data.path))
     ids = special_ids(load_tokenizer(tokenizer), tokenizer)
     tokens = {"pad_id": ids.pad, "cls_id": ids.cls, "sep_id": ids.sep, "mask_id": ids.mask}
     backbone = {"embeddings": params["embeddings"],
