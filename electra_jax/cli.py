@@ -338,7 +338,7 @@ def _pretrain_command(args, config) -> None:
 
 
 def _bench_command(args, config) -> None:
-    from electra_jax import bench
+    from electra_jax.bench import step as bench
 
     if args.steps < 1 or args.warmup < 0:
         raise ConfigError("--steps must be >= 1 and --warmup >= 0")

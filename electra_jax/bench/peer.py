@@ -1,0 +1,135 @@
+"""The PyTorch peer: the same ELECTRA objective written with transformers' `ElectraForMaskedLM` (generator)
+and `ElectraForPreTraining` (discriminator), as a researcher would write it without electra-jax.
+
+Same sizes, batch, masking rule (15% of real non-special tokens drawn with replacement, 85% of them
+[MASK]), Gumbel sampling without gradient, loss = MLM + 50 x BCE, shared embeddings (the generator's
+embedding module *is* the discriminator's, and its LM head is tied to the word table), dropout as
+configured, gradient clipping at 1.0 and `torch.optim.AdamW`. The generator is called the way its class
+is meant to be used, `generator(input_ids, labels=...)`, so it projects every position onto the
+vocabulary (electra-jax projects only the masked slots: one of the optimisations being measured).
+
+Timed after warm-up, eager and under `torch.compile`, in the process that times electra-jax.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from electra_jax.config import ModelSpec, ObjectiveSpec
+
+
+def _models(spec: ModelSpec, device):
+    import transformers
+
+    from electra_jax.hf import hf_config
+
+    disc = transformers.ElectraForPreTraining(
+        transformers.ElectraConfig(**hf_config(spec, "discriminator"))).to(device)
+    gen = transformers.ElectraForMaskedLM(transformers.ElectraConfig(**hf_config(spec, "generator"))).to(device)
+    gen.electra.embeddings = disc.electra.embeddings  # shared tables, as the paper
+    gen.generator_lm_head.weight = disc.electra.embeddings.word_embeddings.weight
+    return gen, disc
+
+
+def _loss_fn(gen, disc, objective: ObjectiveSpec):
+    import torch
+    import torch.nn.functional as F
+
+    never = torch.tensor(objective.never_mask_ids)
+
+    def scatter(ids, positions, values, write):  # ids[b, positions] = values where write
+        seq_len = ids.shape[1]
+        padded = F.pad(ids, (0, 1))  # unwritten slots go to a spare column, then dropped
+        return padded.scatter(1, torch.where(write, positions, seq_len), values)[:, :seq_len].contiguous()
+
+    def loss(input_ids, input_mask, segment_ids):
+        batch, _ = input_ids.shape
+        n = objective.max_predictions
+        # Masking, on the device: n draws with replacement among the candidates, k real per row.
+        cand = input_mask.bool() & ~torch.isin(input_ids, never.to(input_ids.device))
+        k = torch.clamp(torch.round(input_mask.sum(-1) * objective.mask_prob).long(), 1, n)
+        positions = torch.multinomial(cand.float(), n, replacement=True)
+        valid = torch.arange(n, device=input_ids.device)[None, :] < k[:, None]
+        to_mask = valid & (torch.rand(batch, n, device=input_ids.device) < objective.mask_token_prob)
+        masked_ids = scatter(input_ids, positions, torch.full_like(positions, objective.mask_id), to_mask)
+        labels = scatter(torch.full_like(input_ids, -100), positions, input_ids.gather(1, positions), valid)
+
+        out = gen(input_ids=masked_ids, attention_mask=input_mask, token_type_ids=segment_ids,
+                  labels=labels)
+        with torch.no_grad():  # Gumbel-max sample at the masked slots; no gradient through sampling
+            logits = out.logits.gather(1, positions[..., None].expand(-1, -1, out.logits.shape[-1]))
+            gumbel = -torch.log(-torch.log(torch.rand_like(logits) + 1e-9) + 1e-9)
+            sampled = torch.argmax(logits.float() / objective.temperature + gumbel, -1)
+            corrupted = scatter(input_ids, positions, sampled, valid)
+            is_fake = (corrupted != input_ids).float()
+        disc_logits = disc(input_ids=corrupted, attention_mask=input_mask, token_type_ids=segment_ids).logits
+        mask = input_mask.float()
+        bce = F.binary_cross_entropy_with_logits(disc_logits.float(), is_fake, reduction="none")
+        return objective.gen_weight * out.loss + objective.disc_weight * (bce * mask).sum() / mask.sum()
+
+    return loss
+
+
+def time_peer(spec: ModelSpec, objective: ObjectiveSpec, batch: dict[str, np.ndarray], *,
+              mode: str = "eager", steps: int = 10, warmup: int = 2, learning_rate: float = 5e-4,
+              weight_decay: float = 0.01, dtype: str = "float32", device: str | None = None,
+              threads: int | None = None) -> dict:
+    """Seconds per training step of the peer; `mode` is "eager" or "compile" (torch.compile, default
+    inductor backend); `dtype` bfloat16 runs the forward under autocast (fp32 weights, as ours)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    gen, disc = _models(spec, device)
+    params = {id(p): p for p in [*gen.parameters(), *disc.parameters()]}.values()  # shared once
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay, eps=1e-6)
+    loss_fn = _loss_fn(gen, disc, objective)
+    if mode == "compile":
+        loss_fn = torch.compile(loss_fn)
+    elif mode != "eager":
+        raise ValueError(f"peer mode {mode!r}: eager or compile")
+    tensors = [torch.as_tensor(batch[k], dtype=torch.long, device=device)
+               for k in ("input_ids", "input_mask", "segment_ids")]
+    autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16,
+                              enabled=dtype == "bfloat16")
+
+    def step():
+        with autocast:
+            loss = loss_fn(*tensors)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        return loss
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    loss = step()  # the first call compiles under torch.compile
+    sync()
+    first_s = time.perf_counter() - t0
+    for _ in range(warmup):
+        step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    sync()
+    step_s = (time.perf_counter() - t0) / steps
+    n_batch, seq_len = batch["input_ids"].shape
+    return {
+        "impl": f"pytorch-{mode}",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "first_step_s": round(first_s, 3),
+        "step_s": step_s,
+        "sequences_per_s": n_batch / step_s,
+        "tokens_per_s": n_batch * seq_len / step_s,
+        "peak_memory_bytes": torch.cuda.max_memory_allocated() if device.startswith("cuda") else None,
+        "final_loss": float(loss.detach()),
+    }
