@@ -39,9 +39,18 @@ def _parser() -> argparse.ArgumentParser:
         "with --config.<field>=<value>, e.g. --config.model.hidden_size=512.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    bench = sub.add_parser("bench", help="time the jitted train step on synthetic batches")
-    bench.add_argument("--config", required=True, help="a config file, e.g. configs/tiny.py")
-    bench.add_argument("--steps", type=int, default=10, help="timed steps after warm-up")
+    bench = sub.add_parser("bench", help="time the jitted train step on synthetic batches (--config), or "
+                           "run a benchmark suite against the PyTorch peer (--suite, --out)")
+    bench.add_argument("--config", default=None, help="a config file, e.g. configs/tiny.py")
+    bench.add_argument("--suite", default=None, choices=("smoke", "cpu", "gpu"),
+                       help="ours vs transformers' PyTorch ELECTRA, eager and compiled, and the "
+                       "optimisation variants; writes --out (JSON)")
+    bench.add_argument("--out", default=None, help="the suite's JSON results file")
+    bench.add_argument("--cases", nargs="*", default=None, help="only these suite cases, e.g. small@128")
+    bench.add_argument("--no-peers", action="store_true", help="suite without the PyTorch peer")
+    bench.add_argument("--no-variants", action="store_true", help="suite without optimisation variants")
+    bench.add_argument("--steps", type=int, default=None, help="timed steps after warm-up (default 10; "
+                       "smoke suite 2)")
     bench.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
     bench.add_argument("--results", default="bench_results.jsonl",
                        help="JSON-lines file the result is appended to")
@@ -129,6 +138,11 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--overwrite", action="store_true", help="replace a different build in --out")
     data.add_argument("--max-line-chars", type=int, default=100_000,
                       help="longer lines are split at spaces into several units")
+
+    table = sub.add_parser("bench-table", help="suite results (JSON) -> tables in BENCHMARKS.md")
+    table.add_argument("results", nargs="+", help="files written by bench --suite")
+    table.add_argument("--markdown", default="BENCHMARKS.md",
+                       help="rewritten between its bench-table markers (prose around them is kept)")
 
     bench_data = sub.add_parser("bench-data", help="time the example builder and the tf.data reader")
     bench_data.add_argument("--results", default="bench_results.jsonl")
@@ -337,9 +351,29 @@ def _pretrain_command(args, config) -> None:
     print(f"step {result['step']}: " + ", ".join(f"{k} {v:.4g}" for k, v in result["eval"].items()))
 
 
+def _bench_suite_command(args) -> None:
+    from electra_jax.bench.suite import run_suite
+
+    if not args.out or args.config:
+        raise ConfigError("bench --suite needs --out FILE.json and no --config (the suite has its own)")
+    run_suite(args.suite, args.out, args.steps, args.warmup, args.cases, peers=not args.no_peers,
+              variants=not args.no_variants, command="electra-jax " + " ".join(sys.argv[1:]))
+
+
+def _bench_table_command(args) -> None:
+    from electra_jax.bench.table import load, update_markdown
+
+    missing = [p for p in args.results if not os.path.isfile(p)]
+    if missing:
+        raise ConfigError(f"no such results file: {', '.join(missing)}")
+    update_markdown(args.markdown, load(args.results))
+    print(f"wrote {len(args.results)} result file(s) into {args.markdown}")
+
+
 def _bench_command(args, config) -> None:
     from electra_jax.bench import step as bench
 
+    args.steps = 10 if args.steps is None else args.steps
     if args.steps < 1 or args.warmup < 0:
         raise ConfigError("--steps must be >= 1 and --warmup >= 0")
     result = bench.run(config, steps=args.steps, warmup=args.warmup, peak=args.peak_tflops,
@@ -351,6 +385,7 @@ def _bench_command(args, config) -> None:
 
 COMMANDS = {"tokenizer": _tokenizer_command, "build-data": _build_data_command,
             "export": _export_command, "detect": _detect_command, "bench-data": _bench_data_command,
+            "bench-table": _bench_table_command,
             "plot": _plot_command}
 CONFIG_COMMANDS = {"demo": _demo_command, "pretrain": _pretrain_command, "bench": _bench_command,
                    "import": _import_command}
@@ -368,6 +403,12 @@ def main(argv: list[str] | None = None) -> int:
                        args.cpu_collectives)
         if args.command == "finetune":  # its config file depends on the --init model
             _finetune_command(args, overrides)
+        elif args.command == "bench" and args.suite:
+            if overrides:
+                raise ConfigError(f"bench --suite runs fixed cases, so {overrides[0]} has nothing to set")
+            _bench_suite_command(args)
+        elif args.command == "bench" and not args.config:
+            raise ConfigError("bench needs --config FILE (one step benchmark) or --suite NAME --out FILE")
         elif args.command in COMMANDS:
             if overrides:
                 raise ConfigError(f"{args.command} takes no config, so {overrides[0]} has nothing to set")

@@ -17,6 +17,7 @@ OPTIMIZERS = ("electra_adam", "adamw", "lamb")
 DTYPES = ("float32", "bfloat16")
 RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
+ATTENTIONS = ("xla", "fused")
 MESH_AXES = ("data", "fsdp", "tensor")
 LAYERWISE_DEPTHS = ("original", "consecutive")
 HEADS = ("paper", "hf")
@@ -69,6 +70,10 @@ def default_config() -> ml_collections.ConfigDict:
     m.dtype = "bfloat16"
     m.scan_layers = False
     m.remat_policy = "none"
+    # "xla": softmax(QK^T) written out, with the original's attention-probability dropout.
+    # "fused": jax.nn.dot_product_attention (cuDNN flash attention on NVIDIA GPUs in bf16, XLA
+    # elsewhere); it has no dropout on the probabilities, so it needs attention_dropout_rate=0.
+    m.attention = "xla"
 
     # Special token ids come from the tokenizer; these are BERT-uncased's.
     c.tokens = t = ml_collections.ConfigDict()
@@ -164,6 +169,7 @@ class ModelSpec:
     dtype: str = "float32"
     scan_layers: bool = False
     remat_policy: str = "none"
+    attention: str = "xla"
 
 
 def generator_encoder(m: ml_collections.ConfigDict) -> EncoderSpec:
@@ -193,6 +199,7 @@ def model_spec(config: ml_collections.ConfigDict) -> ModelSpec:
         dtype=m.dtype,
         scan_layers=m.scan_layers,
         remat_policy=m.remat_policy,
+        attention=m.attention,
     )
 
 
@@ -289,6 +296,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _check(m.dtype in DTYPES, "model.dtype", f"{m.dtype!r} is not one of {DTYPES}")
     _check(m.remat_policy in REMAT_POLICIES, "model.remat_policy",
            f"{m.remat_policy!r} is not one of {REMAT_POLICIES}")
+    _check(m.attention in ATTENTIONS, "model.attention", f"{m.attention!r} is not one of {ATTENTIONS}")
+    _check(m.attention != "fused" or m.attention_dropout_rate == 0, "model.attention",
+           f"fused attention has no dropout on the attention probabilities, but "
+           f"model.attention_dropout_rate={m.attention_dropout_rate}; set it to 0 (a departure from "
+           "the paper) or use model.attention=xla")
     _check(config.rng_impl in RNG_IMPLS, "rng_impl", f"{config.rng_impl!r} is not one of {RNG_IMPLS}")
 
     _check(config.data.seq_len >= 4, "data.seq_len", f"must be at least 4, got {config.data.seq_len}")

@@ -111,11 +111,14 @@ class SelfAttention(nn.Module):
             bias_init=_p(nn.initializers.zeros, ("heads", "kv")),
             dtype=s.dtype, param_dtype=jnp.float32)
         q, k, v = qkv(name="query")(x), qkv(name="key")(x), qkv(name="value")(x)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-        scores = scores * (e.head_dim ** -0.5) + attention_bias
-        probs = jax.nn.softmax(scores, axis=-1)
-        probs = _dropout(probs, s.attention_dropout_rate, key, self.deterministic)
-        context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+        if s.attention == "fused":  # no probability dropout (config validation requires rate 0)
+            context = jax.nn.dot_product_attention(q, k, v, bias=attention_bias.astype(q.dtype))
+        else:
+            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+            scores = scores * (e.head_dim ** -0.5) + attention_bias
+            probs = jax.nn.softmax(scores, axis=-1)
+            probs = _dropout(probs, s.attention_dropout_rate, key, self.deterministic)
+            context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
         return nn.DenseGeneral(
             e.hidden_size, axis=(-2, -1),
             kernel_init=_p(_normal(s), ("heads", "kv", "embed")),

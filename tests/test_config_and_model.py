@@ -56,6 +56,8 @@ def test_small_plus_generator_is_as_wide_as_discriminator():
     ("--config.objective.mask_prob=0.0", "objective.mask_prob"),
     ("--config.model.dtype=float16", "model.dtype"),
     ("--config.model.generator_hidden_fraction=0.001", "model.generator_hidden_fraction"),
+    ("--config.model.attention=fused", "model.attention"),  # with attention dropout 0.1
+    ("--config.model.attention=flash", "model.attention"),
 ])
 def test_bad_config_fails_before_compiling(override, field):
     config = _load("tiny", override)
@@ -76,15 +78,20 @@ def test_cli_reports_bad_input_in_one_line():
     assert out.returncode == 2 and "does not exist" in out.stderr
 
 
-@pytest.mark.parametrize("policy", ["none", "full", "dots"])
-def test_scan_and_remat_compute_the_same_numbers(tiny_config, policy):
+@pytest.mark.parametrize("policy,attention", [("none", "xla"), ("full", "xla"), ("dots", "xla"),
+                                              ("dots", "fused")])
+def test_scan_and_remat_compute_the_same_numbers(tiny_config, policy, attention):
+    """The variant (scanned, rematerialised, fused attention) against the plain stack, with hidden
+    dropout on (attention-probability dropout off where the fused kernel is compared)."""
+    if attention == "fused":
+        tiny_config.model.attention_dropout_rate = 0.0
     spec = config_lib.model_spec(tiny_config)
     ids = np.random.default_rng(0).integers(5, 2048, (2, 16)).astype(np.int32)
     mask = np.ones_like(ids)
     mask[1, -3:] = 0
     plain = Electra(spec)
     params = nn.unbox(init_params(plain, jax.random.key(0), 16, 4))
-    variant = Electra(dataclasses.replace(spec, scan_layers=True, remat_policy=policy))
+    variant = Electra(dataclasses.replace(spec, scan_layers=True, remat_policy=policy, attention=attention))
 
     def loss(model, p):  # with dropout on: per-layer keys make it layout-independent
         logits = model.apply({"params": p}, ids, np.zeros_like(ids), mask, False,

@@ -33,8 +33,12 @@ def _inputs(seed=0, batch=3, seq_len=12, vocab=300):
     return ids, seg, mask
 
 
-@pytest.mark.parametrize("embedding_size", [32, 64])  # != hidden (projection) and == hidden (64)
-def test_logits_match_transformers(tiny_config, tmp_path, embedding_size):
+@pytest.mark.parametrize("embedding_size,attention", [
+    (32, "xla"), (64, "xla"),  # != hidden (projection) and == hidden (64)
+    (32, "fused"),  # jax.nn.dot_product_attention (deterministic here, so no dropout question)
+])
+def test_logits_match_transformers(tiny_config, tmp_path, embedding_size, attention):
+    tiny_config.model.update(attention=attention, attention_dropout_rate=0.0)  # eval: dropout unused
     spec = _spec(tiny_config, embedding_size)
     model = Electra(spec)
     params = nn.unbox(init_params(model, jax.random.key(embedding_size), 12, 12))

@@ -33,7 +33,7 @@ def _models(spec: ModelSpec, device):
     return gen, disc
 
 
-def _loss_fn(gen, disc, objective: ObjectiveSpec):
+def _loss_fn(gen, disc, objective: ObjectiveSpec, gather: bool):
     import torch
     import torch.nn.functional as F
 
@@ -56,18 +56,28 @@ def _loss_fn(gen, disc, objective: ObjectiveSpec):
         masked_ids = scatter(input_ids, positions, torch.full_like(positions, objective.mask_id), to_mask)
         labels = scatter(torch.full_like(input_ids, -100), positions, input_ids.gather(1, positions), valid)
 
-        out = gen(input_ids=masked_ids, attention_mask=input_mask, token_type_ids=segment_ids,
-                  labels=labels)
-        with torch.no_grad():  # Gumbel-max sample at the masked slots; no gradient through sampling
+        if gather:  # the generator's encoder, then its head at the masked slots only (as ours)
+            hidden = gen.electra(masked_ids, attention_mask=input_mask, token_type_ids=segment_ids)[0]
+            hidden = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
+            logits = gen.generator_lm_head(gen.generator_predictions(hidden))
+            nll = F.cross_entropy(logits.flatten(0, 1).float(), input_ids.gather(1, positions).flatten(),
+                                  reduction="none").view(batch, n)
+            mlm = (nll * valid).sum() / valid.sum()
+        else:  # the class as documented: logits at every position, loss where labels != -100
+            out = gen(input_ids=masked_ids, attention_mask=input_mask, token_type_ids=segment_ids,
+                      labels=labels)
+            mlm = out.loss
             logits = out.logits.gather(1, positions[..., None].expand(-1, -1, out.logits.shape[-1]))
+        with torch.no_grad():  # Gumbel-max sample at the masked slots; no gradient through sampling
+            logits = logits.detach().float()
             gumbel = -torch.log(-torch.log(torch.rand_like(logits) + 1e-9) + 1e-9)
-            sampled = torch.argmax(logits.float() / objective.temperature + gumbel, -1)
+            sampled = torch.argmax(logits / objective.temperature + gumbel, -1)
             corrupted = scatter(input_ids, positions, sampled, valid)
             is_fake = (corrupted != input_ids).float()
         disc_logits = disc(input_ids=corrupted, attention_mask=input_mask, token_type_ids=segment_ids).logits
         mask = input_mask.float()
         bce = F.binary_cross_entropy_with_logits(disc_logits.float(), is_fake, reduction="none")
-        return objective.gen_weight * out.loss + objective.disc_weight * (bce * mask).sum() / mask.sum()
+        return objective.gen_weight * mlm + objective.disc_weight * (bce * mask).sum() / mask.sum()
 
     return loss
 
@@ -75,9 +85,11 @@ def _loss_fn(gen, disc, objective: ObjectiveSpec):
 def time_peer(spec: ModelSpec, objective: ObjectiveSpec, batch: dict[str, np.ndarray], *,
               mode: str = "eager", steps: int = 10, warmup: int = 2, learning_rate: float = 5e-4,
               weight_decay: float = 0.01, dtype: str = "float32", device: str | None = None,
-              threads: int | None = None) -> dict:
+              threads: int | None = None, gather: bool = False) -> dict:
     """Seconds per training step of the peer; `mode` is "eager" or "compile" (torch.compile, default
-    inductor backend); `dtype` bfloat16 runs the forward under autocast (fp32 weights, as ours)."""
+    inductor backend); `dtype` bfloat16 runs the forward under autocast (fp32 weights, as ours);
+    `gather` projects only the masked slots onto the vocabulary (a stronger peer than the class's
+    own forward)."""
     import torch
 
     if threads:
@@ -87,7 +99,7 @@ def time_peer(spec: ModelSpec, objective: ObjectiveSpec, batch: dict[str, np.nda
     gen, disc = _models(spec, device)
     params = {id(p): p for p in [*gen.parameters(), *disc.parameters()]}.values()  # shared once
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay, eps=1e-6)
-    loss_fn = _loss_fn(gen, disc, objective)
+    loss_fn = _loss_fn(gen, disc, objective, gather)
     if mode == "compile":
         loss_fn = torch.compile(loss_fn)
     elif mode != "eager":
@@ -116,18 +128,22 @@ def time_peer(spec: ModelSpec, objective: ObjectiveSpec, batch: dict[str, np.nda
     for _ in range(warmup):
         step()
     sync()
-    t0 = time.perf_counter()
+    times = []
     for _ in range(steps):
+        t0 = time.perf_counter()
         loss = step()
-    sync()
-    step_s = (time.perf_counter() - t0) / steps
+        sync()
+        times.append(time.perf_counter() - t0)
+    step_s = float(np.median(times))
     n_batch, seq_len = batch["input_ids"].shape
     return {
-        "impl": f"pytorch-{mode}",
+        "impl": f"pytorch-{mode}" + ("-gathered" if gather else ""),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "first_step_s": round(first_s, 3),
         "step_s": step_s,
+        "step_s_mean": float(np.mean(times)),
+        "step_s_all": [round(t, 5) for t in times],
         "sequences_per_s": n_batch / step_s,
         "tokens_per_s": n_batch * seq_len / step_s,
         "peak_memory_bytes": torch.cuda.max_memory_allocated() if device.startswith("cuda") else None,

@@ -55,11 +55,13 @@ def run(config: ml_collections.ConfigDict, steps: int = 10, warmup: int = 2,
     for _ in range(warmup):
         state, _ = compiled(state, batch, train_rng)
     jax.block_until_ready(state)
-    t0 = time.perf_counter()
+    times = []  # each step waited for: the median resists a noisy neighbour on a shared machine
     for _ in range(steps):
+        t0 = time.perf_counter()
         state, metrics = compiled(state, batch, train_rng)
-    jax.block_until_ready(metrics)
-    step_s = (time.perf_counter() - t0) / steps
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t0)
+    step_s = float(np.median(times))
 
     device = jax.devices()[0]
     n_dev = s.mesh.size
@@ -92,6 +94,8 @@ def run(config: ml_collections.ConfigDict, steps: int = 10, warmup: int = 2,
         "steps": steps,
         "compile_s": round(compile_s, 3),
         "step_s": step_s,
+        "step_s_mean": float(np.mean(times)),
+        "step_s_all": [round(t, 5) for t in times],
         "steps_per_s": 1 / step_s,
         "sequences_per_s": c.batch_size / step_s,
         "tokens_per_s": c.batch_size * c.data.seq_len / step_s,
