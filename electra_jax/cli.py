@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="time the jitted train step on synthetic batches (--config), or "
                            "run a benchmark suite against the PyTorch peer (--suite, --out)")
     bench.add_argument("--config", default=None, help="a config file, e.g. configs/tiny.py")
-    bench.add_argument("--suite", default=None, choices=("smoke", "cpu", "gpu"),
+    bench.add_argument("--suite", default=None, choices=("smoke", "cpu", "gpu", "memory"),
                        help="ours vs transformers' PyTorch ELECTRA, eager and compiled, and the "
                        "optimisation variants; writes --out (JSON)")
     bench.add_argument("--out", default=None, help="the suite's JSON results file")
@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-peers", action="store_true", help="suite without the PyTorch peer")
     bench.add_argument("--no-variants", action="store_true", help="suite without optimisation variants")
     bench.add_argument("--steps", type=int, default=None, help="timed steps after warm-up (default 10; "
-                       "smoke suite 2)")
+                       "smoke suite 2; 0: compile only, for compile time and XLA's memory estimate)")
     bench.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
     bench.add_argument("--results", default="bench_results.jsonl",
                        help="JSON-lines file the result is appended to")
@@ -374,8 +374,8 @@ def _bench_command(args, config) -> None:
     from electra_jax.bench import step as bench
 
     args.steps = 10 if args.steps is None else args.steps
-    if args.steps < 1 or args.warmup < 0:
-        raise ConfigError("--steps must be >= 1 and --warmup >= 0")
+    if args.steps < 0 or args.warmup < 0:
+        raise ConfigError("--steps and --warmup must be >= 0 (--steps 0: compile only)")
     result = bench.run(config, steps=args.steps, warmup=args.warmup, peak=args.peak_tflops,
                        checkpoint_dir=args.checkpoint_dir)
     print(bench.report(result))

@@ -73,8 +73,9 @@ case "$ACTION" in
     ;;
   train)
     need CONFIG DATA WORKDIR
-    # nohup + a log per worker: the run survives the ssh session; rerunning `train` resumes.
-    ssh_all "nohup electra-jax pretrain --config $CONFIG --data $DATA --workdir $WORKDIR \
+    # nohup + a log per worker: the run survives the ssh session; rerunning `train` resumes, and
+    # the persistent compilation cache in the workdir skips recompiling the step on every worker.
+    ssh_all "JAX_COMPILATION_CACHE_DIR=$WORKDIR/xla-cache nohup electra-jax pretrain --config $CONFIG --data $DATA --workdir $WORKDIR \
 ${TRAIN_ARGS:-} > ~/electra-jax.log 2>&1 &"
     ;;
   logs)

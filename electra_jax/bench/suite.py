@@ -9,6 +9,8 @@ Needs no TensorFlow (accelerator images often lack it). Suites:
   cpu    tiny and Small at 128 in fp32, dropout on; peers eager and compiled; PRNG and attention variants
   gpu    Small/Base/Large at 128 and 512 in bf16; peers eager and compiled; variants (fused attention,
          fp32, remat, scan)
+  memory compile only (any backend): XLA's memory estimate at two batch sizes per model and length,
+         so the largest batch per device follows; remat for Large at 512; Large compile time
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ import json
 import os
 import platform
 import sys
-import time
 import traceback
 
 import numpy as np
+
+from electra_jax.bench.timing import measure
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                        "configs")
@@ -39,6 +42,23 @@ class Case:
     overrides: tuple[str, ...] = ()
     # Variants: (label, extra overrides), each timed like the baseline; the ratio is baseline / variant.
     variants: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    compile_only: bool = False  # compile time and XLA's memory estimate, nothing run
+
+
+def _memory_cases():
+    """Compile-only, one device: XLA's memory for two batch sizes per model and length (a line through
+    them gives the largest batch that fits a given device), remat policies for Large at 512, and the
+    compile time of Large with and without nn.scan."""
+    remat = tuple((f"remat {p}", (f"--config.model.remat_policy={p}",)) for p in ("dots", "full"))
+    cases = []
+    for model, batches in (("small", (8, 32)), ("base", (4, 16)), ("large", (2, 8))):
+        for seq in (128, 512):
+            for b in batches:
+                cases.append(Case(f"{model}@{seq} b{b}", f"{model}.py", b, seq, (),
+                                  _BF16 + ("--config.model.scan_layers=true",),
+                                  remat if (model, seq) == ("large", 512) else (), compile_only=True))
+    cases.append(Case("large@128 b2 unrolled", "large.py", 2, 128, (), _BF16, compile_only=True))
+    return tuple(cases)
 
 
 _FP32 = ("--config.model.dtype=float32",)
@@ -57,20 +77,22 @@ SUITES = {
     "cpu": (
         Case("tiny@64", "tiny.py", 16, 64, _PEERS, _FP32, _RNG),
         Case("small@128", "small.py", 16, 128, _PEERS, _FP32,
-             _RNG + _FUSED + (("dropout off", ("--config.model.dropout_rate=0",) + _NO_ATTN_DROPOUT),
-                              ("bfloat16", _BF16), ("scan", ("--config.model.scan_layers=true",)))),
+             _FUSED + (("dropout off", ("--config.model.dropout_rate=0",) + _NO_ATTN_DROPOUT),
+                       ("bfloat16", _BF16))),
     ),
+    # Sized for about 6 minutes on one H100 (torch.compile dominates); peers where the targets need them.
     "gpu": (
-        Case("small@128", "small.py", 128, 128, _PEERS, _BF16,
-             _RNG + _FUSED + (("float32", _FP32),)),
-        Case("small@512", "small.py", 32, 512, ("compile-gathered",), _BF16),
+        Case("small@128", "small.py", 128, 128, ("eager", "compile", "compile-gathered"), _BF16,
+             _FUSED + (("float32", _FP32),)),
+        Case("small@512", "small.py", 32, 512, (), _BF16),
         Case("base@128", "base.py", 128, 128, ("eager", "compile", "compile-gathered"), _BF16,
-             _RNG + _FUSED + (("float32", _FP32),)),
+             _FUSED + (("rng unsafe_rbg", ("--config.rng_impl=unsafe_rbg",)),)),
         Case("base@512", "base.py", 32, 512, ("compile-gathered",), _BF16, _FUSED),
-        Case("large@128", "large.py", 64, 128, (), _BF16),
+        Case("large@128", "large.py", 64, 128, (), _BF16 + ("--config.model.scan_layers=true",)),
         Case("large@512", "large.py", 16, 512, (), _BF16 + ("--config.model.scan_layers=true",),
              (("remat dots", ("--config.model.remat_policy=dots",)),)),
     ),
+    "memory": _memory_cases(),
 }
 
 
@@ -94,47 +116,49 @@ def _config(case: Case, extra: tuple[str, ...] = ()):
         *case.overrides, *extra])
 
 
-def _ours(case: Case, label: str, extra: tuple[str, ...], steps: int, warmup: int) -> dict:
-    from electra_jax.bench.step import run
+def _ours(case: Case, label: str, extra: tuple[str, ...]):
+    from electra_jax.bench.step import prepare
 
-    result = run(_config(case, extra), steps=steps, warmup=warmup)
-    return {"case": case.name, "impl": "electra-jax", "variant": label, "overrides": list(extra),
-            **result}
+    record, runner = prepare(_config(case, extra))
+    return {"overrides": list(extra), **record}, (None if case.compile_only else runner)
 
 
-def _peer(case: Case, mode: str, steps: int, warmup: int) -> dict:
+def _peer(case: Case, mode: str):
     from electra_jax import config as config_lib
-    from electra_jax.bench.peer import time_peer
+    from electra_jax.bench.peer import prepare_peer
     from electra_jax.data.synthetic import synthetic_batch
 
     c = _config(case)
     t = c.tokens
     batch = synthetic_batch(np.random.default_rng(c.seed), c.batch_size, c.data.seq_len,
                             c.model.vocab_size, t.cls_id, t.sep_id, t.pad_id, t.mask_id)
-    result = time_peer(config_lib.model_spec(c), config_lib.objective_spec(c), batch,
-                       mode=mode.split("-")[0], gather=mode.endswith("gathered"), steps=steps,
-                       warmup=warmup, learning_rate=c.optim.learning_rate,
-                       weight_decay=c.optim.weight_decay, dtype=c.model.dtype)
-    return {"case": case.name, "variant": "baseline", "dtype": c.model.dtype,
-            "batch_size": c.batch_size, "seq_len": c.data.seq_len, "steps": steps, **result}
+    return prepare_peer(config_lib.model_spec(c), config_lib.objective_spec(c), batch,
+                        mode=mode.split("-")[0], gather=mode.endswith("gathered"),
+                        learning_rate=c.optim.learning_rate, weight_decay=c.optim.weight_decay,
+                        dtype=c.model.dtype)
 
 
-def _attempt(fn, *args) -> dict:
-    """One measurement; a failure (out of memory, a missing compiler) is recorded, not fatal."""
+def _error(e: Exception) -> dict:
+    """A failed measurement (out of memory, a missing compiler) is recorded; the suite goes on."""
+    traceback.print_exc()
+    return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]}
+
+
+def _timed(runners: list[tuple[dict, object]], steps: int, warmup: int) -> list[dict]:
+    """Time runners together (each takes its steps in turn); a failure is recorded for all."""
     try:
-        return fn(*args)
-    except Exception as e:  # noqa: BLE001 - recorded in the results, the suite goes on
-        traceback.print_exc()
-        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]}
-    finally:
-        gc.collect()
+        results = measure([runner for _, runner in runners], steps, warmup, block=2)
+    except Exception as e:  # noqa: BLE001
+        results = [_error(e)] * len(runners)
+    gc.collect()
+    return [{**labels, **result} for (labels, _), result in zip(runners, results)]
 
 
 def ratios(results: list[dict]) -> list[dict]:
     """Ours (baseline) / each peer, and baseline / each variant, in sequences per second."""
     out = []
     for case in dict.fromkeys(r["case"] for r in results):
-        rows = [r for r in results if r["case"] == case and "error" not in r]
+        rows = [r for r in results if r["case"] == case and "sequences_per_s" in r]
         base = next((r for r in rows if r["impl"] == "electra-jax" and r["variant"] == "baseline"), None)
         if base is None:
             continue
@@ -150,9 +174,30 @@ def ratios(results: list[dict]) -> list[dict]:
     return out
 
 
+def largest_batches(results: list[dict], memory_gib: float = 80.0) -> list[dict]:
+    """From compile-only results at two batch sizes: XLA's memory as fixed + per-sequence bytes, and
+    the largest per-device batch within `memory_gib` (a line through two points: an estimate)."""
+    groups = {}
+    for r in results:
+        if r.get("compiled_memory_bytes") and "step_s" not in r:
+            key = (r["case"].split(" ")[0], r["variant"])
+            groups.setdefault(key, {})[r["batch_size"]] = r["compiled_memory_bytes"]
+    out = []
+    for (case, variant), points in groups.items():
+        if len(points) < 2:
+            continue
+        (b1, m1), (b2, m2) = sorted(points.items())[:2]
+        per_seq = (m2 - m1) / (b2 - b1)
+        fixed = m1 - per_seq * b1
+        out.append({"case": case, "variant": variant, "fixed_gib": fixed / 2**30,
+                    "per_sequence_gib": per_seq / 2**30, "memory_gib": memory_gib,
+                    "largest_batch": int((memory_gib * 2**30 - fixed) // per_seq) if per_seq > 0 else None})
+    return out
+
+
 def run_suite(name: str, out: str, steps: int | None = None, warmup: int = 2,
               cases: list[str] | None = None, peers: bool = True, variants: bool = True,
-              command: str | None = None) -> dict:
+              command: str | None = None, interleave: bool | None = None) -> dict:
     """Run every case of suite `name`; the results file is rewritten after each measurement, so a run
     cut short (a GPU window closing) keeps what it measured."""
     import jax
@@ -161,6 +206,9 @@ def run_suite(name: str, out: str, steps: int | None = None, warmup: int = 2,
         raise SystemExit(f"--suite {name!r}: one of {', '.join(SUITES)}")
     steps = steps or (2 if name == "smoke" else 10)
     device = jax.devices()[0]
+    # On a CPU, runners share a machine whose speed drifts: interleave them. On an accelerator each
+    # runner runs alone so that its memory is free for the next (JAX and torch share the device).
+    interleave = device.platform == "cpu" if interleave is None else interleave
     record = {
         "suite": name,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -169,12 +217,18 @@ def run_suite(name: str, out: str, steps: int | None = None, warmup: int = 2,
         "versions": versions(),
         "command": command or " ".join(sys.argv),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "steps": steps, "warmup": warmup,
-        "results": [], "ratios": [],
+        "steps": steps, "warmup": warmup, "interleaved": interleave,
+        "results": [], "ratios": [], "largest_batch": [],
     }
+
+    def add(result: dict):
+        record["results"].append(result)
+        print(summary_line(result), flush=True)
+        save()
 
     def save():
         record["ratios"] = ratios(record["results"])
+        record["largest_batch"] = largest_batches(record["results"])
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         with open(out + ".tmp", "w") as f:
             json.dump(record, f, indent=1)
@@ -186,22 +240,29 @@ def run_suite(name: str, out: str, steps: int | None = None, warmup: int = 2,
         jobs = [("ours", "baseline", ())]
         jobs += [("peer", mode, ()) for mode in case.peers if peers]
         jobs += [("ours", label, extra) for label, extra in case.variants if variants]
+        interleaved = []  # (labels, runner)
         for kind, label, extra in jobs:
-            t0 = time.perf_counter()
-            if kind == "ours":
-                r = _attempt(_ours, case, label, extra, steps, warmup)
+            labels = {"case": case.name, "variant": label if kind == "ours" else "baseline",
+                      "impl": "electra-jax" if kind == "ours" else f"pytorch-{label}"}
+            try:
+                rec, runner = _ours(case, label, extra) if kind == "ours" else _peer(case, label)
+            except Exception as e:  # noqa: BLE001
+                rec, runner = _error(e), None
+            if runner is None:  # compile only, or it failed to build
+                add({**labels, **rec})
+            elif interleave:
+                interleaved.append((labels, runner))
             else:
-                r = _attempt(_peer, case, label, steps, warmup)
-            r.setdefault("case", case.name)
-            r.setdefault("impl", "electra-jax" if kind == "ours" else f"pytorch-{label}")
-            r.setdefault("variant", label if kind == "ours" else "baseline")
-            r["wall_s"] = round(time.perf_counter() - t0, 1)
-            record["results"].append(r)
-            print(summary_line(r), flush=True)
-            save()
+                for result in _timed([(labels, runner)], steps, warmup):
+                    add(result)
+        for result in _timed(interleaved, steps, warmup) if interleaved else ():
+            add(result)
     save()
     for q in record["ratios"]:
         print(f"{q['case']:>10}  {q['what']:<42} {q['speedup']:.2f}x")
+    for q in record["largest_batch"]:
+        print(f"{q['case']:>10}  {q['variant']:<14} {q['fixed_gib']:.2f} GiB + {q['per_sequence_gib']:.3f} "
+              f"GiB/sequence: largest batch in {q['memory_gib']:.0f} GiB = {q['largest_batch']}")
     return record
 
 
@@ -211,5 +272,7 @@ def summary_line(r: dict) -> str:
         return f"{head} FAILED {r['error']}"
     mfu = f"  MFU {100 * r['mfu']:.1f}%" if r.get("mfu") else ""
     compile_s = r.get("compile_s", r.get("first_step_s"))
+    if "step_s" not in r:  # compile only
+        return f"{head} compile {compile_s:.1f} s  XLA memory {r['compiled_memory_bytes'] / 2**30:.2f} GiB"
     return (f"{head} {1e3 * r['step_s']:9.1f} ms  {r['sequences_per_s']:8.1f} seq/s  "
             f"compile {compile_s:.1f} s{mfu}")

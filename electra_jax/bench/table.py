@@ -42,6 +42,10 @@ def render(record: dict) -> str:
             lines.append(f"{head} | failed: {r['error'][:120]} | | | | | | |")
             continue
         compile_s = r.get("compile_s", r.get("first_step_s"))
+        if "step_s" not in r:  # compile only
+            lines.append(f"{head} {r.get('dtype', '')} | not run (batch {r['batch_size']}) | | | | | "
+                         f"{compile_s:.1f} s | {_memory(r)} |")
+            continue
         lines.append(
             f"{head} {r.get('dtype', '')} | {1e3 * r['step_s']:.1f} ms | {r['sequences_per_s']:.1f} | "
             f"{r['tokens_per_s']:,.0f} | {_num(r.get('model_tflops_per_s_per_device'), '.3f')} | "
@@ -50,6 +54,11 @@ def render(record: dict) -> str:
     if record["ratios"]:
         lines += ["", "| case | ratio (sequences/s) | |", "|---|---|---:|"]
         lines += [f"| {q['case']} | {q['what']} | {q['speedup']:.2f}x |" for q in record["ratios"]]
+    if record.get("largest_batch"):
+        lines += ["", "| case | variant | fixed | per sequence | largest batch per device |",
+                  "|---|---|---:|---:|---:|"]
+        lines += [f"| {q['case']} | {q['variant']} | {q['fixed_gib']:.2f} GiB | {q['per_sequence_gib']:.3f} GiB | "
+                  f"{q['largest_batch']} in {q['memory_gib']:.0f} GiB |" for q in record["largest_batch"]]
     return "\n".join(lines)
 
 
