@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--cases", nargs="*", default=None, help="only these suite cases, e.g. small@128")
     bench.add_argument("--no-peers", action="store_true", help="suite without the PyTorch peer")
     bench.add_argument("--no-variants", action="store_true", help="suite without optimisation variants")
+    bench.add_argument("--only", choices=("ours", "peers"), default=None,
+                       help="suite: time only our step or only the peer (on a CPU the suite runs each "
+                       "in its own process this way)")
     bench.add_argument("--steps", type=int, default=None, help="timed steps after warm-up (default 10; "
                        "smoke suite 2; 0: compile only, for compile time and XLA's memory estimate)")
     bench.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
@@ -357,7 +360,8 @@ def _bench_suite_command(args) -> None:
     if not args.out or args.config:
         raise ConfigError("bench --suite needs --out FILE.json and no --config (the suite has its own)")
     run_suite(args.suite, args.out, args.steps, args.warmup, args.cases, peers=not args.no_peers,
-              variants=not args.no_variants, command="electra-jax " + " ".join(sys.argv[1:]))
+              variants=not args.no_variants, command="electra-jax " + " ".join(sys.argv[1:]),
+              only=args.only)
 
 
 def _bench_table_command(args) -> None:

@@ -31,7 +31,9 @@ def render(record: dict) -> str:
         "Versions: " + ", ".join(f"{k} {x}" for k, x in v.items() if x) + f"; host CPUs: "
         f"{record['host']['cpus']}. Command: `{record['command']}`"
         + (f"; XLA_FLAGS=`{record['xla_flags']}`" if record.get("xla_flags") else "")
-        + f". Median of {record['steps']} timed steps after {record['warmup']} warm-up steps.",
+        + (f". Median of {record['steps']} timed steps after {record['warmup']} warm-up steps"
+           + ("; ours and the peer each in a process of its own." if record.get("separate_processes") else ".")
+           if any("step_s" in r for r in record["results"]) else ". Compile only: nothing was run."),
         "",
         "| case | implementation | variant | dtype | step | seq/s | tokens/s | TFLOP/s | MFU | compile | memory |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|",
