@@ -1,4 +1,5 @@
-"""Time the jitted, sharded train step after warm-up; print and append a JSON line of results.
+"""Our jitted, sharded train step as a benchmark Runner; `run` times it alone (`electra-jax bench
+--config`), the suite times it beside the PyTorch peer.
 
 Synthetic batches (same shape as real ones) so the number is the device's, not the input pipeline's.
 """
@@ -51,9 +52,9 @@ def _compiled_bytes(compiled) -> int | None:
 
 def prepare(config: ml_collections.ConfigDict, peak: float | None = None,
             checkpoint_dir: str | None = None) -> tuple[dict, Runner | None]:
-    """Compile the sharded step from abstract shapes: (what was compiled, compile time and XLA's memory
-    estimate; a Runner that initialises the state on its first step). `prepare(...)[1]` is None for a
-    caller that only wants the compile record: nothing is allocated then."""
+    """Compile the sharded step from abstract shapes: (a record of what was compiled, with compile time
+    and XLA's memory estimate; a Runner). Nothing is allocated until the Runner's first step, so a
+    caller that only wants the record (compile-only benchmarks) never holds a train state."""
     s = setup(config)
     _, train_rng = s.rngs()
     c = config
