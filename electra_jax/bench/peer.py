@@ -55,7 +55,6 @@ def _loss_fn(gen, disc, objective: ObjectiveSpec, gather: bool):
         valid = torch.arange(n, device=input_ids.device)[None, :] < k[:, None]
         to_mask = valid & (torch.rand(batch, n, device=input_ids.device) < objective.mask_token_prob)
         masked_ids = scatter(input_ids, positions, torch.full_like(positions, objective.mask_id), to_mask)
-        labels = scatter(torch.full_like(input_ids, -100), positions, input_ids.gather(1, positions), valid)
 
         if gather:  # the generator's encoder, then its head at the masked slots only (as ours)
             hidden = gen.electra(masked_ids, attention_mask=input_mask, token_type_ids=segment_ids)[0]
@@ -65,6 +64,8 @@ def _loss_fn(gen, disc, objective: ObjectiveSpec, gather: bool):
                                   reduction="none").view(batch, n)
             mlm = (nll * valid).sum() / valid.sum()
         else:  # the class as documented: logits at every position, loss where labels != -100
+            labels = scatter(torch.full_like(input_ids, -100), positions, input_ids.gather(1, positions),
+                             valid)
             out = gen(input_ids=masked_ids, attention_mask=input_mask, token_type_ids=segment_ids,
                       labels=labels)
             mlm = out.loss

@@ -40,6 +40,13 @@ def time_checkpoint(state, directory: str) -> dict:
             "checkpoint_blocking_s": round(blocking, 3), "checkpoint_total_s": round(total, 3)}
 
 
+def config_batch(c: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    """The synthetic batch every benchmark of config `c` uses (ours and the peer time the same one)."""
+    t = c.tokens
+    return synthetic_batch(np.random.default_rng(c.seed), c.batch_size, c.data.seq_len,
+                           c.model.vocab_size, t.cls_id, t.sep_id, t.pad_id, t.mask_id)
+
+
 def _compiled_bytes(compiled) -> int | None:
     """XLA's own accounting of a compiled step (arguments + outputs + temporaries - donated aliases);
     available on every backend, CPU included, so memory can be estimated without the device."""
@@ -58,10 +65,7 @@ def prepare(config: ml_collections.ConfigDict, peak: float | None = None,
     s = setup(config)
     _, train_rng = s.rngs()
     c = config
-    batch = synthetic_batch(np.random.default_rng(c.seed), c.batch_size, c.data.seq_len,
-                            c.model.vocab_size, c.tokens.cls_id, c.tokens.sep_id, c.tokens.pad_id,
-                            c.tokens.mask_id)
-    batch = jax.device_put(batch, s.batch_sharding)
+    batch = jax.device_put(config_batch(c), s.batch_sharding)
 
     t0 = time.perf_counter()
     compiled = s.step.lower(s.abstract_state(), batch, train_rng).compile()

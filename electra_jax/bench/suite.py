@@ -25,8 +25,6 @@ import subprocess
 import sys
 import traceback
 
-import numpy as np
-
 from electra_jax.bench.timing import measure
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -127,13 +125,10 @@ def _ours(case: Case, label: str, extra: tuple[str, ...]):
 def _peer(case: Case, mode: str):
     from electra_jax import config as config_lib
     from electra_jax.bench.peer import prepare_peer
-    from electra_jax.data.synthetic import synthetic_batch
+    from electra_jax.bench.step import config_batch
 
     c = _config(case)
-    t = c.tokens
-    batch = synthetic_batch(np.random.default_rng(c.seed), c.batch_size, c.data.seq_len,
-                            c.model.vocab_size, t.cls_id, t.sep_id, t.pad_id, t.mask_id)
-    return prepare_peer(config_lib.model_spec(c), config_lib.objective_spec(c), batch,
+    return prepare_peer(config_lib.model_spec(c), config_lib.objective_spec(c), config_batch(c),
                         mode=mode.split("-")[0], gather=mode.endswith("gathered"),
                         learning_rate=c.optim.learning_rate, weight_decay=c.optim.weight_decay,
                         dtype=c.model.dtype)
