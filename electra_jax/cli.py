@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=None, help="timed steps after warm-up (default 10; "
                        "smoke suite 2; 0: compile only, for compile time and XLA's memory estimate)")
     bench.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+    bench.add_argument("--profile", default=None, metavar="DIR",
+                       help="--config: also trace --steps steps into DIR (jax.profiler) and print where "
+                       "the step's time goes, by category, part of the model and op")
     bench.add_argument("--results", default="bench_results.jsonl",
                        help="JSON-lines file the result is appended to")
     bench.add_argument("--peak-tflops", type=float, default=None,
@@ -357,8 +360,9 @@ def _pretrain_command(args, config) -> None:
 def _bench_suite_command(args) -> None:
     from electra_jax.bench.suite import run_suite
 
-    if not args.out or args.config:
-        raise ConfigError("bench --suite needs --out FILE.json and no --config (the suite has its own)")
+    if not args.out or args.config or args.profile:
+        raise ConfigError("bench --suite needs --out FILE.json and no --config or --profile (the suite "
+                          "has its own configs; profile one with bench --config F --profile DIR)")
     run_suite(args.suite, args.out, args.steps, args.warmup, args.cases, peers=not args.no_peers,
               variants=not args.no_variants, command="electra-jax " + " ".join(sys.argv[1:]),
               only=args.only)
@@ -380,8 +384,10 @@ def _bench_command(args, config) -> None:
     args.steps = 10 if args.steps is None else args.steps
     if args.steps < 0 or args.warmup < 0:
         raise ConfigError("--steps and --warmup must be >= 0 (--steps 0: compile only)")
+    if args.profile and args.steps == 0:
+        raise ConfigError("--profile traces steps: give --steps >= 1")
     result = bench.run(config, steps=args.steps, warmup=args.warmup, peak=args.peak_tflops,
-                       checkpoint_dir=args.checkpoint_dir)
+                       checkpoint_dir=args.checkpoint_dir, profile_dir=args.profile)
     print(bench.report(result))
     bench.append_result(result, args.results)
     print(f"  appended to {args.results}")

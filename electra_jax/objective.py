@@ -131,20 +131,24 @@ def forward(params, batch: dict, rng: Array, *, model: Electra, spec: ObjectiveS
     input_mask = batch["input_mask"]
     _, k_gen, k_sample, k_disc = jax.random.split(rng, 4)
     if masked is None:
-        masked = mask_batch(rng, batch, spec)
+        with jax.named_scope("masking"):
+            masked = mask_batch(rng, batch, spec)
     total_weight, total_tokens = totals if totals is not None else (None, None)
     variables = {"params": params}
 
     gen_logits = model.apply(variables, masked.input_ids, segment_ids, input_mask, masked.positions,
                              deterministic, method=Electra.generator_logits, rngs={"dropout": k_gen})
-    mlm, nll = mlm_loss(gen_logits, masked.original_ids, masked.weights, total_weight)
-    sampled = sample_tokens(k_sample, jax.lax.stop_gradient(gen_logits), spec.temperature,
-                            masked.original_ids if spec.disallow_correct else None, spec.sampler)
-    corrupted, is_fake = replace_tokens(input_ids, masked.positions, masked.weights, sampled)
+    with jax.named_scope("mlm_loss"):
+        mlm, nll = mlm_loss(gen_logits, masked.original_ids, masked.weights, total_weight)
+    with jax.named_scope("sampling"):
+        sampled = sample_tokens(k_sample, jax.lax.stop_gradient(gen_logits), spec.temperature,
+                                masked.original_ids if spec.disallow_correct else None, spec.sampler)
+        corrupted, is_fake = replace_tokens(input_ids, masked.positions, masked.weights, sampled)
 
     disc_logits = model.apply(variables, corrupted, segment_ids, input_mask, deterministic,
                               method=Electra.discriminator_logits, rngs={"dropout": k_disc})
-    disc = disc_loss(disc_logits, is_fake, input_mask, total_tokens)
+    with jax.named_scope("disc_loss"):
+        disc = disc_loss(disc_logits, is_fake, input_mask, total_tokens)
     loss = spec.gen_weight * mlm + spec.disc_weight * disc
     return Forward(masked, gen_logits, nll, sampled, is_fake, disc_logits, mlm, disc, loss)
 

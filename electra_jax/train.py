@@ -73,8 +73,9 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, grad_fn: Calla
     is the task (`gradients` for ELECTRA pretraining, a classifier loss for fine-tuning)."""
     step_rng = jax.random.fold_in(rng, state.step)
     grads, metrics = grad_fn(state.params, batch, step_rng)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    with jax.named_scope("optimizer"):  # named scopes label the ops in profiles (bench --profile)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
     metrics = summarize(metrics)
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["param_norm"] = optax.tree.norm(params)  # an overflowing norm means a broken state

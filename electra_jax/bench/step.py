@@ -118,19 +118,31 @@ def prepare(config: ml_collections.ConfigDict, peak: float | None = None,
         live.clear()  # free the state: the next runner may need the memory
         return result
 
-    return record, Runner(step, finish)
+    return record, Runner(step, finish, compiled)
 
 
 def run(config: ml_collections.ConfigDict, steps: int = 10, warmup: int = 2,
-        peak: float | None = None, checkpoint_dir: str | None = None) -> dict:
-    """Compile, then time `steps` steps after `warmup` (steps=0: compile only)."""
+        peak: float | None = None, checkpoint_dir: str | None = None, profile_dir: str | None = None
+        ) -> dict:
+    """Compile, then time `steps` steps after `warmup` (steps=0: compile only); with `profile_dir`,
+    then trace `steps` more and add where their time went (`bench.profile`)."""
     record, runner = prepare(config, peak, checkpoint_dir)
     if steps == 0:
         return {**record, "steps": 0}
-    return measure([runner], steps, warmup)[0]
+    if profile_dir is None:
+        return measure([runner], steps, warmup)[0]
+    from electra_jax.bench.profile import profile
+
+    breakdown = profile(runner, profile_dir, steps, warmup)
+    return {**measure([runner], steps, 0)[0], "profile": breakdown}
 
 
 def report(result: dict) -> str:
+    if "profile" in result:
+        from electra_jax.bench.profile import report as profile_report
+
+        return report({k: v for k, v in result.items() if k != "profile"}) + "\n" + profile_report(
+            result["profile"])
     compiled = result["compiled_memory_bytes"]
     head = (f"{result['device']} x{result['num_devices']}  batch {result['batch_size']} x seq "
             f"{result['seq_len']}  {result['dtype']}  rng {result['rng_impl']}\n"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -17,6 +17,7 @@ import numpy as np
 class Runner:
     step: Callable[[], None]  # one training step, waited for
     finish: Callable[[list[float]], dict]  # its step times (s) -> the result record
+    compiled: Any = None  # the XLA executable, where there is one (ours), for profiles
 
 
 def summarize_times(times: list[float], batch_size: int, seq_len: int) -> dict:
