@@ -58,6 +58,7 @@ def test_small_plus_generator_is_as_wide_as_discriminator():
     ("--config.model.generator_hidden_fraction=0.001", "model.generator_hidden_fraction"),
     ("--config.model.attention=fused", "model.attention"),  # with attention dropout 0.1
     ("--config.model.attention=flash", "model.attention"),
+    ("--config.objective.sampler=multinomial", "objective.sampler"),
 ])
 def test_bad_config_fails_before_compiling(override, field):
     config = _load("tiny", override)
