@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from electra_jax.data.reader import host_tf
+from electra_jax.fs import host_tf, resolve
 
 
 class CheckpointError(ValueError):
@@ -24,9 +24,12 @@ class CheckpointError(ValueError):
 class Checkpoints:
     def __init__(self, workdir: str, keep: int = 3, async_save: bool = True, best=None):
         """`best(metrics) -> float`: keep the `keep` highest-scoring steps instead of the latest."""
-        self.workdir = workdir
+        self.workdir = resolve(workdir)  # orbax refuses relative paths (and only in its save thread)
+        self.directory = os.path.join(self.workdir, "checkpoints")
+        self.saving: int | None = None  # the step of a save not yet known to have finished
+        self.failed = False
         self.manager = ocp.CheckpointManager(
-            os.path.join(workdir, "checkpoints"),
+            self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                  enable_async_checkpointing=async_save,
                                                  best_fn=best, best_mode="max"))
@@ -55,6 +58,7 @@ class Checkpoints:
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                         meta=ocp.args.JsonSave(meta)),
                           metrics=metrics, force=True)
+        self.saving = step
         self._drop_stale_reader_positions(keep={step, *self.all_steps()})
 
     def _drop_stale_reader_positions(self, keep: set[int]) -> None:
@@ -82,8 +86,37 @@ class Checkpoints:
             reader.restore(path)
         return restored["state"]
 
+    def check(self) -> None:
+        """Raise CheckpointError if the last async save failed; call it every step (it does not
+        block while the save runs). orbax only logs such a failure in its thread, so without this a
+        run would train on, saving nothing, until the next save or the end."""
+        if self.saving is not None and not self.manager.is_saving_in_progress():
+            self.wait()
+
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Block until the last save is committed; CheckpointError naming the step if it failed."""
+        step, self.saving = self.saving, None
+        if self.failed:  # already reported; orbax would raise the same error again
+            return
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # orbax re-raises whatever its save thread hit
+            if step is None:
+                raise
+            self.failed = True
+            raise CheckpointError(
+                f"saving step {step} to {os.path.join(self.directory, str(step))} failed: "
+                f"{type(e).__name__}: {str(e)[:300]}. Nothing of step {step} was kept; the latest "
+                f"complete checkpoint is step {self.latest_step()}. Fix the cause (disk space, "
+                "permissions, the bucket) and rerun the same command to resume from there.") from None
 
     def close(self) -> None:
-        self.manager.close()
+        """Finish the pending save and release orbax's threads; after a failed save, only release."""
+        try:
+            self.wait()
+        finally:
+            try:
+                self.manager.close()
+            except Exception:  # the failure already surfaced (orbax re-raises it on close)
+                if not self.failed:
+                    raise

@@ -1,19 +1,59 @@
-"""The `electra-jax` command. Every error a user can cause ends in one clear line and a non-zero exit."""
+"""The `electra-jax` command. Every error a user can cause ends in one clear line and a non-zero exit.
+
+Paths are resolved here, once, where they enter: local ones become absolute (`~` expanded), remote ones
+(gs://) stay as they are, so the library never depends on the working directory.
+"""
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 
-from electra_jax.config import ConfigError, load_config
-from electra_jax.data.builder import DataError
-from electra_jax.data.tokenizer import TokenizerError
-from electra_jax.distributed import DistributedError
-from electra_jax.finetune.tasks import TaskError
-from electra_jax.checkpoint import CheckpointError
-from electra_jax.hf import HFFormatError
-from electra_jax.pretrain import TrainingError
+# Before anything imports JAX or TensorFlow: their native INFO lines are noise on a terminal.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+
+from electra_jax.checkpoint import CheckpointError  # noqa: E402
+from electra_jax.config import ConfigError, load_config  # noqa: E402
+from electra_jax.data.builder import DataError  # noqa: E402
+from electra_jax.data.tokenizer import TokenizerError  # noqa: E402
+from electra_jax.distributed import DistributedError  # noqa: E402
+from electra_jax.finetune.tasks import TaskError  # noqa: E402
+from electra_jax.fs import resolve, split_step  # noqa: E402
+from electra_jax.hf import HFFormatError  # noqa: E402
+from electra_jax.pretrain import TrainingError  # noqa: E402
+
+# The demo's detect sentence: Genesis 1:3 with one word swapped ("light" -> "bread"), so there is a
+# replaced token to find.
+DEMO_SENTENCE = "And God said, Let there be light: and there was bread."
+
+# Flags that name local-or-remote paths, resolved once (see the module docstring).
+PATH_FLAGS = ("workdir", "data", "out", "model", "train", "dev", "tokenizer", "discriminator",
+              "generator", "tfds_data_dir", "checkpoint_dir", "results", "markdown")
+
+
+def _resolve_paths(args: argparse.Namespace) -> None:
+    for name in PATH_FLAGS:
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            setattr(args, name, resolve(value))
+    if isinstance(getattr(args, "profile", None), str):  # bench --profile DIR (pretrain's is a switch)
+        args.profile = resolve(args.profile)
+    for name in ("input", "results_files"):
+        if isinstance(getattr(args, name, None), list):
+            setattr(args, name, [resolve(p) for p in getattr(args, name)])
+    if isinstance(getattr(args, "init", None), str):  # WORKDIR[:step]
+        path, step = split_step(args.init)
+        args.init = resolve(path) + (f":{step}" if step is not None else "")
+
+
+def _resolve_config_paths(config) -> None:
+    """Paths set with --config.x=... or in a config file, resolved like the flags."""
+    config.data.path = resolve(config.data.path) if config.data.path else config.data.path
+    if "task" in config:
+        for name in ("train", "dev", "tfds_data_dir"):
+            config.task[name] = resolve(config.task[name]) if config.task[name] else config.task[name]
 
 
 def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -21,27 +61,141 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     return [a for a in argv if not a.startswith("--config.")], overrides
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after each flag's help; descriptions and epilogs keep their line breaks."""
+
+
+OVERRIDES_HELP = ("Any config field can be set after the flags: --config.<field>=<value>, e.g. "
+                  "--config.batch_size=32 --config.model.dtype=float32 --config.optim.learning_rate=1e-3.")
+CONFIG_HELP = ("a preset (tiny, small, small_plus, base, large; finetune/<size>) or a config file "
+               "(Python, defining get_config())")
+
+
 def _distributed_flags() -> argparse.ArgumentParser:
     """Flags joining the processes of a multi-host job (not needed on Cloud TPU or under Slurm)."""
     flags = argparse.ArgumentParser(add_help=False)
     group = flags.add_argument_group("multi-host (automatic on Cloud TPU VMs and under Slurm)")
     group.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
-    group.add_argument("--num-processes", type=int, default=None)
-    group.add_argument("--process-id", type=int, default=None)
+    group.add_argument("--num-processes", type=int, default=None, help="how many processes join")
+    group.add_argument("--process-id", type=int, default=None, help="this process's index, 0..N-1")
     group.add_argument("--distributed-timeout", type=int, default=300, help="seconds to wait for all")
     group.add_argument("--cpu-collectives", action="store_true", help="gloo for CPU-only processes (tests)")
     return flags
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("electra-jax")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="electra-jax", description="ELECTRA pretraining in JAX. Config fields can be overridden "
-        "with --config.<field>=<value>, e.g. --config.model.hidden_size=512.")
-    sub = parser.add_subparsers(dest="command", required=True)
+        prog="electra-jax", formatter_class=_HelpFormatter,
+        description="ELECTRA (replaced-token detection) pretraining, fine-tuning and Hugging Face export "
+        "in JAX. Paths may be relative, absolute, ~/... or gs://.", epilog=OVERRIDES_HELP)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    bench = sub.add_parser("bench", help="time the jitted train step on synthetic batches (--config), or "
-                           "run a benchmark suite against the PyTorch peer (--suite, --out)")
-    bench.add_argument("--config", default=None, help="a config file, e.g. configs/tiny.py")
+    def command(name, help, parents=(), config_overrides=False):
+        return sub.add_parser(name, help=help, description=help, parents=list(parents),
+                              formatter_class=_HelpFormatter,
+                              epilog=OVERRIDES_HELP if config_overrides else None)
+
+    demo = command("demo", "sample corpus -> examples -> pretrain tiny -> export -> detect, in WORKDIR",
+                   config_overrides=True)
+    demo.add_argument("--config", default="tiny", help=CONFIG_HELP)
+    demo.add_argument("--workdir", default="demo", help="data/, run/ and export/ go here; rerunning "
+                      "resumes")
+
+    pre = command("pretrain", "pretrain (resumes from the latest checkpoint in --workdir)",
+                  [_distributed_flags()], config_overrides=True)
+    pre.add_argument("--config", required=True, help=CONFIG_HELP)
+    pre.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl and config.json go here")
+    pre.add_argument("--data", default=None, help="a build-data directory (sets config.data.path)")
+    pre.add_argument("--profile", action="store_true",
+                     help="trace 5 steps after warm-up with jax.profiler (view in TensorBoard)")
+
+    export = command("export", "write Hugging Face directories from a pretrain or fine-tuning workdir")
+    export.add_argument("--workdir", required=True, help="a pretrain (or import, or finetune) workdir")
+    export.add_argument("--step", type=int, default=None, help="which checkpoint (default: the latest)")
+    export.add_argument("--out", required=True, help="OUT/discriminator and OUT/generator are written")
+    export.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="weights' dtype in model.safetensors")
+    export.add_argument("--seed", type=int, default=None,
+                        help="fine-tuning workdirs: which seed's run (default: the best)")
+
+    detect = command("detect", "show which tokens a discriminator calls replaced: p(replaced) per token")
+    detect.add_argument("--model", required=True,
+                        help="an exported discriminator directory, or a pretrain WORKDIR[:step]")
+    detect.add_argument("text", nargs="+", help="the text to score")
+    detect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    ft = command("finetune", "fine-tune a pretrained discriminator on a task", [_distributed_flags()],
+                 config_overrides=True)
+    ft.add_argument("--init", required=True,
+                    help="an HF ELECTRA discriminator directory, or a pretrain WORKDIR[:step]")
+    ft.add_argument("--task", required=True, help="cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, or "
+                    "classification / regression / tagging with --train and --dev files")
+    ft.add_argument("--workdir", required=True, help="checkpoints, results.json and config.json go here")
+    ft.add_argument("--config", default=None,
+                    help="default: the finetune/<size> preset for the --init model's hidden size")
+    ft.add_argument("--train", default=None, help="training file (.csv/.tsv/.jsonl; CoNLL for tagging)")
+    ft.add_argument("--dev", default=None, help="evaluation file, same format")
+    ft.add_argument("--seeds", type=int, default=1, help="runs with seeds seed..seed+K-1; the median is "
+                    "reported, as the paper")
+    ft.add_argument("--random-init", action="store_true",
+                    help="the --init model's shape and tokenizer but random weights (a baseline)")
+    ft.add_argument("--tfds-data-dir", default=None, help="where GLUE is prepared for TFDS")
+    ft.add_argument("--download", action="store_true", help="let TFDS download GLUE (needs network)")
+
+    imp = command("import", "HF discriminator + generator -> a step-0 checkpoint to pretrain on (or export)",
+                  config_overrides=True)
+    imp.add_argument("--discriminator", required=True, help="an HF ElectraForPreTraining directory")
+    imp.add_argument("--generator", required=True, help="an HF ElectraForMaskedLM directory")
+    imp.add_argument("--workdir", required=True, help="an empty directory; `pretrain` continues from it")
+    imp.add_argument("--config", default="base",
+                     help="training settings to continue with (model fields come from the HF configs)")
+
+    tok = command("tokenizer", "train an uncased WordPiece vocabulary")
+    tok.add_argument("--input", nargs="+", default=None,
+                     help="text files or globs (.gz ok); default: the shipped sample corpus")
+    tok.add_argument("--vocab-size", type=int, default=30522, help="vocabulary size (tiny preset: 2048)")
+    tok.add_argument("--min-frequency", type=int, default=2, help="rarer pieces are not kept")
+    tok.add_argument("--out", required=True, help="directory to write (AutoTokenizer loads it)")
+
+    data = command("build-data", "text -> packed pretraining examples (TFRecord shards)")
+    src = data.add_mutually_exclusive_group()
+    src.add_argument("--input", nargs="+",
+                     help="text files or globs (.gz ok); blank lines end documents; default: the sample corpus")
+    src.add_argument("--tfds", help="a TensorFlow Datasets text dataset, NAME[:SPLIT]")
+    data.add_argument("--text-key", default="text", help="the TFDS feature holding the text")
+    data.add_argument("--tfds-data-dir", default=None, help="where TFDS data is prepared (or gs://)")
+    data.add_argument("--tokenizer", default=None,
+                      help="tokenizer directory or vocab.txt; default: the sample corpus's tokenizer")
+    data.add_argument("--seq-len", type=int, default=128, help="tokens per example (tiny preset: 64)")
+    data.add_argument("--max-positions", type=int, default=512, help="the model's position table size")
+    data.add_argument("--out", required=True, help="directory for the shards and manifest.json")
+    data.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),
+                      help="tokenizing processes")
+    data.add_argument("--shards", type=int, default=16, help="training files (at least one per host)")
+    data.add_argument("--eval-fraction", type=float, default=0.005,
+                      help="share of documents held out for evaluation (0: none)")
+    data.add_argument("--seed", type=int, default=0, help="packing and eval-split randomness")
+    data.add_argument("--overwrite", action="store_true", help="replace a different build in --out")
+    data.add_argument("--max-line-chars", type=int, default=100_000,
+                      help="longer lines are split at spaces into several units")
+
+    plot = command("plot", "a PNG of a run's loss and accuracy curves")
+    plot.add_argument("workdir", help="a pretrain workdir (reads its metrics.jsonl)")
+    plot.add_argument("--out", default=None, help="default: WORKDIR/curves.png")
+
+    bench = command("bench", "time the jitted train step on synthetic batches (--config), or run a "
+                    "benchmark suite against the PyTorch peer (--suite, --out)", config_overrides=True)
+    bench.add_argument("--config", default=None, help=CONFIG_HELP)
     bench.add_argument("--suite", default=None, choices=("smoke", "cpu", "gpu", "memory"),
                        help="ours vs transformers' PyTorch ELECTRA, eager and compiled, and the "
                        "optimisation variants; writes --out (JSON)")
@@ -65,93 +219,14 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--checkpoint-dir", default=None,
                        help="also time an async orbax save of the trained state into this directory")
 
-    pre = sub.add_parser("pretrain", help="pretrain (resumes from the latest checkpoint in --workdir)",
-                         parents=[_distributed_flags()])
-    pre.add_argument("--config", required=True, help="a config file, e.g. configs/small.py")
-    pre.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl and config.json go here")
-    pre.add_argument("--data", default=None, help="a build-data directory (sets config.data.path)")
-    pre.add_argument("--profile", action="store_true",
-                     help="trace 5 steps after warm-up with jax.profiler (view in TensorBoard)")
-
-    plot = sub.add_parser("plot", help="a PNG of a run's loss and accuracy curves")
-    plot.add_argument("workdir")
-    plot.add_argument("--out", default=None, help="default: WORKDIR/curves.png")
-
-    demo = sub.add_parser("demo", help="sample corpus -> examples -> pretrain tiny -> export -> detect")
-    demo.add_argument("--config", default="configs/tiny.py")
-    demo.add_argument("--workdir", default="demo")
-
-    ft = sub.add_parser("finetune", help="fine-tune a pretrained discriminator on a task",
-                        parents=[_distributed_flags()])
-    ft.add_argument("--init", required=True,
-                    help="an HF ELECTRA discriminator directory, or a pretrain WORKDIR[:step]")
-    ft.add_argument("--task", required=True, help="cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, or "
-                    "classification / regression / tagging with --train and --dev files")
-    ft.add_argument("--workdir", required=True)
-    ft.add_argument("--config", default=None, help="default: configs/finetune/<size>.py by hidden size")
-    ft.add_argument("--train", default=None, help="training file (.csv/.tsv/.jsonl; CoNLL for tagging)")
-    ft.add_argument("--dev", default=None, help="evaluation file, same format")
-    ft.add_argument("--seeds", type=int, default=1, help="runs with seeds seed..seed+K-1; the median is "
-                    "reported, as the paper")
-    ft.add_argument("--random-init", action="store_true",
-                    help="the --init model's shape and tokenizer but random weights (a baseline)")
-    ft.add_argument("--tfds-data-dir", default=None, help="where GLUE is prepared for TFDS")
-    ft.add_argument("--download", action="store_true", help="let TFDS download GLUE (needs network)")
-
-    export = sub.add_parser("export", help="write Hugging Face directories from a pretrain checkpoint")
-    export.add_argument("--workdir", required=True)
-    export.add_argument("--step", type=int, default=None, help="default: the latest checkpoint")
-    export.add_argument("--out", required=True, help="OUT/discriminator and OUT/generator are written")
-    export.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    export.add_argument("--seed", type=int, default=None,
-                        help="fine-tuning workdirs: which seed's run (default: the best)")
-
-    imp = sub.add_parser("import", help="HF discriminator + generator -> a step-0 checkpoint to pretrain on")
-    imp.add_argument("--discriminator", required=True, help="an HF ElectraForPreTraining directory")
-    imp.add_argument("--generator", required=True, help="an HF ElectraForMaskedLM directory")
-    imp.add_argument("--workdir", required=True, help="an empty directory; `pretrain` continues from it")
-    imp.add_argument("--config", default="configs/base.py",
-                     help="training settings to continue with (model fields come from the HF configs)")
-
-    detect = sub.add_parser("detect", help="show which tokens an exported discriminator calls replaced")
-    detect.add_argument("--model", required=True, help="an exported discriminator directory")
-    detect.add_argument("text", nargs="+")
-    detect.add_argument("--json", action="store_true")
-
-    tok = sub.add_parser("tokenizer", help="train an uncased WordPiece vocabulary")
-    tok.add_argument("--input", nargs="+", default=None,
-                     help="text files or globs (.gz ok); default: the shipped sample corpus")
-    tok.add_argument("--vocab-size", type=int, default=30522)
-    tok.add_argument("--min-frequency", type=int, default=2)
-    tok.add_argument("--out", required=True, help="directory to write (AutoTokenizer loads it)")
-
-    data = sub.add_parser("build-data", help="text -> packed pretraining examples (TFRecord shards)")
-    src = data.add_mutually_exclusive_group()
-    src.add_argument("--input", nargs="+", help="text files or globs (.gz ok); blank lines end documents")
-    src.add_argument("--tfds", help="a TensorFlow Datasets text dataset, NAME[:SPLIT]")
-    data.add_argument("--text-key", default="text", help="the TFDS feature holding the text")
-    data.add_argument("--tfds-data-dir", default=None, help="where TFDS data is prepared (or gs://)")
-    data.add_argument("--tokenizer", default=None,
-                      help="tokenizer directory or vocab.txt; default: the sample corpus's tokenizer")
-    data.add_argument("--seq-len", type=int, default=128)
-    data.add_argument("--max-positions", type=int, default=512, help="the model's position table size")
-    data.add_argument("--out", required=True)
-    data.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)))
-    data.add_argument("--shards", type=int, default=16)
-    data.add_argument("--eval-fraction", type=float, default=0.0,
-                      help="share of documents held out for evaluation")
-    data.add_argument("--seed", type=int, default=0)
-    data.add_argument("--overwrite", action="store_true", help="replace a different build in --out")
-    data.add_argument("--max-line-chars", type=int, default=100_000,
-                      help="longer lines are split at spaces into several units")
-
-    table = sub.add_parser("bench-table", help="suite results (JSON) -> tables in BENCHMARKS.md")
-    table.add_argument("results", nargs="+", help="files written by bench --suite")
+    table = command("bench-table", "suite results (JSON) -> tables in BENCHMARKS.md")
+    table.add_argument("results_files", nargs="+", metavar="results", help="files written by bench --suite")
     table.add_argument("--markdown", default="BENCHMARKS.md",
                        help="rewritten between its bench-table markers (prose around them is kept)")
 
-    bench_data = sub.add_parser("bench-data", help="time the example builder and the tf.data reader")
-    bench_data.add_argument("--results", default="bench_results.jsonl")
+    bench_data = command("bench-data", "time the example builder and the tf.data reader")
+    bench_data.add_argument("--results", default="bench_results.jsonl",
+                            help="JSON-lines file the result is appended to")
     bench_data.add_argument("--fake-devices", type=int, default=8,
                             help="CPU devices to lay batches over (sets XLA_FLAGS before jax starts)")
     return parser
@@ -208,10 +283,11 @@ def _demo_command(args, config) -> None:
     print("    eval: " + ", ".join(f"{k} {v:.3f}" for k, v in result["eval"].items()))
     out = os.path.join(args.workdir, "export")
     print(f"3/4 exporting to {out}")
-    _export_command(argparse.Namespace(workdir=run, step=None, out=out, dtype="float32"))
-    text = "And God said, Let there be light: and there was light."
-    print(f"4/4 electra-jax detect --model {out}/discriminator \"{text}\"")
-    _detect_command(argparse.Namespace(model=os.path.join(out, "discriminator"), text=[text], json=False))
+    _export_command(argparse.Namespace(workdir=run, step=None, out=out, dtype="float32", seed=None))
+    print(f"4/4 electra-jax detect --model {os.path.join(out, 'discriminator')} \"{DEMO_SENTENCE}\"\n"
+          "    (\"bread\" replaces \"light\"; a tiny model trained for minutes is a weak detector)")
+    _detect_command(argparse.Namespace(model=os.path.join(out, "discriminator"), text=[DEMO_SENTENCE],
+                                       json=False))
     print(f"done in {time.perf_counter() - start:.0f} s")
 
 
@@ -222,10 +298,9 @@ def _export_command(args) -> None:
     import numpy as np
 
     from electra_jax.config import model_spec
-    from electra_jax.data.reader import build_tokenizer, open_build
     from electra_jax.hf import export_pretrained
+    from electra_jax.pretrain import load_workdir_config, restore_params, workdir_tokenizer
     from electra_jax.writers import read_metrics
-    from electra_jax.pretrain import load_workdir_config, restore_params
 
     dtype = np.float32 if args.dtype == "float32" else ml_dtypes.bfloat16
     if "task" in load_workdir_config(args.workdir):  # a fine-tuning run: one classifier directory
@@ -234,28 +309,35 @@ def _export_command(args) -> None:
         print(f"exported {export_finetuned(args.workdir, args.out, args.seed, dtype)}")
         return
     config, step, params = restore_params(args.workdir, args.step)
-    manifest = open_build(config.data.path)
-    evals = [r for r in read_metrics(args.workdir) if r.get("split") == "eval"]
+    tokenizer = workdir_tokenizer(args.workdir, config)
+    evals = [r for r in read_metrics(args.workdir) if r.get("split") == "eval" and r["step"] <= step]
+    if config.data.path:
+        from electra_jax.data.reader import open_build
+
+        manifest = open_build(config.data.path)
+        data = (f"Data: `{config.data.path}` ({manifest['splits']['train']['tokens']:,} tokens per epoch, "
+                f"seq_len {config.data.seq_len}).")
+    else:
+        data = "Data: none since import (the imported pair's own pretraining)."
     card = "\n".join([
         f"Pretrained with electra-jax for {step} steps (replaced-token detection).",
-        f"Data: `{config.data.path}` ({manifest['splits']['train']['tokens']:,} tokens per epoch, "
-        f"seq_len {config.data.seq_len}).",
+        data,
         f"Model: {config.model.num_layers} layers, hidden {config.model.hidden_size}, embeddings "
         f"{config.model.embedding_size}, generator fraction {config.model.generator_hidden_fraction}.",
         f"Final eval: {json.dumps(evals[-1]) if evals else 'none'}",
     ])
-    written = export_pretrained(params, model_spec(config), args.out, build_tokenizer(config.data.path, manifest), card,
-                                dtype, config.tokens.pad_id)
+    written = export_pretrained(params, model_spec(config), args.out, tokenizer, card, dtype,
+                                config.tokens.pad_id)
     print(f"exported step {step}: {written['discriminator']}, {written['generator']}")
 
 
 def _finetune_config_path(args) -> str:
-    """configs/finetune/<size>.py for the --init model's hidden size, unless --config names one."""
+    """The finetune/<size> preset for the --init model's hidden size, unless --config names one."""
     import json
 
     if args.config:
         return args.config
-    workdir = args.init.split(":", 1)[0]
+    workdir, _ = split_step(args.init)
     path = os.path.join(workdir, "config.json")
     hidden = None
     if os.path.isfile(path):
@@ -264,14 +346,15 @@ def _finetune_config_path(args) -> str:
         hidden = c.get("hidden_size") or c.get("model", {}).get("hidden_size")
     size = {256: "small", 768: "base", 1024: "large"}.get(hidden)
     size = size or ("tiny" if hidden and hidden < 256 else "base")
-    print(f"using configs/finetune/{size}.py (hidden size {hidden}); --config overrides")
-    return f"configs/finetune/{size}.py"
+    print(f"using the finetune/{size} preset (hidden size {hidden}); --config overrides")
+    return f"finetune/{size}"
 
 
 def _finetune_command(args, overrides) -> None:
     from electra_jax.finetune.run import finetune
 
     config = load_config(_finetune_config_path(args), overrides)
+    _resolve_config_paths(config)
     config.task.name = args.task
     if args.train:
         config.task.train = args.train
@@ -294,8 +377,9 @@ def _import_command(args, config) -> None:
     from electra_jax.pretrain import import_hf
 
     config, overrides = import_hf(args.discriminator, args.generator, args.workdir, config)
-    print(f"wrote step 0 to {args.workdir}; continue pretraining with\n  electra-jax pretrain --config "
-          f"{args.config} --workdir {args.workdir} --data DATA " + " ".join(overrides))
+    print(f"wrote step 0 to {args.workdir}; export it with\n  electra-jax export --workdir {args.workdir} "
+          f"--out OUT\nor continue pretraining with\n  electra-jax pretrain --config {args.config} --workdir "
+          f"{args.workdir} --data DATA " + " ".join(overrides))
 
 
 def _detect_command(args) -> None:
@@ -303,27 +387,27 @@ def _detect_command(args) -> None:
 
     import jax
     import numpy as np
-    from safetensors.numpy import load_file
 
+    from electra_jax.config import default_config, model_spec
     from electra_jax.data.tokenizer import load_tokenizer
-    from electra_jax.hf import from_hf_state_dict, spec_from_hf_config
     from electra_jax.model import Electra
+    from electra_jax.pretrain import load_discriminator
 
-    # No torch: read the exported weights back into our own model.
-    with open(os.path.join(args.model, "config.json")) as f:
-        spec = spec_from_hf_config(json.load(f))  # inference below is deterministic: dropout unused
-    params = from_hf_state_dict(load_file(os.path.join(args.model, "model.safetensors")), spec,
-                                "discriminator")
-    tok = load_tokenizer(args.model)
+    # No torch: the weights (an export, or a workdir's checkpoint) run in our own model.
+    fields, _, params, tokenizer = load_discriminator(args.model)
+    config = default_config()
+    config.model.update(fields)
+    tok = load_tokenizer(tokenizer)
     enc_text = tok.encode(" ".join(args.text))
     ids = np.asarray([enc_text.ids], np.int32)
-    logits = Electra(spec).apply({"params": params}, ids, np.zeros_like(ids), np.ones_like(ids),
-                                 method=Electra.discriminator_logits)
+    logits = Electra(model_spec(config)).apply(  # deterministic: dropout is off
+        {"params": params}, ids, np.zeros_like(ids), np.ones_like(ids), method=Electra.discriminator_logits)
     probs = np.asarray(jax.nn.sigmoid(logits))[0]
     rows = [{"token": t, "p_replaced": round(float(p), 4)} for t, p in zip(enc_text.tokens, probs)]
     if args.json:
         print(json.dumps(rows))
     else:
+        print(f"{'token':>16}  p(replaced)")
         for r in rows:
             print(f"{r['token']:>16}  {r['p_replaced']:.3f}  {'#' * int(round(20 * r['p_replaced']))}")
 
@@ -354,7 +438,9 @@ def _pretrain_command(args, config) -> None:
     if args.profile and not config.train.profile_steps:
         config.train.profile_steps = 5
     result = pretrain(config, args.workdir)
-    print(f"step {result['step']}: " + ", ".join(f"{k} {v:.4g}" for k, v in result["eval"].items()))
+    evaluated = ", ".join(f"{k} {v:.4g}" for k, v in result["eval"].items())
+    print(f"stopped at step {result['step']} of {config.num_train_steps}" +
+          (f"; eval: {evaluated}" if evaluated else ""))
 
 
 def _bench_suite_command(args) -> None:
@@ -371,11 +457,11 @@ def _bench_suite_command(args) -> None:
 def _bench_table_command(args) -> None:
     from electra_jax.bench.table import load, update_markdown
 
-    missing = [p for p in args.results if not os.path.isfile(p)]
+    missing = [p for p in args.results_files if not os.path.isfile(p)]
     if missing:
         raise ConfigError(f"no such results file: {', '.join(missing)}")
-    update_markdown(args.markdown, load(args.results))
-    print(f"wrote {len(args.results)} result file(s) into {args.markdown}")
+    update_markdown(args.markdown, load(args.results_files))
+    print(f"wrote {len(args.results_files)} result file(s) into {args.markdown}")
 
 
 def _bench_command(args, config) -> None:
@@ -405,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args_only, overrides = _split_overrides(argv)
     args = _parser().parse_args(args_only)
+    _resolve_paths(args)
     try:
         if hasattr(args, "coordinator"):  # before anything touches a JAX backend
             from electra_jax.distributed import initialize
@@ -424,7 +511,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"{args.command} takes no config, so {overrides[0]} has nothing to set")
             COMMANDS[args.command](args)
         else:
-            CONFIG_COMMANDS[args.command](args, load_config(args.config, overrides))
+            config = load_config(args.config, overrides)
+            _resolve_config_paths(config)
+            CONFIG_COMMANDS[args.command](args, config)
     except (ConfigError, DataError, TokenizerError, TrainingError, HFFormatError, CheckpointError,
             TaskError, DistributedError) as e:
         print(f"electra-jax: error: {e}", file=sys.stderr)

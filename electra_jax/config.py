@@ -377,17 +377,45 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
 # ----------------------------------------------------------------------------- loading
 
 
-def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> ml_collections.ConfigDict:
-    """Load `configs/x.py[:arg]` and apply `--config.a.b=value` overrides (ml_collections' parser,
-    as big_vision and the Flax examples). Raises ConfigError naming the file or the field."""
+def presets() -> list[str]:
+    """Names `--config` accepts besides a file: the shipped configs/ (tiny, small, ..., finetune/base)."""
+    import importlib.resources
+
+    root = importlib.resources.files("electra_jax.presets")
+    names = []
+    for folder, prefix in ((root, ""), (root / "finetune", "finetune/")):
+        names += sorted(prefix + f.name[:-3] for f in folder.iterdir()
+                        if f.name.endswith(".py") and not f.name.startswith("_"))
+    return names
+
+
+def find_config(path: str) -> str:
+    """A config file for `--config`: an existing file (relative to the working directory, `~` ok), else a
+    preset by name (`tiny`, `finetune/base`; `configs/tiny.py` also finds the preset from any
+    directory). A `:arg` suffix (ml_collections' config argument) is kept."""
+    import importlib.resources
     import os
 
+    file, sep, arg = path.partition(":")
+    local = os.path.abspath(os.path.expanduser(file))
+    if os.path.isfile(local):
+        return local + sep + arg
+    name = file[len("configs/"):] if file.startswith("configs/") else file
+    name = name[:-3] if name.endswith(".py") else name
+    if name in presets():
+        return str(importlib.resources.files("electra_jax.presets").joinpath(f"{name}.py")) + sep + arg
+    raise ConfigError(f"--config {file!r}: no such file (looked in {os.getcwd()}) and no preset of that "
+                      f"name; presets: {', '.join(presets())}")
+
+
+def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+    """Load a config file or preset (`find_config`) and apply `--config.a.b=value` overrides
+    (ml_collections' parser, as big_vision and the Flax examples). Raises ConfigError naming the file
+    or the field."""
     from absl import flags
     from ml_collections import config_flags
 
-    file = path.split(":", 1)[0]
-    if not os.path.isfile(file):
-        raise ConfigError(f"config file {file!r} does not exist (try configs/tiny.py or configs/small.py)")
+    path = find_config(path)
     for arg in overrides:
         if not arg.startswith("--config."):
             raise ConfigError(f"override {arg!r} must look like --config.model.hidden_size=512")

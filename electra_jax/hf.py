@@ -12,6 +12,7 @@ from typing import Iterator
 import numpy as np
 
 from electra_jax.config import EncoderSpec, ModelSpec
+from electra_jax.fs import host_tf, is_remote
 from electra_jax.model import unstack_layers
 
 TOWERS = ("discriminator", "generator")
@@ -177,11 +178,6 @@ def hf_config(spec: ModelSpec, tower: str, pad_token_id: int = 0) -> dict:
 SHARED_HF_FIELDS = ("vocab_size", "embedding_size", "max_position_embeddings", "type_vocab_size")
 
 
-def is_remote(path: str) -> bool:
-    """gs://, s3://, ram://, ...: paths that go through tf.io.gfile instead of the local filesystem."""
-    return "://" in path
-
-
 def read_pretrained(model_dir: str) -> tuple[dict, dict]:
     """(config.json, numpy state dict) of an HF ELECTRA directory (model.safetensors, or
     pytorch_model.bin when torch is installed); local or remote (gs://, read through tf.io.gfile)."""
@@ -190,8 +186,6 @@ def read_pretrained(model_dir: str) -> tuple[dict, dict]:
     import tempfile
 
     if is_remote(model_dir):
-        from electra_jax.data.reader import host_tf
-
         gfile = host_tf().io.gfile
         if not gfile.exists(os.path.join(model_dir, "config.json")):
             raise HFFormatError(f"{model_dir}: no config.json; expected a Hugging Face ELECTRA model "
@@ -311,8 +305,6 @@ def export_model(params, spec: ModelSpec, kind: str, out_dir: str, tokenizer_pat
             f.write(f"# ELECTRA {kind} ({ARCHITECTURES[kind]})\n\n{card}\n")
 
     if is_remote(out_dir):
-        from electra_jax.data.reader import host_tf
-
         gfile = host_tf().io.gfile
         with tempfile.TemporaryDirectory() as local:
             write(local)

@@ -25,17 +25,18 @@ import numpy as np
 from electra_jax import config as config_lib
 from electra_jax import flops
 from electra_jax.checkpoint import Checkpoints
-from electra_jax.data.reader import host_tf
+from electra_jax.fs import exists, host_tf, is_remote, read_text, split_step, write_text_atomic
 from electra_jax.objective import eval_metrics, eval_statistics
 from electra_jax.sharding import replicated
 from electra_jax.train import Setup, setup
-from electra_jax.writers import MetricWriter
+from electra_jax.writers import MetricWriter, Progress
 
 
 class TrainingError(RuntimeError):
     """The run cannot go on (NaN, incompatible checkpoint, bad data or workdir); says what to do."""
 
 
+TOKENIZER_FILE = "tokenizer.json"  # in a workdir: the model's tokenizer
 MODEL_FIELDS_THAT_MUST_MATCH = ("vocab_size", "embedding_size", "hidden_size", "num_layers", "num_heads",
                                 "intermediate_size", "max_position_embeddings", "type_vocab_size",
                                 "generator_hidden_fraction", "generator_layers_fraction", "scan_layers")
@@ -64,7 +65,7 @@ def check_checkpoint(config, meta: dict, workdir: str) -> None:
 
 def check_workdir(workdir: str, checkpoint_bytes: int) -> None:
     """Writable, with room for one more checkpoint: fail now, not hours later at the first save."""
-    if "://" in workdir:  # gs:// and friends: can we write there (credentials, bucket)?
+    if is_remote(workdir):  # gs:// and friends: can we write there (credentials, bucket)?
         tf = host_tf()
         probe = f"{workdir.rstrip('/')}/.write-test-{os.getpid()}"
         try:
@@ -93,11 +94,29 @@ def check_workdir(workdir: str, checkpoint_bytes: int) -> None:
 
 
 def write_config(config, workdir: str) -> None:
-    tf = host_tf()
-    tmp = os.path.join(workdir, "config.json.tmp")
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    tf.io.gfile.rename(tmp, os.path.join(workdir, "config.json"), overwrite=True)
+    write_text_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def write_tokenizer(tokenizer_path: str, workdir: str) -> None:
+    """WORKDIR/tokenizer.json: the model's tokenizer travels with its checkpoints (export, detect and
+    finetune --init read it; an imported pair has no data build to find it in)."""
+    from electra_jax.data.tokenizer import load_tokenizer
+
+    write_text_atomic(os.path.join(workdir, TOKENIZER_FILE), load_tokenizer(tokenizer_path).to_str())
+
+
+def workdir_tokenizer(workdir: str, config) -> str:
+    """The tokenizer of a pretrain workdir's model: its own copy, else (workdirs from before the copy)
+    the one its data was built with."""
+    from electra_jax.data.reader import build_tokenizer, open_build
+
+    own = os.path.join(workdir, TOKENIZER_FILE)
+    if exists(own):
+        return own
+    if not config.data.path:
+        raise TrainingError(f"{workdir}: no {TOKENIZER_FILE} and no data in its config.json, so its "
+                            "tokenizer is unknown; copy the tokenizer.json it was trained with there")
+    return build_tokenizer(config.data.path, open_build(config.data.path))
 
 
 # Metrics reported at their latest value rather than averaged over the log interval.
@@ -180,9 +199,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
     Returns {step, train: last logged train metrics, eval: last eval metrics}. SIGTERM and orbax's
     multi-host preemption notice save the current step, wait for the save and return.
     """
-    from tqdm import tqdm
-
-    from electra_jax.data.reader import Reader, open_build, train_dataset
+    from electra_jax.data.reader import Reader, build_tokenizer, open_build, train_dataset
 
     if not config.data.path:
         raise TrainingError("no training data: pass --config.data.path=DIR (a `build-data` output)")
@@ -193,8 +210,6 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
     check_workdir(workdir, sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract)))
     tc = config.train
     lead = jax.process_index() == 0
-    if lead:
-        write_config(config, workdir)
 
     init_rng, train_rng = s.rngs()
     reader = Reader(train_dataset(config.data.path, config.batch_size, config.seed,
@@ -203,11 +218,22 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
     meta = {"model": config.model.to_dict(), "data": config.data.path,
             "tokenizer_fingerprint": manifest["tokenizer_fingerprint"], "process_count": jax.process_count()}
     latest = checkpoints.latest_step()
-    if latest is None:
+    saved = None if latest is None else checkpoints.meta(latest)
+    if saved is not None:
+        check_checkpoint(config, saved, workdir)
+    # Every check has passed: only now does the workdir change (a refused run leaves it as it was).
+    if lead:
+        write_config(config, workdir)
+        write_tokenizer(build_tokenizer(config.data.path, manifest), workdir)
+        MetricWriter.drop_after(workdir, latest or 0)  # a rerun replaces what came after its checkpoint
+        print(f"resuming from step {latest} (checkpoint {os.path.join(checkpoints.directory, str(latest))})"
+              if saved is not None else f"starting from scratch (no checkpoint in {checkpoints.directory})")
+        if "eval" not in manifest["splits"]:
+            print(f"note: {config.data.path} has no eval split, so nothing is evaluated; rebuild with "
+                  "`build-data --eval-fraction 0.01` (or more) to watch held-out metrics")
+    if saved is None:
         state = s.init(init_rng)
     else:
-        saved = checkpoints.meta(latest)
-        check_checkpoint(config, saved, workdir)
         if saved.get("process_count", 1) == jax.process_count():
             state = checkpoints.restore(latest, abstract, reader)
         else:  # each host's reader position belongs to another split of the shards
@@ -241,7 +267,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
     if handle_sigterm:
         previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
     profile_from = step + 3 if tc.profile_steps else -1  # after compilation and warm-up
-    bar = tqdm(total=last, initial=step, unit="step", disable=not (progress and lead), dynamic_ncols=True)
+    bar = Progress(last, enabled=progress and lead)
     pending = None  # (step, (interval sums, count), step metrics), read once the next step is queued
     logged, evaluated = {}, {}
     tracing = False
@@ -253,7 +279,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
         values.update({k: float(latest[k]) for k in LATEST_VALUE_METRICS if k in latest})
         logged = {**values, **speed.measure(at)}
         writer.write(at, "train", logged)
-        bar.set_postfix(loss=f"{logged['loss']:.3f}", tok_s=f"{logged['tokens_per_s']:,.0f}")
+        bar.update(step, loss=f"{logged['loss']:.3f}", tok_s=f"{logged['tokens_per_s']:,.0f}")
         pending = None
 
     try:
@@ -267,6 +293,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
             if step == first_step:  # this call compiled the step: not a training-speed cost
                 speed.pause(time.perf_counter() - dispatched)
             step += 1
+            checkpoints.check()  # a save that failed in the background stops the run now
             if tracing and step == profile_from + tc.profile_steps:
                 jax.block_until_ready(metrics)
                 jax.profiler.stop_trace()
@@ -277,7 +304,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
                 log_pending()
             if step % tc.log_every == 0 or step == last:
                 pending, interval = (step, interval, metrics), None
-            bar.update(1)
+            bar.update(step)
             preempted = stop["signal"] or checkpoints.reached_preemption(step)
             save = step % tc.save_every == 0 or step == last or preempted
             run_eval = evaluate and (step % tc.eval_every == 0 or step == last)
@@ -345,6 +372,53 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[ml_collection
     return config, step, jax.tree.map(jax.device_get, state.params)
 
 
+def load_discriminator(source: str) -> tuple[dict, dict, dict, str]:
+    """(config.model fields, token ids, discriminator params {embeddings, discriminator}, tokenizer
+    path) from an HF ELECTRA discriminator directory or a pretrain WORKDIR[:step] (local or gs://).
+    Anything else (a missing path, a generator, a fine-tuning run) is a TrainingError saying what it is."""
+    from electra_jax.data.tokenizer import load_tokenizer, special_ids
+    from electra_jax.hf import from_hf_state_dict, read_pretrained, spec_from_hf_config
+    from electra_jax.model import unstack_layers
+
+    workdir, step = split_step(source)
+    if not exists(workdir):
+        raise TrainingError(f"{workdir}: no such file or directory")
+    has_config = exists(os.path.join(workdir, "config.json"))
+    saved = json.loads(read_text(os.path.join(workdir, "config.json"))) if has_config else {}
+    if "task" in saved:
+        raise TrainingError(f"{workdir} is a fine-tuning workdir (task {saved['task'].get('name')!r}), not a "
+                            "pretrained discriminator; give the pretrain workdir or its export")
+    if exists(os.path.join(workdir, "checkpoints")) or "model" in saved:  # a pretrain workdir
+        if not has_config:
+            raise TrainingError(f"{workdir}: checkpoints but no config.json; is this a pretrain --workdir?")
+        config, _, params = restore_params(workdir, step)
+        params = unstack_layers(params)
+        fields = {k: config.model[k] for k in (
+            "vocab_size", "embedding_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+            "max_position_embeddings", "type_vocab_size", "layer_norm_eps")}
+        tokenizer = workdir_tokenizer(workdir, config)
+    elif has_config:
+        if "ElectraForMaskedLM" in saved.get("architectures", []):
+            raise TrainingError(f"{source} is an ELECTRA generator (ElectraForMaskedLM); use the "
+                                f"discriminator (an export writes it beside the generator: "
+                                f"{os.path.join(os.path.dirname(source.rstrip('/')), 'discriminator')})")
+        hf, weights = read_pretrained(source)
+        spec = spec_from_hf_config(hf)
+        params = from_hf_state_dict(weights, spec, "discriminator")
+        fields = {"vocab_size": spec.vocab_size, "embedding_size": spec.embedding_size,
+                  "hidden_size": hf["hidden_size"], "num_layers": hf["num_hidden_layers"],
+                  "num_heads": hf["num_attention_heads"], "intermediate_size": hf["intermediate_size"],
+                  "max_position_embeddings": spec.max_position_embeddings,
+                  "type_vocab_size": spec.type_vocab_size, "layer_norm_eps": spec.layer_norm_eps}
+        tokenizer = os.path.join(source, "tokenizer.json") if is_remote(source) else source
+    else:
+        raise TrainingError(f"{source}: neither a Hugging Face ELECTRA discriminator directory "
+                            "(config.json + model.safetensors) nor a pretrain WORKDIR[:step]")
+    ids = special_ids(load_tokenizer(tokenizer), tokenizer)
+    tokens = {"pad_id": ids.pad, "cls_id": ids.cls, "sep_id": ids.sep, "mask_id": ids.mask}
+    return fields, tokens, params, tokenizer
+
+
 def import_hf(discriminator_dir: str, generator_dir: str, workdir: str, config: ml_collections.ConfigDict,
               devices=None) -> tuple[ml_collections.ConfigDict, list[str]]:
     """Published-layout HF discriminator + generator -> a step-0 checkpoint in `workdir` that pretraining
@@ -361,13 +435,22 @@ def import_hf(discriminator_dir: str, generator_dir: str, workdir: str, config: 
     fields = model_fields_from_hf(disc_config, gen_config)
     overrides = [f"--config.model.{k}={v}" for k, v in fields.items() if config.model[k] != v]
     config.model.update(fields)
+    positions = config.model.max_position_embeddings
+    if config.data.seq_len > positions:  # e.g. a small published pair under the default Base preset
+        print(f"note: data.seq_len {config.data.seq_len} -> {positions}, the pair's position table")
+        config.data.seq_len = positions
+        overrides.append(f"--config.data.seq_len={positions}")
     try:
-        ids = special_ids(load_tokenizer(discriminator_dir), discriminator_dir)
+        tokenizer = load_tokenizer(discriminator_dir)
+    except TokenizerError:
+        tokenizer = None  # no tokenizer files beside the weights: the config's special ids stand
+        print(f"note: {discriminator_dir} has no tokenizer files; export and finetune will need "
+              f"{os.path.join(workdir, TOKENIZER_FILE)}")
+    if tokenizer is not None:
+        ids = special_ids(tokenizer, discriminator_dir)
         tokens = {"pad_id": ids.pad, "cls_id": ids.cls, "sep_id": ids.sep, "mask_id": ids.mask}
         overrides += [f"--config.tokens.{k}={v}" for k, v in tokens.items() if config.tokens[k] != v]
         config.tokens.update(tokens)
-    except TokenizerError:
-        pass  # no tokenizer files beside the weights: the config's special ids stand
 
     s = setup(config, devices)
     abstract = s.abstract_state()
@@ -387,6 +470,8 @@ def import_hf(discriminator_dir: str, generator_dir: str, workdir: str, config: 
               "discriminator's are kept (ELECTRA shares them)")
     state = s.state_from_params(stack_layers(params) if config.model.scan_layers else params)
     write_config(config, workdir)
+    if tokenizer is not None:  # the pair's tokenizer stays with the model (export, finetune, detect)
+        write_text_atomic(os.path.join(workdir, TOKENIZER_FILE), tokenizer.to_str())
     meta = {"model": config.model.to_dict(), "data": None,
             "imported_from": {"discriminator": discriminator_dir, "generator": generator_dir}}
     checkpoints.save(0, state, meta)

@@ -7,8 +7,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
+import time
 
-from electra_jax.data.reader import host_tf
+from electra_jax.fs import host_tf, write_text_atomic
 
 
 class MetricWriter:
@@ -39,6 +41,68 @@ class MetricWriter:
     def close(self) -> None:
         for writer in self._tb.values():
             writer.close()
+
+    @staticmethod
+    def drop_after(workdir: str, step: int) -> int:
+        """Remove metrics.jsonl records past `step` (a rerun resuming there writes them again), so the
+        file holds each step once; returns how many were dropped. TensorBoard's event files are left:
+        they are append-only (TensorBoard shows the rerun's points beside the old ones)."""
+        records = read_metrics(workdir)
+        keep = [r for r in records if r.get("step", 0) <= step]
+        if len(keep) < len(records):
+            write_text_atomic(os.path.join(workdir, "metrics.jsonl"),
+                              "".join(json.dumps(r) + "\n" for r in keep))
+        return len(records) - len(keep)
+
+
+class Progress:
+    """Progress of a loop of steps: a tqdm bar on a terminal; in a log file (no terminal), a plain line
+    at most every `every_s` seconds, since a redrawn bar there is one endless line. The clock starts at
+    `start()`, called after the first step has compiled, so the rate and ETA are training's."""
+
+    def __init__(self, total: int, enabled: bool = True, every_s: float = 30.0, unit: str = "step"):
+        self.total, self.enabled, self.every_s, self.unit = total, enabled, every_s, unit
+        self.terminal = enabled and sys.stderr.isatty()
+        self.bar, self.step, self.started, self.last_line = None, 0, None, 0.0
+        self.start_step = 0
+
+    def start(self, step: int) -> None:
+        from tqdm import tqdm
+
+        self.step = self.start_step = step
+        self.started = self.last_line = time.perf_counter()
+        if self.terminal:
+            self.bar = tqdm(total=self.total, initial=step, unit=self.unit, dynamic_ncols=True)
+
+    def update(self, step: int, **postfix: str) -> None:
+        """At `step`; `postfix` (e.g. loss) is shown beside the bar, or in the next log line."""
+        if self.started is None:
+            self.start(step)
+            return
+        if self.bar is not None:
+            self.bar.update(step - self.step)
+            if postfix:
+                self.bar.set_postfix(postfix)
+        self.step = step
+        now = time.perf_counter()
+        if self.enabled and not self.terminal and postfix and (
+                now - self.last_line >= self.every_s or step == self.total):
+            rate = (step - self.start_step) / max(now - self.started, 1e-9)
+            eta = (self.total - step) / rate if rate > 0 else float("nan")
+            fields = ", ".join(f"{k} {v}" for k, v in postfix.items())
+            print(f"step {step}/{self.total}: {fields}, {rate:.2f} {self.unit}/s, ETA {eta / 60:.1f} min",
+                  flush=True)
+            self.last_line = now
+
+    def write(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(message)
+        elif self.enabled:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def read_metrics(workdir: str) -> list[dict]:

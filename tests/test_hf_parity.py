@@ -95,7 +95,7 @@ def test_export_and_read_back_through_gfile(tiny_config, tmp_path):
     """A remote OUT (an in-memory filesystem stands in for gs://) gets the same files as a local one,
     config.json uploaded last, and `read_pretrained` / `load_tokenizer` read them back from there."""
     from electra_jax.data import SAMPLE_TOKENIZER
-    from electra_jax.data.reader import host_tf
+    from electra_jax.fs import host_tf
     from electra_jax.data.tokenizer import load_tokenizer
     from electra_jax.hf import export_model, read_pretrained
 

@@ -270,7 +270,7 @@ def test_workdir_files_go_through_gfile():
     """config.json, metrics.jsonl and TensorBoard use tf.io.gfile: an in-memory filesystem stands in
     for gs:// here (same code path, no network)."""
     from electra_jax.pretrain import check_workdir, load_workdir_config, write_config
-    from electra_jax.data.reader import host_tf
+    from electra_jax.fs import host_tf
     from electra_jax.writers import MetricWriter, plot, read_metrics
 
     workdir = "ram://electra-test/run"

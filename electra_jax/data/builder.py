@@ -27,10 +27,13 @@ import json
 import multiprocessing
 import os
 import random
+import sys
 import time
 from typing import Iterator, Sequence
 
 import numpy as np
+
+from electra_jax.fs import host_tf, is_remote, resolve
 
 FORMAT = "electra-jax-pretraining/1"
 MANIFEST = "manifest.json"
@@ -116,26 +119,18 @@ def expand_inputs(patterns: Sequence[str]) -> list[str]:
 
 
 def _glob(pattern):
-    if "://" in pattern:
-        import tensorflow as tf
-
-        return tf.io.gfile.glob(pattern)
+    if is_remote(pattern):
+        return host_tf().io.gfile.glob(pattern)
     return globlib.glob(pattern, recursive=True)
 
 
 def _isdir(path):
-    if "://" in path:
-        import tensorflow as tf
-
-        return tf.io.gfile.isdir(path)
-    return os.path.isdir(path)
+    return host_tf().io.gfile.isdir(path) if is_remote(path) else os.path.isdir(path)
 
 
 def _open_bytes(path: str):
-    if "://" in path:
-        import tensorflow as tf
-
-        f = tf.io.gfile.GFile(path, "rb")
+    if is_remote(path):
+        f = host_tf().io.gfile.GFile(path, "rb")
     else:
         f = open(path, "rb")
     return gzip.GzipFile(fileobj=f) if path.endswith(".gz") else f
@@ -156,9 +151,7 @@ def iter_file_documents(files: Sequence[str], stats: ReadStats,
     """Documents (lists of non-empty, stripped lines) from text files; refuses binary files."""
     for path in files:
         stats.files += 1
-        with _open_bytes(path) as f:
-            if b"\x00" in f.read(8192):
-                raise DataError(f"{path}: looks binary (it contains NUL bytes); pass UTF-8 text files")
+        refuse_binary(path)
         bad, chars = 0, 0
         doc: list[str] = []
         with _open_bytes(path) as f:  # streamed: a corpus file may be far larger than memory
@@ -184,6 +177,12 @@ def iter_file_documents(files: Sequence[str], stats: ReadStats,
             stats.invalid_utf8_files.append(path)
 
 
+def refuse_binary(path: str) -> None:
+    with _open_bytes(path) as f:
+        if b"\x00" in f.read(8192):
+            raise DataError(f"{path}: looks binary (it contains NUL bytes); pass UTF-8 text files")
+
+
 def _split_long(line: str, max_chars: int, stats: ReadStats) -> list[str]:
     """A line over max_chars becomes whitespace-bounded pieces (each its own unit), not one huge unit."""
     if len(line) <= max_chars:
@@ -203,6 +202,7 @@ def _split_long(line: str, max_chars: int, stats: ReadStats) -> list[str]:
 def iter_tfds_documents(name: str, text_key: str, data_dir: str | None,
                         stats: ReadStats) -> Iterator[list[str]]:
     """Documents from a TFDS dataset `NAME[:SPLIT]`: each example's text, split into lines."""
+    host_tf()  # first: it imports TensorFlow quietly and keeps it off the accelerators
     import tensorflow_datasets as tfds
 
     dataset, _, split = name.partition(":")
@@ -304,7 +304,7 @@ def pack_block(task: tuple[int, list[list[str]]]) -> dict:
 
 
 def serialize(ids_row: np.ndarray, length: int, first_sep: int) -> bytes:
-    import tensorflow as tf
+    tf = host_tf()
 
     feature = {
         "input_ids": tf.train.Feature(bytes_list=tf.train.BytesList(value=[ids_row.astype(
@@ -320,7 +320,7 @@ def shard_name(split: str, index: int, count: int) -> str:
 
 
 def read_manifest(data_dir: str) -> dict | None:
-    import tensorflow as tf
+    tf = host_tf()
 
     path = os.path.join(data_dir, MANIFEST)
     if not tf.io.gfile.exists(path):
@@ -369,7 +369,7 @@ def _check_args(a: BuildArgs) -> None:
 
 def _prepare_out(a: BuildArgs) -> bool:
     """False if `out` already holds this exact build. Refuses a different build unless --overwrite."""
-    import tensorflow as tf
+    tf = host_tf()
 
     gfile = tf.io.gfile
     manifest = read_manifest(a.out)
@@ -392,12 +392,14 @@ def _prepare_out(a: BuildArgs) -> bool:
 
 def build(a: BuildArgs) -> dict:
     """Run the whole build; returns the manifest."""
-    import tensorflow as tf
+    tf = host_tf()
 
     from electra_jax.data.tokenizer import fingerprint, load_tokenizer, special_ids
 
     _check_args(a)
     files = expand_inputs(a.inputs) if a.inputs else []
+    for path in files:  # before anything is written (the reader would find them only later)
+        refuse_binary(path)
     tok = load_tokenizer(a.tokenizer)
     sp = special_ids(tok, a.tokenizer)
     vocab_size = tok.get_vocab_size()
@@ -423,7 +425,8 @@ def build(a: BuildArgs) -> dict:
 
     from tqdm import tqdm
 
-    bar = tqdm(desc="build-data", unit=" tok", unit_scale=True, disable=not a.progress)
+    # A bar only on a terminal: in a log file its redraws are one endless line.
+    bar = tqdm(desc="build-data", unit=" tok", unit_scale=True, disable=not (a.progress and sys.stderr.isatty()))
     if a.workers > 1:
         pool = multiprocessing.get_context("spawn").Pool(a.workers, _init_worker, (spec, True))
         results = pool.imap(pack_block, tasks)
@@ -431,6 +434,7 @@ def build(a: BuildArgs) -> dict:
         pool = None
         _init_worker(spec)
         results = map(pack_block, tasks)
+    complete = False
     try:
         for result in results:
             input_tokens += result["input_tokens"]
@@ -445,6 +449,7 @@ def build(a: BuildArgs) -> dict:
                     shard.write(serialize(row, length, first_sep))
                     c["examples"] += 1
                     c["tokens"] += int(length)
+        complete = counts["train"]["examples"] > 0
     finally:
         bar.close()
         if pool is not None:
@@ -452,12 +457,14 @@ def build(a: BuildArgs) -> dict:
         for ws in writers.values():
             for w in ws:
                 w.close()
+        if not complete:  # a failed build (bad input, Ctrl-C) leaves nothing that looks like data
+            for ns in names.values():
+                for n in ns:
+                    if tf.io.gfile.exists(os.path.join(a.out, n)):
+                        tf.io.gfile.remove(os.path.join(a.out, n))
 
     seconds = time.perf_counter() - start
     if counts["train"]["examples"] == 0:
-        for ns in names.values():
-            for n in ns:
-                tf.io.gfile.remove(os.path.join(a.out, n))
         source = ", ".join(a.inputs) if a.inputs else a.tfds
         raise DataError(f"{source}: no examples were made (the input holds no non-empty lines); "
                         "nothing was written")

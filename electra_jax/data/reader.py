@@ -17,23 +17,16 @@ import os
 import numpy as np
 
 from electra_jax.data.builder import FORMAT, TOKENIZER_FILE, DataError, read_manifest
-
-
-def host_tf():
-    """TensorFlow for host work (tf.data, tf.io.gfile), kept off the accelerators.
-
-    TensorFlow must not claim accelerator memory that JAX needs; it only feeds the host."""
-    import tensorflow as tf
-
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:
-        pass  # already initialised: too late to change, and then it was set before
-    return tf
+from electra_jax.fs import exists, host_tf
 
 
 def open_build(data_dir: str, seq_len: int | None = None) -> dict:
     """The manifest of a complete build, or a DataError that says what is wrong."""
+    if not data_dir:
+        raise DataError("no data directory given: pass --data DIR (a `build-data` output)")
+    if not exists(data_dir):
+        raise DataError(f"{data_dir}: no such directory; make it with `electra-jax build-data --out "
+                        f"{data_dir}` (or check the path)")
     manifest = read_manifest(data_dir)
     if manifest is None:
         raise DataError(f"{data_dir}: no manifest.json, so not a complete build; run "

@@ -16,6 +16,8 @@ from typing import Iterable
 import tokenizers
 from tokenizers import decoders, normalizers, pre_tokenizers, processors, trainers
 
+from electra_jax.fs import host_tf
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 in vocabularies we train
 
 
@@ -81,8 +83,6 @@ def load_tokenizer(path: str) -> tokenizers.Tokenizer:
     """A Rust tokenizer from an HF tokenizer directory, a directory with vocab.txt, a vocab.txt, or a
     tokenizer.json (local or gs://, as `build-data` stores beside the examples)."""
     if path.endswith(".json"):
-        from electra_jax.data.reader import host_tf
-
         gfile = host_tf().io.gfile
         if not gfile.exists(path):
             raise TokenizerError(f"{path}: no such tokenizer file")

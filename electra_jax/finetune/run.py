@@ -23,17 +23,17 @@ import optax
 
 from electra_jax import config as config_lib
 from electra_jax.checkpoint import Checkpoints
-from electra_jax.data.reader import host_tf
+from electra_jax.fs import host_tf
 from electra_jax.finetune import metrics as metrics_lib
 from electra_jax.finetune.tasks import (Examples, TaskError, TaskSpec, encode, label_names, read_conll,
                                         read_table, read_tfds, task_spec)
 from electra_jax.model import Classifier
 from electra_jax.optim import make_optimizer
-from electra_jax.pretrain import (TrainingError, check_finite, check_workdir, load_workdir_config,
-                                  write_config)
+from electra_jax.pretrain import (TrainingError, check_finite, check_workdir, load_discriminator,
+                                  load_workdir_config, write_config)
 from electra_jax.sharding import replicated
 from electra_jax.train import Setup, build
-from electra_jax.writers import MetricWriter
+from electra_jax.writers import MetricWriter, Progress
 
 
 # ----------------------------------------------------------------------------- the pure core
@@ -83,46 +83,9 @@ def layer_depths(params, num_layers: int, convention: str) -> Any:
 
 
 def load_init(init: str) -> tuple[dict, dict, dict, str]:
-    """(config.model fields, token ids, params {embeddings, discriminator: {encoder}}, tokenizer path)
+    """(config.model fields, token ids, backbone {embeddings, discriminator: {encoder}}, tokenizer path)
     from an HF discriminator directory or a pretrain WORKDIR[:step]."""
-    from electra_jax.data.reader import host_tf
-    from electra_jax.data.tokenizer import load_tokenizer, special_ids
-    from electra_jax.hf import HFFormatError, from_hf_state_dict, read_pretrained, spec_from_hf_config
-    from electra_jax.model import unstack_layers
-
-    exists = host_tf().io.gfile.exists  # local or gs://
-    workdir, sep, step = init.rpartition(":")
-    if not (sep and step.isdigit()):  # a gs:// scheme is not a step
-        workdir, step = init, ""
-    is_workdir = exists(os.path.join(workdir, "checkpoints"))
-    if exists(os.path.join(init, "config.json")) and not is_workdir:
-        hf, weights = read_pretrained(init)
-        if "ElectraForMaskedLM" in hf.get("architectures", []):
-            raise HFFormatError(f"{init} is an ELECTRA generator; fine-tune the discriminator")
-        spec = spec_from_hf_config(hf)
-        params = from_hf_state_dict(weights, spec, "discriminator")
-        fields = {"vocab_size": spec.vocab_size, "embedding_size": spec.embedding_size,
-                  "hidden_size": hf["hidden_size"], "num_layers": hf["num_hidden_layers"],
-                  "num_heads": hf["num_attention_heads"], "intermediate_size": hf["intermediate_size"],
-                  "max_position_embeddings": spec.max_position_embeddings,
-                  "type_vocab_size": spec.type_vocab_size, "layer_norm_eps": spec.layer_norm_eps}
-        tokenizer = init if os.path.isdir(init) else os.path.join(init, "tokenizer.json")
-    else:
-        from electra_jax.data.reader import build_tokenizer, open_build
-        from electra_jax.pretrain import restore_params
-
-        if not exists(os.path.join(workdir, "config.json")):
-            raise HFFormatError(f"--init {init}: neither a Hugging Face ELECTRA discriminator directory "
-                                "(config.json + model.safetensors) nor a pretrain workdir[:step]")
-        config, _, params = restore_params(workdir, int(step) if step else None)
-        params = unstack_layers(params)
-        m = config.model
-        fields = {k: m[k] for k in ("vocab_size", "embedding_size", "hidden_size", "num_layers", "num_heads",
-                                    "intermediate_size", "max_position_embeddings", "type_vocab_size",
-                                    "layer_norm_eps")}
-        tokenizer = build_tokenizer(config.data.path, open_build(config.data.path))
-    ids = special_ids(load_tokenizer(tokenizer), tokenizer)
-    tokens = {"pad_id": ids.pad, "cls_id": ids.cls, "sep_id": ids.sep, "mask_id": ids.mask}
+    fields, tokens, params, tokenizer = load_discriminator(init)
     backbone = {"embeddings": params["embeddings"],
                 "discriminator": {"encoder": params["discriminator"]["encoder"]}}
     return fields, tokens, backbone, tokenizer
@@ -226,8 +189,6 @@ def predict(s: Setup, params, data: dict, batch_size: int, predictor=None) -> np
 def run_seed(config, spec: TaskSpec, train: dict, evals: dict[str, dict], labels: list[str],
              backbone: dict | None, workdir: str, devices=None, progress: bool = True) -> dict:
     """Fine-tune one seed; keep the best epoch's checkpoint; return its metrics per eval split."""
-    from tqdm import tqdm
-
     num_outputs = 1 if spec.kind == "regression" else len(labels)
     s = classifier_setup(config, num_outputs, spec.kind, devices)
     init_rng, train_rng = s.rngs()
@@ -241,14 +202,15 @@ def run_seed(config, spec: TaskSpec, train: dict, evals: dict[str, dict], labels
     predictor = _predictor(s)
     n, bs = len(train["input_ids"]), config.batch_size
     epochs = config.num_epochs or spec.epochs
-    bar = tqdm(total=epochs * math.ceil(n / bs), unit="step", disable=not progress, dynamic_ncols=True)
-    history = []
+    bar = Progress(epochs * math.ceil(n / bs), enabled=progress and jax.process_index() == 0, every_s=0)
+    history, done = [], 0
     try:
         for epoch in range(epochs):
             order = np.random.default_rng([config.seed, epoch]).permutation(n)
             for batch in _batches(train, bs, order):
                 state, metrics = s.step(state, _put(batch, s.batch_sharding), train_rng)
-                bar.update(1)
+                done += 1
+                bar.update(done)  # a host counter: reading state.step would wait for the device
             step = int(state.step)
             values = check_finite(jax.device_get(metrics), step, checkpoints.latest_step(),
                                   config.optim.skip_nonfinite)
@@ -258,8 +220,8 @@ def run_seed(config, spec: TaskSpec, train: dict, evals: dict[str, dict], labels
                 scores = score(spec, predict(s, state.params, data, bs, predictor), data, labels)
                 result.update({f"{split}/{k}": v for k, v in scores.items()})
             writer.write(step, "eval", {k: v for k, v in result.items() if "/" in k})
-            bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in result.items()
-                             if k.startswith(main_split)})
+            bar.update(step, epoch=str(epoch + 1), **{k.split("/")[-1]: f"{v:.3f}" for k, v in result.items()
+                                                      if k.startswith(main_split)})
             history.append(result)
             checkpoints.save(step, state, {"task": spec.name, "labels": labels, **result}, metrics=result)
         kept = checkpoints.best_step()  # orbax's choice (ties included) is what export restores

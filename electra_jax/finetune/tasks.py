@@ -13,6 +13,8 @@ import os
 
 import numpy as np
 
+from electra_jax.fs import host_tf
+
 KINDS = ("classification", "regression", "tagging")
 
 
@@ -146,6 +148,7 @@ def read_conll(path: str) -> Examples:
 def read_tfds(spec: TaskSpec, split: str, data_dir: str | None, download: bool = False) -> Examples:
     """A GLUE split through TensorFlow Datasets: prepared under data_dir, or downloaded when allowed
     (offline, tfds would retry its download for minutes; we refuse at once instead)."""
+    host_tf()  # first: it imports TensorFlow quietly and keeps it off the accelerators
     import tensorflow_datasets as tfds
 
     source = f"tfds {spec.tfds}:{split}"

@@ -1,0 +1,1 @@
+"""Fine-tuning presets, picked by the --init model's hidden size unless --config names one."""
