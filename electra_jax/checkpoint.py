@@ -51,7 +51,9 @@ class Checkpoints:
         return self.manager.best_step()
 
     def save(self, step: int, state: Any, meta: dict, reader=None, metrics: dict | None = None) -> None:
-        """Start an async save of `state` (and write the reader position now, it is small)."""
+        """Start an async save of `state` (and write the reader position now, it is small). A previous
+        save still running is waited for first, and its failure raised (orbax would raise it bare)."""
+        self.wait()
         if reader is not None:
             host_tf().io.gfile.makedirs(os.path.dirname(self._reader_path(step)))
             reader.save(self._reader_path(step))

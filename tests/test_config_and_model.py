@@ -76,7 +76,7 @@ def test_cli_reports_bad_input_in_one_line():
         assert needle in out.stderr and "Traceback" not in out.stderr, out.stderr
     out = subprocess.run([sys.executable, "-m", "electra_jax.cli", "bench", "--config", "nope.py"],
                          capture_output=True, text=True)
-    assert out.returncode == 2 and "does not exist" in out.stderr
+    assert out.returncode == 2 and "no such file" in out.stderr and "presets: base" in out.stderr
 
 
 @pytest.mark.parametrize("policy,attention", [("none", "xla"), ("full", "xla"), ("dots", "xla"),
