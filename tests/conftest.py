@@ -22,3 +22,15 @@ def tiny_config():
     from electra_jax.config import load_config
 
     return load_config(str(ROOT / "configs" / "tiny.py"))
+
+
+@pytest.fixture(scope="session")
+def kjv64(tmp_path_factory):
+    """The sample corpus built as the tiny preset reads it (seq 64, 4 shards, 2% held out), once."""
+    from electra_jax.data import SAMPLE_CORPUS, SAMPLE_TOKENIZER
+    from electra_jax.data.builder import BuildArgs, build
+
+    out = tmp_path_factory.mktemp("data") / "kjv64"
+    build(BuildArgs(tokenizer=SAMPLE_TOKENIZER, out=str(out), inputs=[SAMPLE_CORPUS], seq_len=64,
+                    shards=4, eval_fraction=0.02, progress=False))
+    return str(out)

@@ -17,7 +17,6 @@ import orbax.checkpoint as ocp
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import ROOT
 from electra_jax.checkpoint import CheckpointError
 from electra_jax.config import load_config
 from electra_jax.data import SAMPLE_CORPUS, SAMPLE_TOKENIZER
@@ -117,12 +116,9 @@ def test_relative_paths_and_presets_through_the_whole_cli(tmp_path):
             cwd / "hf" / tower / "tokenizer.json").read_text()
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "kjv64"
-    build(BuildArgs(tokenizer=SAMPLE_TOKENIZER, out=str(out), inputs=[SAMPLE_CORPUS], seq_len=64,
-                    shards=2, eval_fraction=0.02, progress=False))
-    return str(out)
+@pytest.fixture
+def data_dir(kjv64):
+    return kjv64
 
 
 def _config(data_dir, *overrides):

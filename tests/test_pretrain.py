@@ -13,17 +13,12 @@ import pytest
 
 from conftest import ROOT
 from electra_jax.config import load_config
-from electra_jax.data import SAMPLE_CORPUS, SAMPLE_TOKENIZER
-from electra_jax.data.builder import BuildArgs, build
 from electra_jax.pretrain import TrainingError, pretrain
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "kjv64"
-    build(BuildArgs(tokenizer=SAMPLE_TOKENIZER, out=str(out), inputs=[SAMPLE_CORPUS], seq_len=64,
-                    shards=4, eval_fraction=0.02, progress=False))
-    return str(out)
+@pytest.fixture
+def data_dir(kjv64):
+    return kjv64
 
 
 def _config(data_dir, *overrides):

@@ -33,7 +33,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from electra_jax.fs import host_tf, is_remote, resolve
+from electra_jax.fs import host_tf, is_remote
 
 FORMAT = "electra-jax-pretraining/1"
 MANIFEST = "manifest.json"
