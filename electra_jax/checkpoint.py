@@ -64,6 +64,8 @@ class Checkpoints:
         self._drop_stale_reader_positions(keep={step, *self.all_steps()})
 
     def _drop_stale_reader_positions(self, keep: set[int]) -> None:
+        if jax.process_index() != 0:  # one host cleans the shared workdir; several would race
+            return
         root = os.path.join(self.workdir, "data_state")
         gfile = host_tf().io.gfile
         for name in gfile.listdir(root) if gfile.isdir(root) else []:

@@ -489,6 +489,7 @@ CONFIG_COMMANDS = {"demo": _demo_command, "pretrain": _pretrain_command, "bench"
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    sys.stdout.reconfigure(line_buffering=True)  # a log file (nohup, Slurm) shows each line as it comes
     args_only, overrides = _split_overrides(argv)
     args = _parser().parse_args(args_only)
     _resolve_paths(args)

@@ -228,6 +228,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
         MetricWriter.drop_after(workdir, latest or 0)  # a rerun replaces what came after its checkpoint
         print(f"resuming from step {latest} (checkpoint {os.path.join(checkpoints.directory, str(latest))})"
               if saved is not None else f"starting from scratch (no checkpoint in {checkpoints.directory})")
+        print(f"{jax.process_count()} process(es) x {jax.local_device_count()} {jax.devices()[0].platform} "
+              f"device(s); mesh {dict(s.mesh.shape)}")
         if "eval" not in manifest["splits"]:
             print(f"note: {config.data.path} has no eval split, so nothing is evaluated; rebuild with "
                   "`build-data --eval-fraction 0.01` (or more) to watch held-out metrics")

@@ -5,14 +5,16 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
+import orbax.checkpoint as ocp
 import pytest
 
 from conftest import ROOT
 
 LAUNCH = ROOT / "launch"
 POD = {"PROJECT": "my-project", "ZONE": "us-central2-b", "TPU_NAME": "electra", "ACCELERATOR_TYPE": "v4-32",
-       "CONFIG": "configs/base.py", "DATA": "gs://my-bucket/data", "WORKDIR": "gs://my-bucket/runs/base",
+       "CONFIG": "base", "DATA": "gs://my-bucket/data", "WORKDIR": "gs://my-bucket/runs/base",
        "REPO": "git+https://example.com/electra-jax.git"}
 
 
@@ -35,20 +37,44 @@ def test_scripts_are_shellcheck_clean():
 def test_tpu_pod_dry_run_prints_every_command():
     train = _run([str(LAUNCH / "tpu.sh"), "--dry-run", "train"], **POD)
     assert train.returncode == 0, train.stderr
-    assert "v4-32, 4 worker(s)" in train.stderr
-    cmd = train.stdout.strip().replace("\\ ", " ")
+    assert "v4-32, 4 worker(s), runtime tpu-ubuntu2204-base" in train.stderr
+    cmd = train.stdout.strip()
     assert cmd.startswith("gcloud compute tpus tpu-vm ssh electra --project=my-project --zone=us-central2-b "
-                          "--worker=all --command=")
-    assert "electra-jax pretrain --config configs/base.py --data gs://my-bucket/data " \
-           "--workdir gs://my-bucket/runs/base" in cmd
+                          "--worker=all ")
+    assert ("nohup $HOME/electra-jax-venv/bin/electra-jax pretrain --config base --data gs://my-bucket/data "
+            "--workdir gs://my-bucket/runs/base") in cmd
     assert "JAX_COMPILATION_CACHE_DIR=gs://my-bucket/runs/base/xla-cache" in cmd
     for action, expected in [("create", "tpu-vm create electra"), ("create-queued", "queued-resources create"),
-                             ("setup", "electra-jax[tpu]"), ("stop", "pkill -TERM"), ("delete", "tpu-vm delete")]:
+                             ("setup", "uv venv --quiet --allow-existing --python 3.12 $HOME/electra-jax-venv"),
+                             ("stop", "kill -TERM $pid"), ("delete", "tpu-vm delete"),
+                             ("delete-queued", "queued-resources delete electra")]:
         out = _run([str(LAUNCH / "tpu.sh"), "--dry-run", action], **POD)
         assert out.returncode == 0 and expected in out.stdout.replace("\\", ""), (action, out.stdout, out.stderr)
-    for accelerator, workers in [("v4-8", 1), ("v5p-64", 8), ("v5litepod-16", 4), ("v6e-8", 1)]:
-        out = _run([str(LAUNCH / "tpu.sh"), "--dry-run", "delete"], **{**POD, "ACCELERATOR_TYPE": accelerator})
-        assert f"{workers} worker(s)" in out.stderr
+
+
+@pytest.mark.parametrize("accelerator,workers,runtime", [
+    ("v4-8", 1, "tpu-ubuntu2204-base"), ("v4-32", 4, "tpu-ubuntu2204-base"), ("v5p-64", 8, "v2-alpha-tpuv5"),
+    ("v5litepod-8", 1, "v2-alpha-tpuv5-lite"), ("v5litepod-16", 4, "v2-alpha-tpuv5-lite"),
+    ("v6e-8", 1, "v2-alpha-tpuv6e"), ("v6e-16", 4, "v2-alpha-tpuv6e")])
+def test_tpu_runtime_version_and_workers_follow_the_accelerator(accelerator, workers, runtime):
+    """Runtime versions as cloud.google.com/tpu/docs/runtimes gives them; extra flags reach gcloud."""
+    out = _run([str(LAUNCH / "tpu.sh"), "--dry-run", "create-queued", "--spot"],
+               **{**POD, "ACCELERATOR_TYPE": accelerator})
+    assert out.returncode == 0, out.stderr
+    assert f"{workers} worker(s), runtime {runtime}" in out.stderr
+    assert out.stdout.split() == [
+        "gcloud", "compute", "tpus", "queued-resources", "create", "electra", "--project=my-project",
+        "--zone=us-central2-b", "--node-id=electra", f"--accelerator-type={accelerator}",
+        f"--runtime-version={runtime}", "--spot"]
+    pinned = _run([str(LAUNCH / "tpu.sh"), "--dry-run", "create"],
+                  **{**POD, "ACCELERATOR_TYPE": accelerator, "RUNTIME_VERSION": "my-image"})
+    assert "--version=my-image" in pinned.stdout
+
+
+@pytest.mark.parametrize("accelerator", ["v9-8", "v4", "tpu"])
+def test_unknown_accelerator_is_refused_before_any_command(accelerator):
+    out = _run([str(LAUNCH / "tpu.sh"), "--dry-run", "create"], **{**POD, "ACCELERATOR_TYPE": accelerator})
+    assert out.returncode == 2 and "ACCELERATOR_TYPE" in out.stderr and out.stdout == ""
 
 
 def test_missing_variables_fail_early():
@@ -71,6 +97,7 @@ def test_slurm_two_node_dry_run():
                                 "/shared/data --workdir /shared/runs/base --config.batch_size=256")
     header = (LAUNCH / "slurm.sbatch").read_text()
     assert "#SBATCH --ntasks-per-node=1" in header and "#SBATCH --signal=TERM@120" in header
+    assert "#SBATCH --exclusive" in header
 
 
 def test_gpu_dry_run_sets_xla_flags():
@@ -86,3 +113,90 @@ def test_gpu_benchmark_script_refuses_a_machine_without_gpu(tmp_path):
     assert out.returncode == 2, out.stderr
     assert "JAX sees no GPU" in out.stderr
     assert not list((tmp_path / "results").glob("*.json"))
+
+
+FAKE_GCLOUD = r"""#!/usr/bin/env bash
+# A fake gcloud for a simulated TPU slice: `tpu-vm ssh NAME --worker=all|N --command=C` runs C on each
+# worker as a non-interactive `bash -c` with its own HOME, a plain PATH and nothing else of this
+# machine's environment; what the TPU metadata server would tell JAX comes as JAX_* variables.
+set -euo pipefail
+echo "$*" >> "$FLEET/calls"
+[[ "$1 $2 $3 $4" == "compute tpus tpu-vm ssh" ]] || exit 0
+command="" worker=all
+for arg in "$@"; do
+  case "$arg" in --command=*) command="${arg#--command=}" ;; --worker=*) worker="${arg#--worker=}" ;; esac
+done
+workers=$(seq 0 $((FLEET_WORKERS - 1)))
+[[ "$worker" == all ]] || workers="$worker"
+pids=()
+for i in $workers; do
+  env -i HOME="$FLEET/worker$i" PATH=/usr/bin:/bin JAX_PLATFORMS=cpu \
+    XLA_FLAGS="--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=1" \
+    JAX_COORDINATOR_ADDRESS="127.0.0.1:$FLEET_PORT" JAX_NUM_PROCESSES="$FLEET_WORKERS" JAX_PROCESS_ID="$i" \
+    bash -c "$command" > "$FLEET/ssh-$i.out" 2>&1 &
+  pids+=("$!")
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+exit "$status"
+"""
+
+
+def _wait_until(predicate, seconds, what):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_simulated_tpu_slice_trains_stops_and_resumes(kjv64, tmp_path):
+    """launch/tpu.sh train -> stop -> train on two simulated workers (2 CPU devices each): the
+    command line it sends must run in a bare ssh shell, the workers must join into one job, SIGTERM
+    must save one step on both and the second train must resume it. (`setup` is stood in for by
+    linking each worker's venv to this one: installing from the network is not simulated.)"""
+    import socket
+
+    fleet = tmp_path / "fleet"
+    bin_dir = fleet / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
+    (bin_dir / "gcloud").chmod(0o755)
+    for i in range(2):
+        (fleet / f"worker{i}").mkdir()
+        (fleet / f"worker{i}" / "electra-jax-venv").symlink_to(sys.prefix)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = tmp_path / "run"
+    env = {**POD, "ACCELERATOR_TYPE": "v4-16", "CONFIG": "tiny", "DATA": kjv64, "WORKDIR": str(workdir),
+           "FLEET": str(fleet), "FLEET_WORKERS": "2", "FLEET_PORT": str(port),
+           "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "TRAIN_ARGS": "--cpu-collectives --distributed-timeout 120 --config.num_train_steps=100000 "
+                         "--config.train.log_every=1 --config.train.eval_every=0 --config.train.save_every=100000"}
+    tpu = lambda action, **more: _run([str(LAUNCH / "tpu.sh"), action], **{**env, **more})
+    logs = lambda: "\n".join((fleet / f"worker{i}" / "electra-jax.log").read_text() for i in range(2)
+                             if (fleet / f"worker{i}" / "electra-jax.log").exists())
+
+    started = tpu("train")
+    assert started.returncode == 0, started.stderr + (fleet / "ssh-0.out").read_text()
+    metrics = workdir / "metrics.jsonl"
+    _wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3, 300, logs)
+    assert "2 process(es) x 2 cpu device(s)" in logs()
+    stopped = tpu("stop")
+    assert stopped.returncode == 0, stopped.stderr + logs()
+    for i in range(2):
+        assert "stopped pid" in (fleet / f"ssh-{i}.out").read_text()
+    steps = ocp.CheckpointManager(str(workdir / "checkpoints")).all_steps()
+    assert len(steps) == 1, logs()
+    assert sorted(os.listdir(workdir / "data_state" / str(steps[0]))) == [
+        "host-0.data-00000-of-00001", "host-0.index", "host-1.data-00000-of-00001", "host-1.index"]
+
+    resumed = tpu("train", TRAIN_ARGS=env["TRAIN_ARGS"].replace("100000 ", f"{steps[0] + 2} ", 1))
+    assert resumed.returncode == 0, resumed.stderr
+    pid_alive = lambda i: subprocess.run(["kill", "-0", (fleet / f"worker{i}" / "electra-jax.pid").read_text()
+                                          .strip()], capture_output=True).returncode == 0
+    _wait_until(lambda: not pid_alive(0) and not pid_alive(1), 300, "the resumed run to finish")
+    assert f"resuming from step {steps[0]}" in logs()
+    assert ocp.CheckpointManager(str(workdir / "checkpoints")).latest_step() == steps[0] + 2

@@ -28,25 +28,55 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+FAKE_SRUN = """#!/usr/bin/env bash
+# A fake srun: the job step's tasks as local processes with Slurm's per-task variables.
+while [[ "$1" == --* ]]; do shift; done
+pids=()
+for ((i = 0; i < SLURM_NTASKS; i++)); do
+  SLURM_PROCID=$i SLURM_LOCALID=0 SLURM_NODEID=$i "$@" > "$SRUN_LOGS/task-$i.log" 2>&1 &
+  pids+=("$!")
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+exit "$status"
+"""
+
+
+def _slurm_job_id_with_free_port() -> int:
+    """A job id whose coordinator port (JAX: 61440 + id % 4096) is free here."""
+    for job_id in range(1000, 5096):
+        with socket.socket() as s:
+            try:
+                s.bind(("localhost", 61440 + job_id % 4096))
+            except OSError:
+                continue
+            return job_id
+    raise RuntimeError("no free port in Slurm's range")
+
+
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
+    """launch/slurm.sbatch as a 2-node job (a fake srun; 4 CPU devices per node, 4 "GPUs" per node
+    that electra-jax hands to jax.distributed): JAX's own Slurm detection joins the two tasks."""
     data = tmp_path_factory.mktemp("data") / "kjv64"
     build(BuildArgs(tokenizer=SAMPLE_TOKENIZER, out=str(data), inputs=[SAMPLE_CORPUS], seq_len=64,
                     shards=4, progress=False))
     workdir = tmp_path_factory.mktemp("run")
-    port = _free_port()
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4 "
-                                      "--xla_backend_optimization_level=1", "JAX_PLATFORMS": "cpu"}
-    common = [sys.executable, "-m", "electra_jax.cli", "pretrain", "--config", str(ROOT / "configs" / "tiny.py"),
-              "--workdir", str(workdir), "--data", str(data), f"--config.num_train_steps={STEPS}",
-              f"--config.train.save_every={STEPS}", "--config.train.eval_every=0", "--config.train.log_every=2",
-              "--config.data.shuffle_buffer=64", "--coordinator", f"localhost:{port}", "--num-processes", "2",
-              "--cpu-collectives", "--distributed-timeout", "120"]
-    procs = [subprocess.Popen(common + ["--process-id", str(i)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
-    outputs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outputs):
-        assert p.returncode == 0, err[-3000:]
+    fake = tmp_path_factory.mktemp("slurm")
+    (fake / "srun").write_text(FAKE_SRUN)
+    (fake / "srun").chmod(0o755)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=1",
+           "JAX_PLATFORMS": "cpu", "PATH": f"{fake}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+           "CONFIG": "tiny", "DATA": str(data), "WORKDIR": str(workdir), "SRUN_LOGS": str(fake),
+           "SLURM_JOB_ID": str(_slurm_job_id_with_free_port()), "SLURM_STEP_NODELIST": "localhost",
+           "SLURM_NTASKS": "2", "SLURM_JOB_NUM_NODES": "2", "SLURM_STEP_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "4"}
+    job = subprocess.run(["bash", str(ROOT / "launch" / "slurm.sbatch"), f"--config.num_train_steps={STEPS}",
+                          f"--config.train.save_every={STEPS}", "--config.train.eval_every=0",
+                          "--config.train.log_every=2", "--config.data.shuffle_buffer=64", "--cpu-collectives",
+                          "--distributed-timeout", "120"], env=env, capture_output=True, text=True, timeout=600)
+    logs = [(fake / f"task-{i}.log").read_text() for i in range(2)]
+    assert job.returncode == 0, job.stderr + "\n".join(logs)
+    assert "2 process(es) x 4 cpu device(s); mesh {'data': 8" in logs[0]
     return str(data), workdir
 
 
@@ -99,3 +129,35 @@ def test_unreachable_coordinator_is_a_clear_error(tmp_path):
                           "--distributed-timeout", "2"], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 2
     assert f"could not reach the coordinator localhost:{port} within 2 s" in out.stderr
+
+
+def test_when_processes_are_joined():
+    """distributed.plan: which jax.distributed.initialize arguments each environment gets."""
+    from electra_jax.distributed import DistributedError, on_cloud_tpu_vm, plan
+
+    assert plan({}, on_tpu_vm=False) is None  # one process anywhere else
+    # Cloud TPU VM: always, one host or many (JAX asks the metadata server), and with no
+    # TPU_WORKER_HOSTNAMES, which gcloud-made VMs do not set.
+    assert plan({}, on_tpu_vm=True) == {}
+    assert on_cloud_tpu_vm({"TPU_WORKER_HOSTNAMES": "a,b"}, paths=lambda _: [])  # GKE
+    assert not on_cloud_tpu_vm({}, paths=lambda _: [])
+    # Slurm: one task alone, nothing; one task per node gets all of its node's GPUs; one per GPU, JAX's default.
+    assert plan({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}, on_tpu_vm=False) is None
+    per_node = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "2", "SLURM_JOB_NUM_NODES": "2"}
+    assert plan({**per_node, "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}, on_tpu_vm=False) == {
+        "local_device_ids": [0, 1, 2, 3, 4, 5, 6, 7]}
+    assert plan({**per_node, "SLURM_GPUS_ON_NODE": "4"}, on_tpu_vm=False) == {"local_device_ids": [0, 1, 2, 3]}
+    assert plan(per_node, on_tpu_vm=False) == {}  # CPU nodes
+    per_gpu = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16", "SLURM_JOB_NUM_NODES": "2", "CUDA_VISIBLE_DEVICES": "3"}
+    assert plan(per_gpu, on_tpu_vm=False) == {}
+    # Explicit flags, or the same as JAX_* variables (flags win), on any machine.
+    explicit = {"coordinator_address": "h:1", "num_processes": 2, "process_id": 1}
+    assert plan({}, "h:1", 2, 1, on_tpu_vm=True) == explicit
+    env = {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}
+    assert plan(env, on_tpu_vm=False) == {**explicit, "process_id": 0}
+    assert plan(env, process_id=1, on_tpu_vm=False) == explicit
+    assert plan({}, "h:1", 1, 0, on_tpu_vm=False) is None
+    with pytest.raises(DistributedError, match="give all of"):
+        plan({}, "h:1", on_tpu_vm=False)
+    with pytest.raises(DistributedError, match="outside 0..1"):
+        plan({}, "h:1", 2, 2, on_tpu_vm=False)
