@@ -6,23 +6,13 @@ Paths are resolved here, once, where they enter: local ones become absolute (`~`
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 
-# Before anything imports JAX or TensorFlow: their native INFO lines are noise on a terminal.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-
-import argparse  # noqa: E402
-import sys  # noqa: E402
-
-from electra_jax.checkpoint import CheckpointError  # noqa: E402
-from electra_jax.config import ConfigError, load_config  # noqa: E402
-from electra_jax.data.builder import DataError  # noqa: E402
-from electra_jax.data.tokenizer import TokenizerError  # noqa: E402
-from electra_jax.distributed import DistributedError  # noqa: E402
-from electra_jax.finetune.tasks import TaskError  # noqa: E402
-from electra_jax.fs import resolve, split_step  # noqa: E402
-from electra_jax.hf import HFFormatError  # noqa: E402
-from electra_jax.pretrain import TrainingError  # noqa: E402
+# Light modules only: JAX is imported after main() has set the environment (and never for --help).
+from electra_jax.config import ConfigError, load_config
+from electra_jax.fs import resolve, split_step
 
 # The demo's detect sentence: Genesis 1:3 with one word swapped ("light" -> "bread"), so there is a
 # replaced token to find.
@@ -234,7 +224,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _tokenizer_command(args) -> None:
     from electra_jax.data import SAMPLE_CORPUS
-    from electra_jax.data.builder import ReadStats, expand_inputs, iter_file_documents
+    from electra_jax.data.builder import DataError, ReadStats, expand_inputs, iter_file_documents
     from electra_jax.data.tokenizer import save_tokenizer, train_tokenizer
 
     files = expand_inputs(args.input) if args.input else [SAMPLE_CORPUS]
@@ -488,11 +478,22 @@ CONFIG_COMMANDS = {"demo": _demo_command, "pretrain": _pretrain_command, "bench"
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # before JAX or TensorFlow load: no INFO lines
+    if hasattr(sys.stdout, "reconfigure"):  # a log file (nohup, Slurm) shows each line as it comes
+        sys.stdout.reconfigure(line_buffering=True)
     argv = list(sys.argv[1:] if argv is None else argv)
-    sys.stdout.reconfigure(line_buffering=True)  # a log file (nohup, Slurm) shows each line as it comes
     args_only, overrides = _split_overrides(argv)
     args = _parser().parse_args(args_only)
     _resolve_paths(args)
+
+    from electra_jax.checkpoint import CheckpointError
+    from electra_jax.data.builder import DataError
+    from electra_jax.data.tokenizer import TokenizerError
+    from electra_jax.distributed import DistributedError
+    from electra_jax.finetune.tasks import TaskError
+    from electra_jax.hf import HFFormatError
+    from electra_jax.pretrain import TrainingError
+
     try:
         if hasattr(args, "coordinator"):  # before anything touches a JAX backend
             from electra_jax.distributed import initialize
