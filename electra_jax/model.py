@@ -23,9 +23,6 @@ import jax.numpy as jnp
 from electra_jax.config import EncoderSpec, ModelSpec
 
 Array = jax.Array
-# TF1's truncated_normal_initializer(stddev) cuts a normal *of that stddev* at 2 sigma; JAX's
-# truncated_normal instead rescales so the truncated result has the stddev. This undoes the rescale.
-_TRUNCATION_STD = 0.87962566103423978
 _REMAT_POLICIES = {
     "full": None,  # save nothing, recompute everything
     "dots": jax.checkpoint_policies.checkpoint_dots,
@@ -34,7 +31,9 @@ _REMAT_POLICIES = {
 
 
 def _normal(spec: ModelSpec):
-    return nn.initializers.truncated_normal(stddev=spec.initializer_range * _TRUNCATION_STD)
+    # As TF1's truncated_normal_initializer(stddev=initializer_range): a normal of that stddev cut at
+    # 2 sigma (so the weights' std is 0.88 x initializer_range); JAX's takes stddev the same way.
+    return nn.initializers.truncated_normal(stddev=spec.initializer_range)
 
 
 def _p(init, axes):

@@ -126,3 +126,56 @@ def test_override_typo_names_the_nearest_field():
     with pytest.raises(config_lib.ConfigError, match=r"no field 'model.hiden_size'; did you mean "
                                                      r"--config.model.hidden_size\?"):
         config_lib.load_config(str(ROOT / "configs" / "tiny.py"), ["--config.model.hiden_size=3"])
+
+
+def _truncated_normal_std(stddev, cut=2.0):
+    """The std of a normal N(0, stddev^2) cut at +-cut sigma (what TF1's truncated_normal_initializer
+    draws): stddev * sqrt(1 - 2 c phi(c) / (2 Phi(c) - 1))."""
+    import math
+
+    phi = math.exp(-cut * cut / 2) / math.sqrt(2 * math.pi)
+    mass = math.erf(cut / math.sqrt(2))
+    return stddev * math.sqrt(1 - 2 * cut * phi / mass)
+
+
+@pytest.fixture(scope="module")
+def small_params():
+    spec = config_lib.model_spec(config_lib.load_config("small"))  # E 128 -> H 256: embeddings_project
+    params = jax.tree.map(np.asarray, nn.unbox(init_params(Electra(spec), jax.random.key(0), 8)))
+    return {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(params)}
+
+
+GLOROT = ("embeddings_project", "dense_prediction")  # tf.layers.dense's default initialiser there
+
+
+def test_initial_weights_have_the_originals_scale(small_params):
+    """The original's truncated_normal_initializer(0.02) (std 0.0176, |w| < 0.04) for embeddings,
+    attention, FFN and the heads' hidden layers, on ELECTRA-Small's fresh matrices, against the
+    formula (and TF's own initialiser); zero biases, unit LayerNorm scales."""
+    expected = _truncated_normal_std(0.02)
+    assert abs(expected - 0.017592) < 1e-6
+    normal = {k: v for k, v in small_params.items() if v.ndim >= 2 and not any(g in k for g in GLOROT)}
+    assert any("word_embeddings" in k for k in normal) and any("intermediate" in k for k in normal)
+    for name, w in normal.items():
+        if w.size >= 1_000_000:  # the word embeddings (30522 x 128)
+            assert abs(w.std() / expected - 1) < 0.005, (name, w.std())
+            assert 0.0395 < np.abs(w).max() < 0.04, (name, np.abs(w).max())
+    pooled = np.concatenate([w.ravel() for w in normal.values()])
+    assert abs(pooled.std() / expected - 1) < 0.002 and np.abs(pooled).max() < 0.04
+    for name, leaf in small_params.items():
+        if name.endswith("bias']"):
+            assert not leaf.any(), name
+        if name.endswith("['scale']"):
+            assert (leaf == 1).all(), name
+
+    tf = pytest.importorskip("tensorflow")
+    tf_weights = tf.compat.v1.truncated_normal_initializer(stddev=0.02, seed=0)((2000, 1000)).numpy()
+    assert abs(tf_weights.std() / expected - 1) < 0.005 and np.abs(tf_weights).max() < 0.04
+
+
+def test_glorot_layers_match_tf_layers_dense_default(small_params):
+    for suffix, (fan_in, fan_out) in {"embeddings_project']['kernel']": (128, 256),
+                                      "dense_prediction']['kernel']": (256, 1)}.items():
+        (name, w), = [(k, v) for k, v in small_params.items() if k.endswith(suffix) and "discriminator" in k]
+        limit = np.sqrt(6 / (fan_in + fan_out))
+        assert np.abs(w).max() <= limit and abs(w.std() / (limit / np.sqrt(3)) - 1) < 0.15, name
