@@ -161,7 +161,9 @@ class _Evaluator:
                 break
             batch = {k: jax.make_array_from_process_local_data(self.s.batch_sharding, v)
                      for k, v in host_batch.items()}
-            stats = jax.device_get(self.step(params, batch, self.rng))
+            # Fixed across evaluations (comparable curves), different for each batch (else row j of
+            # every batch would get the same mask positions and samples).
+            stats = jax.device_get(self.step(params, batch, jax.random.fold_in(self.rng, i)))
             total = stats if total is None else jax.tree.map(np.add, total, stats)
         return eval_metrics(total)
 

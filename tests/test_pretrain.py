@@ -280,3 +280,25 @@ def test_workdir_files_go_through_gfile():
     png = plot(workdir)
     with host_tf().io.gfile.GFile(png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_draws_each_batch_its_own_fixed_key(data_dir, monkeypatch):
+    """Every eval batch gets its own key (no two batches share masks), the same at every evaluation."""
+    import electra_jax.pretrain as pretrain_lib
+    from electra_jax.train import setup
+
+    config = _config(data_dir, "--config.train.eval_batches=3")
+    evaluator = pretrain_lib._Evaluator(setup(config, jax.devices()[:1]), config)
+    keys = []
+
+    def record(params, batch, rng):
+        keys.append(np.asarray(jax.random.key_data(rng)))
+        return {"n": np.ones(())}
+
+    evaluator.step = record
+    monkeypatch.setattr(pretrain_lib, "eval_metrics", lambda total: total)
+    evaluator(None)
+    evaluator(None)
+    first, second = keys[:3], keys[3:]
+    assert len(keys) == 6 and all((a == b).all() for a, b in zip(first, second))
+    assert len({k.tobytes() for k in first}) == 3
