@@ -271,7 +271,9 @@ class _Head(nn.Module):
         if self.style == "hf":
             x = _gelu(_dense(s.discriminator.hidden_size, ("embed", "proj"), "dense", s)(x))
             x = _dropout(x, s.dropout_rate, keys[1], deterministic)
-        return _dense(self.num_outputs, ("embed", "proj"), "out_proj", s)(x).astype(jnp.float32)
+        # The paper's head is the original's tf.layers.dense: Glorot uniform (HF's, a normal(0.02)).
+        init = nn.initializers.glorot_uniform() if self.style == "paper" else None
+        return _dense(self.num_outputs, ("embed", "proj"), "out_proj", s, init=init)(x).astype(jnp.float32)
 
 
 class Classifier(nn.Module):

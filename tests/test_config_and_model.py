@@ -179,3 +179,20 @@ def test_glorot_layers_match_tf_layers_dense_default(small_params):
         (name, w), = [(k, v) for k, v in small_params.items() if k.endswith(suffix) and "discriminator" in k]
         limit = np.sqrt(6 / (fan_in + fan_out))
         assert np.abs(w).max() <= limit and abs(w.std() / (limit / np.sqrt(3)) - 1) < 0.15, name
+
+
+@pytest.mark.parametrize("head,glorot", [("paper", True), ("hf", False)])
+def test_classifier_output_layer_initialiser(head, glorot):
+    """The paper head's output layer is tf.layers.dense's Glorot uniform, as run_finetuning's; the HF
+    head keeps the truncated normal(0.02)."""
+    from electra_jax.model import Classifier
+
+    spec = config_lib.model_spec(config_lib.load_config("small"))
+    ids = np.zeros((1, 8), np.int32)
+    params = nn.unbox(Classifier(spec, 300, "cls", head).init(jax.random.key(2), ids, ids, np.ones_like(ids))["params"])
+    w = np.asarray(params["head"]["out_proj"]["kernel"])
+    limit = np.sqrt(6 / (256 + 300))
+    if glorot:
+        assert np.abs(w).max() <= limit and abs(w.std() / (limit / np.sqrt(3)) - 1) < 0.05
+    else:
+        assert np.abs(w).max() < 0.04 and abs(w.std() / _truncated_normal_std(0.02) - 1) < 0.05
