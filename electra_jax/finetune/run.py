@@ -40,11 +40,13 @@ from electra_jax.writers import MetricWriter, Progress
 
 
 def classifier_loss(params, batch: dict, rng: jax.Array, *, model: Classifier, kind: str,
-                    deterministic: bool = False):
+                    deterministic: bool = False, reduction: str = "sum"):
     """Weighted CE (classification, tagging) or MSE (regression) and {name: [num, den]} metrics.
 
     `weights` [B] marks real rows (padding rows of the last batch weigh 0); tagging multiplies in
-    `label_weights` [B, S] (the first sub-token of each word).
+    `label_weights` [B, S] (the first sub-token of each word). `reduction="sum"` is the original's
+    (run_finetuning.py reduce_sums the per-example losses; gradients are then clipped to norm 1);
+    `"mean"` divides by the weight.
     """
     logits = model.apply({"params": params}, batch["input_ids"], batch["segment_ids"], batch["input_mask"],
                          deterministic, rngs=None if deterministic else {"dropout": rng})
@@ -58,7 +60,7 @@ def classifier_loss(params, batch: dict, rng: jax.Array, *, model: Classifier, k
         per = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
         correct = (jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.float32)
     total = jnp.sum(w)
-    loss = jnp.sum(w * per) / jnp.maximum(total, 1e-6)
+    loss = jnp.sum(w * per) if reduction == "sum" else jnp.sum(w * per) / jnp.maximum(total, 1e-6)
     return loss, {"loss": jnp.stack([jnp.sum(w * per), total]),
                   "accuracy": jnp.stack([jnp.sum(w * correct), total])}
 
@@ -124,7 +126,7 @@ def classifier_setup(config: ml_collections.ConfigDict, num_outputs: int, kind: 
         return model.init({"params": rng}, ids, ids, jnp.ones_like(ids))["params"]
 
     def grad_fn(params, batch, rng):
-        loss_fn = functools.partial(classifier_loss, model=model, kind=kind)
+        loss_fn = functools.partial(classifier_loss, model=model, kind=kind, reduction=config.loss_reduction)
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
         return grads, metrics
 
