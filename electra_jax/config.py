@@ -452,6 +452,7 @@ def finetune_config() -> ml_collections.ConfigDict:
     t.max_len = 128
     t.tfds_data_dir = ""
     t.download = False  # let TFDS download GLUE (needs network)
+    t.double_unordered = True  # MRPC and STS-B: train on each pair in both orders, as the original
     # Recorded by `finetune` for export: where the model came from, its tokenizer, the classes.
     t.init = ""
     t.tokenizer = ""

@@ -273,3 +273,27 @@ def test_bad_input_gets_a_clear_error(random_discriminator, tmp_path):
     assert main(base + ["--init", str(tmp_path)]) == 2  # neither HF nor a pretrain workdir
     assert main(["finetune", "--init", random_discriminator, "--task", "nope", "--workdir",
                  str(tmp_path / "w3")]) == 2
+
+
+def test_mrpc_and_stsb_train_on_both_orders_of_each_pair(monkeypatch):
+    """The original's double_unordered: MRPC's 3,668 training pairs become 7,336, the swapped copies
+    after the originals; only the training split, only the symmetric tasks, and it can be turned off."""
+    import electra_jax.finetune.run as run_lib
+    from electra_jax.finetune.tasks import Examples
+
+    def fake_tfds(spec, split, data_dir, download=False):
+        return Examples(f"{spec.name}:{split}", ["a1", "a2"], ["b1", "b2"], ["0", "1"])
+
+    monkeypatch.setattr(run_lib, "read_tfds", fake_tfds)
+    config = finetune_config()
+    for task, doubled in (("mrpc", True), ("stsb", True), ("rte", False), ("qqp", False)):
+        config.task.name = task
+        _, train, evals = run_lib.load_task(config)
+        if doubled:
+            assert (train.text_a, train.text_b, train.labels) == (
+                ["a1", "a2", "b1", "b2"], ["b1", "b2", "a1", "a2"], ["0", "1", "0", "1"]), task
+        else:
+            assert train.text_a == ["a1", "a2"], task
+        assert all(e.text_a == ["a1", "a2"] for e in evals.values())
+    config.task.name, config.task.double_unordered = "mrpc", False
+    assert run_lib.load_task(config)[1].text_a == ["a1", "a2"]

@@ -26,7 +26,7 @@ from electra_jax.checkpoint import Checkpoints
 from electra_jax.fs import host_tf
 from electra_jax.finetune import metrics as metrics_lib
 from electra_jax.finetune.tasks import (Examples, TaskError, TaskSpec, encode, label_names, read_conll,
-                                        read_table, read_tfds, task_spec)
+                                        read_table, read_tfds, task_spec, with_swapped_pairs)
 from electra_jax.model import Classifier
 from electra_jax.optim import make_optimizer
 from electra_jax.pretrain import (TrainingError, check_finite, check_workdir, load_discriminator,
@@ -108,6 +108,8 @@ def load_task(config: ml_collections.ConfigDict) -> tuple[TaskSpec, Examples, di
     for examples in (train, *evals.values()):
         if not examples.text_a:
             raise TaskError(f"{examples.source}: the split is empty")
+    if spec.symmetric and t.double_unordered:
+        train = with_swapped_pairs(train)
     return spec, train, evals
 
 

@@ -34,18 +34,21 @@ class TaskSpec:
     tfds: str | None = None
     train_split: str = "train"
     eval_splits: tuple[str, ...] = ("validation",)
+    symmetric: bool = False  # the label does not depend on the order of the pair (MRPC, STS-B)
 
 
-def _glue(name, metrics, a, b=None, epochs=3, kind="classification", eval_splits=("validation",)):
-    return TaskSpec(name, kind, metrics, epochs, a, b, "label", f"glue/{name}", "train", eval_splits)
+def _glue(name, metrics, a, b=None, epochs=3, kind="classification", eval_splits=("validation",),
+          symmetric=False):
+    return TaskSpec(name, kind, metrics, epochs, a, b, "label", f"glue/{name}", "train", eval_splits,
+                    symmetric)
 
 
 # Epochs as the original's configure_finetuning.py: 3, and 10 for the small RTE and STS-B.
 GLUE = {
     "cola": _glue("cola", ("mcc", "accuracy"), "sentence"),
     "sst2": _glue("sst2", ("accuracy",), "sentence"),
-    "mrpc": _glue("mrpc", ("accuracy", "f1"), "sentence1", "sentence2"),
-    "stsb": _glue("stsb", ("spearman", "pearson"), "sentence1", "sentence2", 10, "regression"),
+    "mrpc": _glue("mrpc", ("accuracy", "f1"), "sentence1", "sentence2", symmetric=True),
+    "stsb": _glue("stsb", ("spearman", "pearson"), "sentence1", "sentence2", 10, "regression", symmetric=True),
     "qqp": _glue("qqp", ("accuracy", "f1"), "question1", "question2"),
     "mnli": _glue("mnli", ("accuracy",), "premise", "hypothesis",
                   eval_splits=("validation_matched", "validation_mismatched")),
@@ -78,6 +81,13 @@ class Examples:
     text_a: list
     text_b: list | None
     labels: list
+
+
+def with_swapped_pairs(examples: Examples) -> Examples:
+    """Every pair again with its two texts swapped, after the originals: the original's
+    `double_unordered` for MRPC and STS-B training data."""
+    return Examples(f"{examples.source} (+ swapped pairs)", examples.text_a + examples.text_b,
+                    examples.text_b + examples.text_a, examples.labels + examples.labels)
 
 
 # ----------------------------------------------------------------------------- reading
