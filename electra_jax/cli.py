@@ -357,7 +357,7 @@ def _finetune_command(args, overrides) -> None:
         raise ConfigError("--seeds must be >= 1")
     results = finetune(config, args.init, args.workdir, seeds=args.seeds, random_init=args.random_init)
     for run in results["runs"]:
-        print(f"seed {run['seed']} (epoch {run['epoch']}): " +
+        print(f"seed {run['seed']} ({results['model_selection']} epoch, {run['epoch']}): " +
               ", ".join(f"{k} {v:.4f}" for k, v in run.items() if "/" in k))
     print("median: " + ", ".join(f"{k} {v:.4f}" for k, v in results["median"].items()) +
           f"  -> {os.path.join(args.workdir, 'results.json')}")

@@ -343,6 +343,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
            f"{p.layerwise_depth!r} is not one of {LAYERWISE_DEPTHS}")
     if "head" in config:
         _check(config.head in HEADS, "head", f"{config.head!r} is not one of {HEADS}")
+    if "model_selection" in config:
+        _check(config.model_selection in ("final", "best"), "model_selection",
+               f"{config.model_selection!r} is not one of ('final', 'best')")
     if "loss_reduction" in config:
         _check(config.loss_reduction in ("sum", "mean"), "loss_reduction",
                f"{config.loss_reduction!r} is not one of ('sum', 'mean')")
@@ -460,6 +463,7 @@ def finetune_config() -> ml_collections.ConfigDict:
     t.random_init = False
     c.head = "paper"  # "paper": [CLS] -> dropout -> dense; "hf": ElectraClassificationHead (exports)
     c.loss_reduction = "sum"  # the original sums per-example losses over the batch; "mean" divides
+    c.model_selection = "final"  # the final epoch, as the paper; "best": the best dev epoch (optimistic)
     c.num_epochs = 0  # 0: the task's own (3; 10 for RTE and STS-B)
     c.batch_size = 32
     c.optim.update(name="electra_adam", learning_rate=1e-4, weight_decay=0.01, layerwise_lr_decay=0.8,

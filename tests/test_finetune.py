@@ -297,3 +297,36 @@ def test_mrpc_and_stsb_train_on_both_orders_of_each_pair(monkeypatch):
         assert all(e.text_a == ["a1", "a2"] for e in evals.values())
     config.task.name, config.task.double_unordered = "mrpc", False
     assert run_lib.load_task(config)[1].text_a == ["a1", "a2"]
+
+
+@pytest.mark.parametrize("selection", ["final", "best"])
+def test_the_reported_epoch_is_the_final_one_unless_best_is_asked_for(random_discriminator, tmp_path, selection):
+    """The paper reports the final epoch (median over seeds); best-dev-epoch selection is optional and
+    labelled, with both medians in results.json; the checkpoint kept is the reported epoch's."""
+    from electra_jax.checkpoint import Checkpoints
+
+    rows = [(s, "lord" if " lord" in s.lower() else "other") for s in _kjv(160)]
+    _write_csv(tmp_path / "train.csv", rows[:120])
+    _write_csv(tmp_path / "dev.csv", rows[120:])
+    config = load_config("finetune/tiny", [
+        "--config.task.name=classification", f"--config.task.train={tmp_path / 'train.csv'}",
+        f"--config.task.dev={tmp_path / 'dev.csv'}", "--config.task.max_len=32", "--config.num_epochs=4",
+        f"--config.model_selection={selection}"])
+    results = finetune(config, random_discriminator, str(tmp_path / "run"), seeds=1, devices=jax.devices()[:1],
+                       progress=False)
+    assert results["model_selection"] == selection
+    for run, history in zip(results["runs"], results["history"]):
+        scores = [h["dev/accuracy"] for h in history]
+        assert len(history) == 4
+        if selection == "final":
+            assert run["epoch"] == 4 and run["dev/accuracy"] == scores[-1]
+        else:  # among tied epochs any may be kept: its score is the best
+            assert run["dev/accuracy"] == max(scores)
+        chosen = history[run["epoch"] - 1]
+        assert chosen["dev/accuracy"] == run["dev/accuracy"]
+        kept = Checkpoints(str(tmp_path / "run" / f"seed_{run['seed']}"), async_save=False).all_steps()
+        assert kept == [chosen["step"]]
+    finals = [h[-1]["dev/accuracy"] for h in results["history"]]
+    bests = [max(e["dev/accuracy"] for e in h) for h in results["history"]]
+    assert results["median_final_epoch"]["dev/accuracy"] == pytest.approx(np.median(finals))
+    assert results["median_best_dev_epoch"]["dev/accuracy"] == pytest.approx(np.median(bests))

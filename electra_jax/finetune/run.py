@@ -192,7 +192,9 @@ def predict(s: Setup, params, data: dict, batch_size: int, predictor=None) -> np
 
 def run_seed(config, spec: TaskSpec, train: dict, evals: dict[str, dict], labels: list[str],
              backbone: dict | None, workdir: str, devices=None, progress: bool = True) -> dict:
-    """Fine-tune one seed; keep the best epoch's checkpoint; return its metrics per eval split."""
+    """Fine-tune one seed and keep one checkpoint: the final epoch's (the original's, the default) or,
+    with model_selection="best", the epoch with the best dev score. Returns the kept epoch's metrics
+    ("selected"), the final and the best epoch's, and every epoch's."""
     num_outputs = 1 if spec.kind == "regression" else len(labels)
     s = classifier_setup(config, num_outputs, spec.kind, devices)
     init_rng, train_rng = s.rngs()
@@ -200,8 +202,10 @@ def run_seed(config, spec: TaskSpec, train: dict, evals: dict[str, dict], labels
     if backbone is not None:
         state = s.state_from_params({**state.params, **backbone})
     main_split, main_metric = next(iter(evals)), spec.metrics[0]
+    main = f"{main_split}/{main_metric}"
+    select_best = config.model_selection == "best"
     checkpoints = Checkpoints(workdir, keep=1, async_save=False,
-                              best=lambda m: m[f"{main_split}/{main_metric}"])
+                              best=(lambda m: m[main]) if select_best else None)
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     predictor = _predictor(s)
     n, bs = len(train["input_ids"]), config.batch_size
@@ -228,13 +232,14 @@ def run_seed(config, spec: TaskSpec, train: dict, evals: dict[str, dict], labels
                                                       if k.startswith(main_split)})
             history.append(result)
             checkpoints.save(step, state, {"task": spec.name, "labels": labels, **result}, metrics=result)
-        kept = checkpoints.best_step()  # orbax's choice (ties included) is what export restores
+        kept = checkpoints.best_step() if select_best else checkpoints.latest_step()  # what export restores
     finally:
         bar.close()
         checkpoints.close()
         writer.close()
-    best = next(r for r in history if r["step"] == kept)
-    return {"best": {"seed": config.seed, **best}, "history": history}
+    seeded = lambda r: {"seed": config.seed, **r}
+    return {"selected": seeded(next(r for r in history if r["step"] == kept)), "final": seeded(history[-1]),
+            "best": seeded(max(history, key=lambda r: r[main])), "history": history}
 
 
 def finetune(config: ml_collections.ConfigDict, init: str, workdir: str, *, seeds: int = 1,
@@ -274,11 +279,15 @@ def finetune(config: ml_collections.ConfigDict, init: str, workdir: str, *, seed
         seed_config.seed = config.seed + k
         runs.append(run_seed(seed_config, spec, train, evals, labels, None if random_init else backbone,
                              os.path.join(workdir, f"seed_{seed_config.seed}"), devices, progress))
-    names = [k for k in runs[0]["best"] if "/" in k]  # split/metric
+    names = [k for k in runs[0]["selected"] if "/" in k]  # split/metric
+    median = lambda which: {k: float(np.median([r[which][k] for r in runs])) for k in names}
     results = {"task": spec.name, "init": init, "random_init": random_init, "seeds": seeds,
                "epochs": epochs, "train_examples": len(train["input_ids"]),
-               "runs": [r["best"] for r in runs],
-               "median": {k: float(np.median([r["best"][k] for r in runs])) for k in names}}
+               # "final": the last epoch, as the paper reports; "best": chosen on the dev set, optimistic
+               "model_selection": config.model_selection,
+               "runs": [r["selected"] for r in runs], "median": median("selected"),
+               "median_final_epoch": median("final"), "median_best_dev_epoch": median("best"),
+               "history": [r["history"] for r in runs]}
     if jax.process_index() == 0:
         with host_tf().io.gfile.GFile(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
