@@ -100,6 +100,26 @@ def test_layerwise_learning_rates_follow_the_formula(convention, top):
         np.testing.assert_allclose(flat[name], [factor], rtol=1e-6, err_msg=name)
 
 
+def test_layerwise_learning_rates_in_the_scanned_layout():
+    """With model.scan_layers the layers are one stacked tree: slice i must get layer i's rate."""
+    import dataclasses
+
+    spec = dataclasses.replace(_spec(), scan_layers=True)
+    model = Classifier(spec, 2, "cls", "hf")
+    ids = jnp.zeros((1, 8), jnp.int32)
+    params = jax.tree.map(np.asarray, nn.unbox(model.init(jax.random.key(0), ids, ids, jnp.ones_like(ids))["params"]))
+    decay, top = 0.8, 4
+    tx = layerwise_lr_decay(lambda p: layer_depths(p, 2, "original"), decay)
+    updates, _ = tx.update(jax.tree.map(np.ones_like, params), tx.init(params))
+    flat = {"/".join(str(k.key) for k in path): np.asarray(v) for path, v in jax.tree_util.tree_leaves_with_path(updates)}
+    query = flat["discriminator/encoder/layers/attention/query/kernel"]
+    assert query.shape[0] == 2
+    for i in range(2):
+        np.testing.assert_allclose(np.unique(query[i]), [decay ** (top - 1 - i)], rtol=1e-6)
+    np.testing.assert_allclose(np.unique(flat["embeddings/word_embeddings"]), [decay ** top], rtol=1e-6)
+    np.testing.assert_allclose(np.unique(flat["head/out_proj/kernel"]), [1.0])
+
+
 def test_metrics_equal_known_values():
     gold, pred = np.array([1, 1, 1, 0]), np.array([1, 0, 1, 1])
     assert metrics.matthews_corrcoef(pred, gold) == pytest.approx(-1 / 3)  # scikit-learn's doc example

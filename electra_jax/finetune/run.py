@@ -68,13 +68,17 @@ def classifier_loss(params, batch: dict, rng: jax.Array, *, model: Classifier, k
 def layer_depths(params, num_layers: int, convention: str) -> Any:
     """Depth of every parameter for layer-wise LR decay: 0 embeddings (and their projection), i+1 for
     layer_i, and the head on top. `original` puts the head at L+2, as `_get_layer_lrs` (the top layer
-    then gets d^2, an off-by-one left from a removed pooler); `consecutive` at L+1."""
+    then gets d^2, an off-by-one left from a removed pooler); `consecutive` at L+1. In the scanned
+    layout (`model.scan_layers`) a `layers` leaf stacks the layers on its first axis, so its depth is
+    an array 1..L shaped to broadcast along that axis."""
     top = num_layers + 2 if convention == "original" else num_layers + 1
 
-    def depth(path, _):
+    def depth(path, leaf):
         names = [str(getattr(k, "key", k)) for k in path]
         if names[0] == "head":
             return top
+        if "layers" in names:
+            return np.arange(1, num_layers + 1).reshape((num_layers,) + (1,) * (len(leaf.shape) - 1))
         layer = next((n for n in names if re.fullmatch(r"layer_\d+", n)), None)
         return int(layer[len("layer_"):]) + 1 if layer else 0
 
