@@ -115,3 +115,82 @@ def test_export_and_read_back_through_gfile(tiny_config, tmp_path):
     assert load_tokenizer(remote + "/tokenizer.json").to_str() == load_tokenizer(local).to_str()
     with pytest.raises(HFFormatError, match="no config.json"):
         read_pretrained("ram://export-test/nothing-here")
+
+
+def _torch_electra(params, spec):
+    """transformers' ElectraForMaskedLM + ElectraForPreTraining holding our weights, sharing one
+    embeddings module (and the generator's LM head tied to its word embeddings), in eval mode."""
+    towers = {}
+    for tower, cls in (("discriminator", transformers.ElectraForPreTraining),
+                       ("generator", transformers.ElectraForMaskedLM)):
+        model = cls(transformers.ElectraConfig(**hf_config(spec, tower)))
+        state = {k: torch.tensor(v) for k, v in to_hf_state_dict(params, spec, tower).items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        assert not unexpected and set(missing) <= {"generator_lm_head.weight"}, (missing, unexpected)
+        towers[tower] = model.eval()  # no dropout
+    disc, gen = towers["discriminator"], towers["generator"]
+    gen.electra.embeddings = disc.electra.embeddings
+    gen.generator_lm_head.weight = disc.electra.embeddings.word_embeddings.weight
+    return disc, gen
+
+
+@pytest.mark.parametrize("shape", [
+    {},  # the tiny preset: 2 layers x 64, embeddings 32, generator 1/2
+    {"hidden_size": 48, "num_heads": 3, "num_layers": 3, "intermediate_size": 96, "embedding_size": 40},
+])
+def test_gradients_of_the_electra_loss_match_pytorch(shape):
+    """d(MLM + 50 x disc)/d(every parameter), dropout off, with our masking and our sampled tokens fed
+    to both, against torch.autograd through transformers' classes (shared embeddings, tied LM head)."""
+    import jax.numpy as jnp
+
+    from electra_jax.objective import forward, replace_tokens
+
+    config = config_lib.load_config("tiny", ["--config.data.seq_len=24", "--config.model.vocab_size=300"])
+    config.model.update(shape)
+    spec, objective = config_lib.model_spec(config), config_lib.objective_spec(config)
+    model = Electra(spec)
+    params = nn.unbox(init_params(model, jax.random.key(0), 24, 4))
+    leaves, tree = jax.tree.flatten(params)  # non-zero biases and LayerNorm params: mix-ups would show
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    params = jax.tree.unflatten(tree, [x + 0.02 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+    ids, seg, mask = _inputs(seq_len=24)
+    ids[:, 0], ids[0, 19] = 2, 3  # [CLS], a [SEP] before the padding
+    batch = {"input_ids": jnp.asarray(ids), "segment_ids": jnp.asarray(seg), "input_mask": jnp.asarray(mask)}
+    rng = jax.random.key(7)
+
+    f = jax.jit(lambda p: forward(p, batch, rng, model=model, spec=objective, deterministic=True))(params)
+    corrupted, is_fake = replace_tokens(batch["input_ids"], f.masked.positions, f.masked.weights, f.sampled)
+    assert int(jnp.sum(f.masked.weights)) > 0 and bool(jnp.any(is_fake))
+    loss_fn = lambda p: forward(p, batch, rng, model=model, spec=objective, deterministic=True,
+                                masked=f.masked).loss
+    ours_loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
+
+    disc, gen = _torch_electra(jax.tree.map(np.asarray, params), spec)
+    t = lambda x: torch.tensor(np.asarray(x), dtype=torch.long)
+    gen_logits = gen(input_ids=t(f.masked.input_ids), token_type_ids=t(seg), attention_mask=t(mask)).logits
+    slots = torch.take_along_dim(gen_logits, t(f.masked.positions)[..., None], dim=1)  # [B, N, V]
+    nll = -torch.log_softmax(slots, -1).gather(-1, t(f.masked.original_ids)[..., None])[..., 0]
+    w = torch.tensor(np.asarray(f.masked.weights), dtype=torch.float32)
+    mlm = (w * nll).sum() / (w.sum() + 1e-6)
+    disc_logits = disc(input_ids=t(corrupted), token_type_ids=t(seg), attention_mask=t(mask)).logits
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        disc_logits, torch.tensor(np.asarray(is_fake), dtype=torch.float32), reduction="none")
+    m = torch.tensor(mask, dtype=torch.float32)
+    theirs_loss = objective.gen_weight * mlm + objective.disc_weight * (bce * m).sum() / (m.sum() + 1e-6)
+    theirs_loss.backward()
+    np.testing.assert_allclose(float(ours_loss), float(theirs_loss), rtol=1e-5)
+
+    grads = jax.tree.map(np.asarray, grads)
+    total = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in jax.tree.leaves(grads)))
+    worst = 0.0
+    for tower, torch_model in (("discriminator", disc), ("generator", gen)):
+        torch_grads = {name: p.grad.numpy() for name, p in torch_model.named_parameters()}
+        for name, ours in to_hf_state_dict(grads, spec, tower).items():
+            theirs = torch_grads[name]
+            if np.linalg.norm(theirs) < 1e-6 * total:  # zero in exact arithmetic (the key biases:
+                assert np.linalg.norm(ours) < 1e-5 * total, (tower, name)  # softmax ignores them)
+                continue
+            err = np.linalg.norm(ours - theirs) / np.linalg.norm(theirs)
+            worst = max(worst, err)
+            assert err <= 1e-4, (tower, name, err)
+    print(f"max relative gradient difference over tensors: {worst:.2e}")
