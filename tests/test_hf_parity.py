@@ -149,10 +149,15 @@ def test_gradients_of_the_electra_loss_match_pytorch(shape):
     config.model.update(shape)
     spec, objective = config_lib.model_spec(config), config_lib.objective_spec(config)
     model = Electra(spec)
-    params = nn.unbox(init_params(model, jax.random.key(0), 24, 4))
-    leaves, tree = jax.tree.flatten(params)  # non-zero biases and LayerNorm params: mix-ups would show
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    params = jax.tree.unflatten(tree, [x + 0.02 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+    @jax.jit  # (eager Flax init is slow on the CPU)
+    def make_params(key):
+        params = nn.unbox(init_params(model, key, 24, 4))
+        leaves, tree = jax.tree.flatten(params)  # non-zero biases and LayerNorm params: mix-ups would show
+        keys = jax.random.split(jax.random.key(1), len(leaves))
+        return jax.tree.unflatten(tree, [x + 0.02 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+    params = make_params(jax.random.key(0))
     ids, seg, mask = _inputs(seq_len=24)
     ids[:, 0], ids[0, 19] = 2, 3  # [CLS], a [SEP] before the padding
     batch = {"input_ids": jnp.asarray(ids), "segment_ids": jnp.asarray(seg), "input_mask": jnp.asarray(mask)}
