@@ -134,6 +134,23 @@ def _torch_electra(params, spec):
     return disc, gen
 
 
+def _torch_loss(disc, gen, masked, corrupted, is_fake, segment_ids, input_mask, objective):
+    """The ELECTRA loss computed by transformers' classes from our masking and our samples:
+    gen_weight x weighted MLM cross-entropy over the slots + disc_weight x BCE over real tokens."""
+    t = lambda x: torch.tensor(np.asarray(x), dtype=torch.long)
+    seg, mask = t(segment_ids), t(input_mask)
+    logits = gen(input_ids=t(masked.input_ids), token_type_ids=seg, attention_mask=mask).logits
+    slots = torch.take_along_dim(logits, t(masked.positions)[..., None], dim=1)  # [B, N, V]
+    nll = -torch.log_softmax(slots, -1).gather(-1, t(masked.original_ids)[..., None])[..., 0]
+    w = torch.tensor(np.asarray(masked.weights), dtype=torch.float32)
+    disc_logits = disc(input_ids=t(corrupted), token_type_ids=seg, attention_mask=mask).logits
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        disc_logits, torch.tensor(np.asarray(is_fake), dtype=torch.float32), reduction="none")
+    m = mask.float()
+    return (objective.gen_weight * (w * nll).sum() / (w.sum() + 1e-6)
+            + objective.disc_weight * (bce * m).sum() / (m.sum() + 1e-6))
+
+
 @pytest.mark.parametrize("shape", [
     {},  # the tiny preset: 2 layers x 64, embeddings 32, generator 1/2
     {"hidden_size": 48, "num_heads": 3, "num_layers": 3, "intermediate_size": 96, "embedding_size": 40},
@@ -171,17 +188,7 @@ def test_gradients_of_the_electra_loss_match_pytorch(shape):
     ours_loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
 
     disc, gen = _torch_electra(jax.tree.map(np.asarray, params), spec)
-    t = lambda x: torch.tensor(np.asarray(x), dtype=torch.long)
-    gen_logits = gen(input_ids=t(f.masked.input_ids), token_type_ids=t(seg), attention_mask=t(mask)).logits
-    slots = torch.take_along_dim(gen_logits, t(f.masked.positions)[..., None], dim=1)  # [B, N, V]
-    nll = -torch.log_softmax(slots, -1).gather(-1, t(f.masked.original_ids)[..., None])[..., 0]
-    w = torch.tensor(np.asarray(f.masked.weights), dtype=torch.float32)
-    mlm = (w * nll).sum() / (w.sum() + 1e-6)
-    disc_logits = disc(input_ids=t(corrupted), token_type_ids=t(seg), attention_mask=t(mask)).logits
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(
-        disc_logits, torch.tensor(np.asarray(is_fake), dtype=torch.float32), reduction="none")
-    m = torch.tensor(mask, dtype=torch.float32)
-    theirs_loss = objective.gen_weight * mlm + objective.disc_weight * (bce * m).sum() / (m.sum() + 1e-6)
+    theirs_loss = _torch_loss(disc, gen, f.masked, corrupted, is_fake, seg, mask, objective)
     theirs_loss.backward()
     np.testing.assert_allclose(float(ours_loss), float(theirs_loss), rtol=1e-5)
 
@@ -267,7 +274,6 @@ def test_thirty_training_steps_match_pytorch(kjv64, shape):
                 torch_params.append((f"{tower}/{name}", p))
     moments = {}
     data = read_examples(kjv64)
-    t = lambda x: torch.tensor(np.asarray(x), dtype=torch.long)
     ours_losses, theirs_losses = [], []
     for step in range(steps):
         rows = slice(step * batch_size, (step + 1) * batch_size)
@@ -276,17 +282,8 @@ def test_thirty_training_steps_match_pytorch(kjv64, shape):
                                                                    jax.random.fold_in(jax.random.key(3), step))
         ours_losses.append(float(loss))
 
-        seg, mask = t(batch["segment_ids"]), t(batch["input_mask"])
-        logits = gen(input_ids=t(masked.input_ids), token_type_ids=seg, attention_mask=mask).logits
-        slots = torch.take_along_dim(logits, t(masked.positions)[..., None], dim=1)
-        nll = -torch.log_softmax(slots, -1).gather(-1, t(masked.original_ids)[..., None])[..., 0]
-        w = torch.tensor(np.asarray(masked.weights), dtype=torch.float32)
-        d = disc(input_ids=t(corrupted), token_type_ids=seg, attention_mask=mask).logits
-        bce = torch.nn.functional.binary_cross_entropy_with_logits(
-            d, torch.tensor(np.asarray(is_fake), dtype=torch.float32), reduction="none")
-        m = mask.float()
-        theirs = (objective.gen_weight * (w * nll).sum() / (w.sum() + 1e-6)
-                  + objective.disc_weight * (bce * m).sum() / (m.sum() + 1e-6))
+        theirs = _torch_loss(disc, gen, masked, corrupted, is_fake, batch["segment_ids"], batch["input_mask"],
+                             objective)
         theirs.backward()
         theirs_losses.append(float(theirs))
         _torch_electra_adam_step(torch_params, moments, step, config.optim.learning_rate, steps,
