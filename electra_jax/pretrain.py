@@ -330,7 +330,6 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
         if tracing:
             jax.profiler.stop_trace()
         bar.close()
-        checkpoints.wait()
         checkpoints.close()
         writer.close()
         if handle_sigterm:
@@ -479,6 +478,5 @@ def import_hf(discriminator_dir: str, generator_dir: str, workdir: str, config: 
     meta = {"model": config.model.to_dict(), "data": None,
             "imported_from": {"discriminator": discriminator_dir, "generator": generator_dir}}
     checkpoints.save(0, state, meta)
-    checkpoints.wait()
     checkpoints.close()
     return config, overrides

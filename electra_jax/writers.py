@@ -155,7 +155,8 @@ def plot(workdir: str, out: str | None = None) -> str:
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.lines:  # a panel with no records has nothing to label
+            ax.legend(fontsize=8)
     fig.suptitle(workdir)
     fig.tight_layout()
     out = out or os.path.join(workdir, "curves.png")
