@@ -214,6 +214,15 @@ def _parser() -> argparse.ArgumentParser:
     table.add_argument("--markdown", default="BENCHMARKS.md",
                        help="rewritten between its bench-table markers (prose around them is kept)")
 
+    exp = command("experiment", "run a recorded experiment: `parity` trains electra-jax and an independent "
+                  "PyTorch ELECTRA (transformers' classes, the original's Adam) side by side, 3 seeds, and "
+                  "compares the loss curves", config_overrides=True)
+    exp.add_argument("name", choices=("parity",), help="which experiment")
+    exp.add_argument("--config", default="tiny", help=CONFIG_HELP + " (its num_train_steps is the length)")
+    exp.add_argument("--out", default=None, help="results and data go here (default: experiments/NAME)")
+    exp.add_argument("--seeds", type=int, default=3, help="runs per implementation")
+    exp.add_argument("--window", type=int, default=100, help="steps per compared window")
+
     bench_data = command("bench-data", "time the example builder and the tf.data reader")
     bench_data.add_argument("--results", default="bench_results.jsonl",
                             help="JSON-lines file the result is appended to")
@@ -454,6 +463,15 @@ def _bench_table_command(args) -> None:
     print(f"wrote {len(args.results_files)} result file(s) into {args.markdown}")
 
 
+def _experiment_command(args, config) -> None:
+    from electra_jax.experiments import parity
+
+    if args.seeds < 2 or args.window < 1:
+        raise ConfigError("experiment needs --seeds >= 2 (the noise is the spread over seeds) and --window >= 1")
+    parity.run(config, args.out or resolve(os.path.join("experiments", args.name)), seeds=args.seeds,
+               window=args.window)
+
+
 def _bench_command(args, config) -> None:
     from electra_jax.bench import step as bench
 
@@ -474,7 +492,7 @@ COMMANDS = {"tokenizer": _tokenizer_command, "build-data": _build_data_command,
             "bench-table": _bench_table_command,
             "plot": _plot_command}
 CONFIG_COMMANDS = {"demo": _demo_command, "pretrain": _pretrain_command, "bench": _bench_command,
-                   "import": _import_command}
+                   "import": _import_command, "experiment": _experiment_command}
 
 
 def main(argv: list[str] | None = None) -> int:

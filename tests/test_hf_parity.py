@@ -15,6 +15,8 @@ from electra_jax.model import Electra, init_params
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from electra_jax.bench.peer import named_parameters, original_adam_step, torch_electra  # noqa: E402
+
 
 def _spec(tiny_config, embedding_size):
     c = tiny_config
@@ -118,20 +120,9 @@ def test_export_and_read_back_through_gfile(tiny_config, tmp_path):
 
 
 def _torch_electra(params, spec):
-    """transformers' ElectraForMaskedLM + ElectraForPreTraining holding our weights, sharing one
-    embeddings module (and the generator's LM head tied to its word embeddings), in eval mode."""
-    towers = {}
-    for tower, cls in (("discriminator", transformers.ElectraForPreTraining),
-                       ("generator", transformers.ElectraForMaskedLM)):
-        model = cls(transformers.ElectraConfig(**hf_config(spec, tower)))
-        state = {k: torch.tensor(v) for k, v in to_hf_state_dict(params, spec, tower).items()}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        assert not unexpected and set(missing) <= {"generator_lm_head.weight"}, (missing, unexpected)
-        towers[tower] = model.eval()  # no dropout
-    disc, gen = towers["discriminator"], towers["generator"]
-    gen.electra.embeddings = disc.electra.embeddings
-    gen.generator_lm_head.weight = disc.electra.embeddings.word_embeddings.weight
-    return disc, gen
+    """transformers' classes holding our weights (shared embeddings, tied LM head), in eval mode."""
+    gen, disc = torch_electra(spec, params=params)
+    return disc.eval(), gen.eval()  # no dropout
 
 
 def _torch_loss(disc, gen, masked, corrupted, is_fake, segment_ids, input_mask, objective):
@@ -208,27 +199,6 @@ def test_gradients_of_the_electra_loss_match_pytorch(shape):
     print(f"max relative gradient difference over tensors: {worst:.2e}")
 
 
-def _torch_electra_adam_step(params, moments, step, lr_peak, total, warmup, b1=0.9, b2=0.999, eps=1e-6,
-                             weight_decay=0.01, clip=1.0):
-    """One update of google-research/electra's AdamWeightDecayOptimizer, written out: global-norm clip,
-    raw moments (no bias correction), decoupled decay except LayerNorm and biases, and the schedule
-    lr = peak * (1 - t / T) * min(1, t / warmup)."""
-    norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for _, p in params)).float()
-    scale = clip / torch.maximum(norm, torch.tensor(clip))
-    lr = lr_peak * (1 - step / total) * min(1.0, step / warmup)
-    with torch.no_grad():
-        for name, p in params:
-            g = p.grad * scale
-            m, v = moments.get(name, (torch.zeros_like(p), torch.zeros_like(p)))
-            m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
-            moments[name] = (m, v)
-            update = m / (torch.sqrt(v) + eps)
-            if not ("LayerNorm" in name or name.endswith("bias")):
-                update = update + weight_decay * p
-            p -= lr * update
-            p.grad = None
-
-
 @pytest.mark.parametrize("shape", [
     {},
     {"hidden_size": 48, "num_heads": 3, "num_layers": 3, "intermediate_size": 96, "embedding_size": 40},
@@ -266,12 +236,7 @@ def test_thirty_training_steps_match_pytorch(kjv64, shape):
         return optax.apply_updates(params, updates), opt, loss, f.masked, corrupted, is_fake
 
     disc, gen = _torch_electra(jax.tree.map(np.asarray, params), spec)
-    seen, torch_params = set(), []
-    for tower, torch_model in (("discriminator", disc), ("generator", gen)):
-        for name, p in torch_model.named_parameters():
-            if id(p) not in seen:  # the shared embeddings (and the tied LM head) are one tensor
-                seen.add(id(p))
-                torch_params.append((f"{tower}/{name}", p))
+    torch_params = named_parameters(gen, disc)
     moments = {}
     data = read_examples(kjv64)
     ours_losses, theirs_losses = [], []
@@ -286,7 +251,7 @@ def test_thirty_training_steps_match_pytorch(kjv64, shape):
                              objective)
         theirs.backward()
         theirs_losses.append(float(theirs.detach()))
-        _torch_electra_adam_step(torch_params, moments, step, config.optim.learning_rate, steps,
+        original_adam_step(torch_params, moments, step, config.optim.learning_rate, steps,
                                  config.optim.warmup_steps)
 
     np.testing.assert_allclose(ours_losses, theirs_losses, rtol=1e-5)

@@ -21,20 +21,72 @@ from electra_jax.bench.timing import Runner, summarize_times
 from electra_jax.config import ModelSpec, ObjectiveSpec
 
 
-def _models(spec: ModelSpec, device):
+def torch_electra(spec: ModelSpec, device: str = "cpu", params=None):
+    """(generator, discriminator): transformers' `ElectraForMaskedLM` and `ElectraForPreTraining` sharing
+    one embeddings module, the generator's LM head tied to its word table (as the paper). With `params`
+    (an electra-jax parameter tree) they hold those weights, mapped by our HF mapping; without, the
+    classes' own initialisation."""
+    import torch
     import transformers
 
-    from electra_jax.hf import hf_config
+    from electra_jax.hf import hf_config, to_hf_state_dict
 
-    disc = transformers.ElectraForPreTraining(
-        transformers.ElectraConfig(**hf_config(spec, "discriminator"))).to(device)
-    gen = transformers.ElectraForMaskedLM(transformers.ElectraConfig(**hf_config(spec, "generator"))).to(device)
+    towers = {}
+    for tower, cls in (("discriminator", transformers.ElectraForPreTraining),
+                       ("generator", transformers.ElectraForMaskedLM)):
+        model = cls(transformers.ElectraConfig(**hf_config(spec, tower)))
+        if params is not None:
+            state = {k: torch.tensor(np.asarray(v)) for k, v in to_hf_state_dict(params, spec, tower).items()}
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if unexpected or set(missing) - {"generator_lm_head.weight"}:
+                raise ValueError(f"{tower}: missing {missing}, unexpected {unexpected}")
+        towers[tower] = model.to(device)
+    gen, disc = towers["generator"], towers["discriminator"]
     gen.electra.embeddings = disc.electra.embeddings  # shared tables, as the paper
     gen.generator_lm_head.weight = disc.electra.embeddings.word_embeddings.weight
     return gen, disc
 
 
-def _loss_fn(gen, disc, objective: ObjectiveSpec, gather: bool):
+def named_parameters(gen, disc) -> list[tuple[str, object]]:
+    """Every trainable tensor once ("tower/name"): the shared embeddings and tied head are one tensor."""
+    seen, out = set(), []
+    for tower, model in (("discriminator", disc), ("generator", gen)):
+        for name, p in model.named_parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append((f"{tower}/{name}", p))
+    return out
+
+
+def original_adam_step(params, moments: dict, step: int, lr_peak: float, total: int, warmup: int,
+                       b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6, weight_decay: float = 0.01,
+                       clip: float = 1.0) -> float:
+    """One update of google-research/electra's AdamWeightDecayOptimizer (model/optimization.py), written
+    out in PyTorch: global-norm clip, raw moments (no bias correction), decoupled decay except LayerNorm
+    and biases, and lr = peak * (1 - t / T) * min(1, t / warmup). `params`: (name, tensor) pairs holding
+    gradients, which are cleared. Returns the learning rate used."""
+    import torch
+
+    norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for _, p in params)).float()
+    scale = clip / torch.maximum(norm, torch.tensor(clip))
+    lr = lr_peak * (1 - step / total) * min(1.0, step / warmup)
+    with torch.no_grad():
+        for name, p in params:
+            g = p.grad * scale
+            m, v = moments.get(name, (torch.zeros_like(p), torch.zeros_like(p)))
+            m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+            moments[name] = (m, v)
+            update = m / (torch.sqrt(v) + eps)
+            if not ("LayerNorm" in name or name.endswith("bias")):
+                update = update + weight_decay * p
+            p -= lr * update
+            p.grad = None
+    return lr
+
+
+def electra_loss_fn(gen, disc, objective: ObjectiveSpec, gather: bool = False):
+    """loss(input_ids, input_mask, segment_ids) -> (total, mlm, disc): the whole objective in PyTorch,
+    masking and sampling included, drawing from torch's generator."""
     import torch
     import torch.nn.functional as F
 
@@ -79,7 +131,8 @@ def _loss_fn(gen, disc, objective: ObjectiveSpec, gather: bool):
         disc_logits = disc(input_ids=corrupted, attention_mask=input_mask, token_type_ids=segment_ids).logits
         mask = input_mask.float()
         bce = F.binary_cross_entropy_with_logits(disc_logits.float(), is_fake, reduction="none")
-        return objective.gen_weight * mlm + objective.disc_weight * (bce * mask).sum() / mask.sum()
+        disc_loss = (bce * mask).sum() / mask.sum()
+        return objective.gen_weight * mlm + objective.disc_weight * disc_loss, mlm.detach(), disc_loss.detach()
 
     return loss
 
@@ -99,10 +152,10 @@ def prepare_peer(spec: ModelSpec, objective: ObjectiveSpec, batch: dict[str, np.
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.startswith("cuda")
     torch.manual_seed(0)
-    gen, disc = _models(spec, device)
-    params = list({id(p): p for p in [*gen.parameters(), *disc.parameters()]}.values())  # shared once
+    gen, disc = torch_electra(spec, device)
+    params = [p for _, p in named_parameters(gen, disc)]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay, eps=1e-6)
-    loss_fn = _loss_fn(gen, disc, objective, gather)
+    loss_fn = electra_loss_fn(gen, disc, objective, gather)
     if mode == "compile":
         loss_fn = torch.compile(loss_fn)
     tensors = [torch.as_tensor(batch[k], dtype=torch.long, device=device)
@@ -113,7 +166,7 @@ def prepare_peer(spec: ModelSpec, objective: ObjectiveSpec, batch: dict[str, np.
 
     def step():
         with autocast:
-            loss = loss_fn(*tensors)
+            loss = loss_fn(*tensors)[0]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
