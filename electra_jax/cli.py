@@ -466,6 +466,12 @@ def _bench_table_command(args) -> None:
 def _experiment_command(args, config) -> None:
     from electra_jax.experiments import parity
 
+    import importlib.util
+
+    missing = [m for m in ("torch", "transformers", "matplotlib") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"experiment {args.name} needs {', '.join(missing)}: pip install -c constraints.txt "
+                          "-e '.[test]' (torch==2.13.0 is a CPU build)")
     if args.seeds < 2 or args.window < 1:
         raise ConfigError("experiment needs --seeds >= 2 (the noise is the spread over seeds) and --window >= 1")
     parity.run(config, args.out or resolve(os.path.join("experiments", args.name)), seeds=args.seeds,

@@ -18,24 +18,27 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from electra_jax.config import MESH_AXES, mesh_shape
 
 
-def make_mesh(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """The ('data', 'fsdp', 'tensor') mesh. With `mesh.dcn_data` = S > 1 (S TPU slices, or S GPU nodes),
-    the data axis spans the slow data-centre network S ways and everything else stays inside a slice
-    or node (mesh_utils.create_hybrid_device_mesh), so only gradient all-reduces cross it."""
-    devices = list(devices if devices is not None else jax.devices())
+def device_grid(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> np.ndarray:
+    """The devices laid out as the ('data', 'fsdp', 'tensor') grid. With `mesh.dcn_data` = S > 1 (S TPU
+    slices, or S GPU/CPU processes) the data axis spans the slow data-centre network S ways and
+    everything else stays inside a slice or process (mesh_utils.create_hybrid_device_mesh), so only
+    gradient all-reduces cross it. TPU devices know their slice; elsewhere the process is the unit."""
     sizes = mesh_shape(config, len(devices))
     shape = [sizes[a] for a in MESH_AXES]
     dcn = int(config.mesh.get("dcn_data", 1))
     if dcn > 1:
         ici = [shape[0] // dcn, *shape[1:]]
-        grid = mesh_utils.create_hybrid_device_mesh(ici, [dcn, 1, 1], devices,
-                                                    process_is_granule=devices[0].platform == "gpu")
-        return Mesh(grid, MESH_AXES)
+        return mesh_utils.create_hybrid_device_mesh(ici, [dcn, 1, 1], devices,
+                                                    process_is_granule=devices[0].platform != "tpu")
     try:
-        grid = mesh_utils.create_device_mesh(shape, devices)
+        return mesh_utils.create_device_mesh(shape, devices)
     except (AssertionError, NotImplementedError, ValueError):
-        grid = np.asarray(devices).reshape(shape)  # topologies mesh_utils does not know
-    return Mesh(grid, MESH_AXES)
+        return np.asarray(devices).reshape(shape)  # topologies mesh_utils does not know
+
+
+def make_mesh(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The ('data', 'fsdp', 'tensor') mesh over `devices` (default: all), laid out by `device_grid`."""
+    return Mesh(device_grid(config, list(devices if devices is not None else jax.devices())), MESH_AXES)
 
 
 def bytes_per_device(abstract_tree: Any, shardings: Any) -> int:

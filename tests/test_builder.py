@@ -198,3 +198,57 @@ def test_cli_errors_are_one_line(corpus, tmp_path):
                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert out.returncode == 2
     assert "no files match" in out.stderr and "Traceback" not in out.stderr
+
+
+class _ScriptedRandom:
+    """random.Random's two methods, answering from a script (and failing on an unexpected draw)."""
+
+    def __init__(self, script):
+        self.script = list(script)
+
+    def random(self):
+        kind, value = self.script.pop(0)
+        assert kind == "random", f"expected a {kind} draw, got random()"
+        return value
+
+    def randint(self, a, b):
+        kind, value = self.script.pop(0)
+        assert kind == "randint" and (a, b) == (5, 16), (kind, a, b)
+        return value
+
+
+def test_the_packing_follows_the_originals_draws_worked_by_hand():
+    """google-research/electra build_pretraining_dataset.py ExampleBuilder at max_length 16, its random
+    draws scripted, the cuts worked out by hand from its source:
+
+    doc 1, lines of 4, 4, 5, 9 tokens: 4 + 4 + 5 < 16 <= 22, so the 4th line cuts. random() 0.5 >= 0.1:
+      two segments, first target (16 - 3) // 2 = 6. Line 1 -> A (A empty). Line 2: 4 + 4 >= 6, B empty,
+      4 < 6, random() 0.7 >= 0.5 -> B. Lines 3, 4 -> B (B not empty, no draw). B cut to 16 - 4 - 3 = 9.
+      random() 0.9 >= 0.05: next target 16.
+    doc 2, one line of 2 tokens, ended: random() 0.05 < 0.1: one segment. random() 0.01 < 0.05: the next
+      target is randint(5, 16) -> 7.
+    doc 3, lines of 4 and 4: 8 >= 7 cuts. random() 0.5: first target (7 - 3) // 2 = 2. Line 1 -> A;
+      line 2: 4 >= 2, so the 0.5 draw is not even made -> B. random() 0.9: target 16."""
+    from electra_jax.data.builder import ExampleBuilder, layout
+
+    script = [("random", 0.5), ("random", 0.7), ("random", 0.9),
+              ("random", 0.05), ("random", 0.01), ("randint", 7),
+              ("random", 0.5), ("random", 0.9)]
+    rng = _ScriptedRandom(script)
+    builder = ExampleBuilder(16, rng)
+    line = lambda start, n: list(range(start, start + n))
+    doc1 = [line(10, 4), line(20, 4), line(30, 5), line(40, 9)]
+    assert [builder.add_line(x) for x in doc1[:3]] == [None] * 3
+    assert builder.add_line(doc1[3]) == (line(10, 4), line(20, 4) + line(30, 5))
+    assert builder.end_document() is None
+    assert builder.add_line(line(50, 2)) is None
+    assert builder.end_document() == (line(50, 2), [])
+    assert builder.target_length == 7
+    assert builder.add_line(line(60, 4)) is None
+    assert builder.add_line(line(70, 4)) == (line(60, 4), line(70, 4))
+    assert builder.target_length == 16 and not rng.script  # every draw made, none more
+    ids, length, first_sep = layout(line(10, 4), line(20, 4) + line(30, 5), CLS, SEP, PAD, 16)
+    assert ids.tolist() == [CLS, 10, 11, 12, 13, SEP, 20, 21, 22, 23, 30, 31, 32, 33, 34, SEP]
+    assert (length, first_sep) == (16, 5)
+    ids, length, first_sep = layout(line(50, 2), [], CLS, SEP, PAD, 16)
+    assert ids.tolist() == [CLS, 50, 51, SEP] + [PAD] * 12 and (length, first_sep) == (4, 3)

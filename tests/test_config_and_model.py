@@ -115,8 +115,12 @@ def test_bfloat16_compute_keeps_float32_state(tiny_config):
     s = setup(tiny_config, jax.devices()[:1])
     init_rng, train_rng = s.rngs()
     state = s.init(init_rng)
-    batch = synthetic_batch(np.random.default_rng(0), 16, 64, 2048, 2, 3)
-    state, metrics = s.step(state, jax.device_put(batch, s.batch_sharding), train_rng)
+    batch = jax.device_put(synthetic_batch(np.random.default_rng(0), 16, 64, 2048, 2, 3), s.batch_sharding)
+    # The matrix multiplies run in bfloat16 (float32 everywhere would silently double the cost).
+    hlo = s.step.lower(state, batch, train_rng).as_text()
+    products = [line for line in hlo.splitlines() if "dot_general" in line]
+    assert products and sum("bf16" in line for line in products) >= len(products) // 2, products[:3]
+    state, metrics = s.step(state, batch, train_rng)
     assert np.isfinite(float(metrics["loss"]))
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
     assert {x.dtype for x in jax.tree.leaves(state.opt_state) if x.ndim} == {jnp.dtype("float32")}

@@ -100,6 +100,45 @@ def test_layerwise_learning_rates_follow_the_formula(convention, top):
         np.testing.assert_allclose(flat[name], [factor], rtol=1e-6, err_msg=name)
 
 
+def test_the_fine_tuning_optimizer_applies_the_layerwise_rates():
+    """The optimizer a fine-tuning run builds (classifier_setup), one step on a uniform gradient: every
+    entry's update is -lr x u x decay^(top - depth), u the same for all, so update / head's update =
+    decay^(top - depth) (original convention: 2 layers, head at depth 4)."""
+    config = load_config(str(ROOT / "configs" / "finetune" / "tiny.py"), [
+        "--config.optim.warmup_steps=0", "--config.optim.weight_decay=0", "--config.num_train_steps=100",
+        "--config.task.max_len=8"])
+    config.model.update(vocab_size=2048, embedding_size=32, hidden_size=64, num_layers=2, num_heads=2,
+                        intermediate_size=256, max_position_embeddings=128)
+    from electra_jax.finetune.run import classifier_setup
+
+    s = classifier_setup(config, 2, "classification", jax.devices()[:1])
+    params = s.init(jax.random.key(0)).params
+    updates, _ = s.tx.update(jax.tree.map(jnp.ones_like, params), s.tx.init(params), params)
+    flat = {"/".join(str(k.key) for k in path): np.unique(np.asarray(v))
+            for path, v in jax.tree_util.tree_leaves_with_path(updates)}
+    head = flat["head/out_proj/kernel"]
+    assert len(head) == 1 and head[0] < 0
+    for name, depth in (("embeddings/word_embeddings", 0), ("discriminator/encoder/layer_0/intermediate/kernel", 1),
+                        ("discriminator/encoder/layer_1/attention/query/bias", 2),
+                        ("discriminator/encoder/embeddings_project/kernel", 0), ("head/out_proj/bias", 4)):
+        np.testing.assert_allclose(flat[name] / head[0], [0.8 ** (4 - depth)], rtol=1e-5, err_msg=name)
+
+
+def test_tagging_labels_each_words_first_sub_token():
+    """Worked by hand from the sample tokenizer: [CLS] and | nebuchad ##ne ##zzar | said |
+    un ##be ##li ##e ##v ##abl ##y [SEP]: a label (and weight 1) on and, nebuchad, said, un only."""
+    from electra_jax.data.tokenizer import load_tokenizer
+    from electra_jax.finetune.tasks import Examples
+
+    words = ["And", "Nebuchadnezzar", "said", "unbelievably"]
+    examples = Examples("hand", [words], None, [["O", "B-NAME", "O", "O"]])
+    out = encode(examples, task_spec("tagging"), load_tokenizer(SAMPLE_TOKENIZER), 16, ["O", "B-NAME"], 0)
+    np.testing.assert_array_equal(out["input_ids"][0], [2, 70, 1882, 1525, 1872, 175, 104, 451, 549, 41, 61, 1442,
+                                                        48, 3, 0, 0])
+    np.testing.assert_array_equal(out["label_weights"][0], [0, 1, 1, 0, 0, 1, 1] + [0] * 9)
+    np.testing.assert_array_equal(out["labels"][0][[1, 2, 5, 6]], [0, 1, 0, 0])
+
+
 def test_layerwise_learning_rates_in_the_scanned_layout():
     """With model.scan_layers the layers are one stacked tree: slice i must get layer i's rate."""
     import dataclasses
@@ -185,6 +224,8 @@ def test_tiny_model_learns_a_task_and_exports_exactly(random_discriminator, tmp_
     assert [r["seed"] for r in results["runs"]] == [0, 1, 2]
     assert results["median"]["dev/accuracy"] > 0.95 > base_rate + 0.1, results
     assert json.loads((tmp_path / "run" / "results.json").read_text())["median"] == results["median"]
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["num_train_steps"] == 10 * 22 and saved["optim"]["warmup_steps"] == 22  # 700 rows / 32; 10%
 
     assert main(["export", "--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
     hf = transformers.ElectraForSequenceClassification.from_pretrained(str(tmp_path / "hf"))
@@ -198,6 +239,54 @@ def test_tiny_model_learns_a_task_and_exports_exactly(random_discriminator, tmp_
     ours = _our_logits(tmp_path / "run", best, "classification", enc)
     np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=1e-5)
     assert (theirs.argmax(-1) == np.array([0 if " lord" in t.lower() else 1 for t in texts])).mean() > 0.8
+
+
+def test_fine_tuning_starts_from_the_init_weights(random_discriminator, tmp_path):
+    """At a learning rate of 1e-9 the fine-tuned encoder, exported, is the --init model's encoder."""
+    from safetensors.numpy import load_file
+
+    from electra_jax.finetune.run import export_finetuned
+
+    rows = [(s, "lord" if " lord" in s.lower() else "other") for s in _kjv(40)]
+    _write_csv(tmp_path / "train.csv", rows[:32])
+    _write_csv(tmp_path / "dev.csv", rows[32:])
+    config = load_config(str(ROOT / "configs" / "finetune" / "tiny.py"), [
+        "--config.task.name=classification", f"--config.task.train={tmp_path / 'train.csv'}",
+        f"--config.task.dev={tmp_path / 'dev.csv'}", "--config.task.max_len=32", "--config.num_epochs=1",
+        "--config.optim.learning_rate=1e-9", "--config.head=hf"])
+    finetune(config, random_discriminator, str(tmp_path / "run"), devices=jax.devices()[:1], progress=False)
+    out = export_finetuned(str(tmp_path / "run"), str(tmp_path / "hf"))
+    start = load_file(f"{random_discriminator}/model.safetensors")
+    tuned = load_file(f"{out}/model.safetensors")
+    encoder = [k for k in start if k.startswith("electra.")]
+    assert len(encoder) > 20
+    for name in encoder:
+        np.testing.assert_allclose(tuned[name], start[name], atol=1e-7, err_msg=name)
+
+    # --random-init: the same shapes, other weights.
+    finetune(config, random_discriminator, str(tmp_path / "scratch"), random_init=True, devices=jax.devices()[:1],
+             progress=False)
+    scratch = load_file(f"{export_finetuned(str(tmp_path / 'scratch'), str(tmp_path / 'hf2'))}/model.safetensors")
+    assert all(scratch[k].shape == start[k].shape for k in encoder)
+    assert not np.allclose(scratch["electra.encoder.layer.0.attention.self.query.weight"],
+                           start["electra.encoder.layer.0.attention.self.query.weight"], atol=1e-3)
+
+
+def test_the_recipe_is_picked_by_the_init_models_hidden_size(tmp_path, capsys):
+    import argparse
+
+    from electra_jax.cli import _finetune_config_path
+
+    for hidden, preset in ((64, "finetune/tiny"), (256, "finetune/small"), (768, "finetune/base"),
+                           (1024, "finetune/large")):
+        (tmp_path / "config.json").write_text(json.dumps({"hidden_size": hidden}))  # an HF directory
+        assert _finetune_config_path(argparse.Namespace(config=None, init=str(tmp_path))) == preset
+        (tmp_path / "config.json").write_text(json.dumps({"model": {"hidden_size": hidden}}))  # a workdir
+        assert _finetune_config_path(argparse.Namespace(config=None, init=f"{tmp_path}:3")) == preset
+    assert _finetune_config_path(argparse.Namespace(config="mine.py", init=str(tmp_path))) == "mine.py"
+    for preset, (lr, layerwise) in (("small", (3e-4, 0.8)), ("base", (1e-4, 0.8)), ("large", (5e-5, 0.9))):
+        c = load_config(f"finetune/{preset}")  # the paper's Table 7 (electra_reference.md)
+        assert (c.optim.learning_rate, c.optim.layerwise_lr_decay, c.optim.warmup_fraction) == (lr, layerwise, 0.1)
 
 
 def _our_logits(workdir, run, kind, enc):
@@ -263,7 +352,7 @@ def test_glue_through_tfds_reads_and_encodes_pairs():
         assert len(seps) == 2 and (s[: seps[0] + 1] == 0).all() and (s[seps[0] + 1: seps[1] + 1] == 1).all()
 
 
-def test_bad_input_gets_a_clear_error(random_discriminator, tmp_path):
+def test_bad_input_gets_a_clear_error(random_discriminator, tmp_path, capsys):
     from electra_jax.cli import main
 
     with pytest.raises(TaskError, match="unknown task 'colaa'; known: cola, sst2"):
@@ -289,10 +378,14 @@ def test_bad_input_gets_a_clear_error(random_discriminator, tmp_path):
     generator = random_discriminator.replace("discriminator", "generator")
     base = ["finetune", "--task", "classification", "--train", str(tmp_path / "train.csv"), "--dev",
             str(tmp_path / "dev.csv"), "--workdir", str(tmp_path / "w2"), "--config.task.text_a=text"]
-    assert main(base + ["--init", generator]) == 2  # "is an ELECTRA generator"
-    assert main(base + ["--init", str(tmp_path)]) == 2  # neither HF nor a pretrain workdir
-    assert main(["finetune", "--init", random_discriminator, "--task", "nope", "--workdir",
-                 str(tmp_path / "w3")]) == 2
+    capsys.readouterr()
+    for argv, message in ((base + ["--init", generator], "is an ELECTRA generator"),
+                          (base + ["--init", str(tmp_path)], "neither a Hugging Face ELECTRA discriminator directory"),
+                          (["finetune", "--init", random_discriminator, "--task", "nope", "--workdir",
+                            str(tmp_path / "w3")], "unknown task 'nope'")):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("electra-jax: error: ") and message in err, err
 
 
 def test_mrpc_and_stsb_train_on_both_orders_of_each_pair(monkeypatch):

@@ -35,12 +35,13 @@ def _inputs(seed=0, batch=3, seq_len=12, vocab=300):
     return ids, seg, mask
 
 
-@pytest.mark.parametrize("embedding_size,attention", [
-    (32, "xla"), (64, "xla"),  # != hidden (projection) and == hidden (64)
-    (32, "fused"),  # jax.nn.dot_product_attention (deterministic here, so no dropout question)
+@pytest.mark.parametrize("embedding_size,attention,scan", [
+    (32, "xla", False), (64, "xla", False),  # != hidden (projection) and == hidden (64)
+    (32, "fused", False),  # jax.nn.dot_product_attention (deterministic here, so no dropout question)
+    (32, "xla", True),  # scanned layers: exported one by one, in order
 ])
-def test_logits_match_transformers(tiny_config, tmp_path, embedding_size, attention):
-    tiny_config.model.update(attention=attention, attention_dropout_rate=0.0)  # eval: dropout unused
+def test_logits_match_transformers(tiny_config, tmp_path, embedding_size, attention, scan):
+    tiny_config.model.update(attention=attention, attention_dropout_rate=0.0, scan_layers=scan)
     spec = _spec(tiny_config, embedding_size)
     model = Electra(spec)
     params = nn.unbox(init_params(model, jax.random.key(embedding_size), 12, 12))
@@ -84,7 +85,12 @@ def test_round_trip_and_scanned_layout(tiny_config):
     scanned_spec = dataclasses.replace(spec, scan_layers=True)
     scanned = nn.unbox(init_params(Electra(scanned_spec), jax.random.key(0), 8, 4))
     sd = to_hf_state_dict(scanned, scanned_spec, "discriminator")
-    assert "electra.encoder.layer.1.attention.self.query.weight" in sd
+    stacked = scanned["discriminator"]["encoder"]["layers"]
+    for i in range(spec.discriminator.num_layers):  # layer i of the stack is HF's layer i
+        np.testing.assert_array_equal(sd[f"electra.encoder.layer.{i}.attention.self.query.weight"],
+                                      np.asarray(stacked["attention"]["query"]["kernel"][i]).reshape(64, 64).T)
+        np.testing.assert_array_equal(sd[f"electra.encoder.layer.{i}.output.LayerNorm.bias"],
+                                      np.asarray(stacked["output_layer_norm"]["bias"][i]))
     for tower in ("discriminator", "generator"):
         back = spec_from_hf_config(hf_config(spec, tower))
         assert back.discriminator == getattr(spec, tower)
@@ -93,7 +99,7 @@ def test_round_trip_and_scanned_layout(tiny_config):
         from_hf_state_dict({}, spec, "generator")
 
 
-def test_export_and_read_back_through_gfile(tiny_config, tmp_path):
+def test_export_and_read_back_through_gfile(tiny_config, tmp_path, monkeypatch):
     """A remote OUT (an in-memory filesystem stands in for gs://) gets the same files as a local one,
     config.json uploaded last, and `read_pretrained` / `load_tokenizer` read them back from there."""
     from electra_jax.data import SAMPLE_TOKENIZER
@@ -103,9 +109,15 @@ def test_export_and_read_back_through_gfile(tiny_config, tmp_path):
 
     spec = _spec(tiny_config, 32)
     params = nn.unbox(init_params(Electra(spec), jax.random.key(0), 8, 4))
-    remote = export_model(params, spec, "discriminator", "ram://export-test/disc", SAMPLE_TOKENIZER, "card")
-    local = export_model(params, spec, "discriminator", str(tmp_path / "disc"), SAMPLE_TOKENIZER, "card")
     gfile = host_tf().io.gfile
+    uploads, copy = [], gfile.copy
+    monkeypatch.setattr(gfile, "copy", lambda src, dst, *a, **k: (uploads.append(dst), copy(src, dst, *a, **k)))
+    remote = export_model(params, spec, "discriminator", "ram://export-test/disc", SAMPLE_TOKENIZER, "card")
+    monkeypatch.undo()
+    # config.json last: an upload cut short leaves no config.json, so from_pretrained refuses it.
+    assert [u.rsplit("/", 1)[1] for u in uploads][-1] == "config.json" and len(uploads) >= 4
+    assert all(u.startswith("ram://export-test/disc/") for u in uploads)
+    local = export_model(params, spec, "discriminator", str(tmp_path / "disc"), SAMPLE_TOKENIZER, "card")
     assert sorted(gfile.listdir(remote)) == sorted(p.name for p in (tmp_path / "disc").iterdir())
     config, weights = read_pretrained(remote)
     local_config, local_weights = read_pretrained(local)

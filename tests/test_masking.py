@@ -103,3 +103,20 @@ def test_jit_and_vmap():
     vmapped = jax.vmap(lambda r: _mask(r, ids, mask))(keys)
     assert vmapped.input_ids.shape == (3, 8, 64)
     np.testing.assert_array_equal(vmapped.positions[1], _mask(keys[1], ids, mask).positions)
+
+
+def test_the_configured_objective_never_masks_special_tokens():
+    """The ids come from the config's tokens ([PAD]=0 [CLS]=2 [SEP]=3 [MASK]=4 in the presets), and a
+    batch full of [SEP]s masked with that spec never picks one."""
+    from conftest import ROOT
+    from electra_jax.config import load_config, objective_spec
+    from electra_jax.objective import mask_batch
+
+    spec = objective_spec(load_config(str(ROOT / "configs" / "tiny.py")))
+    assert set(spec.never_mask_ids) == {PAD, CLS, SEP, MASK}
+    ids, mask = _batch(seed=3)
+    ids[:, 2::3] = np.where(mask[:, 2::3] == 1, SEP, ids[:, 2::3])  # every third real token a [SEP]
+    for i in range(20):
+        out = jax.tree.map(np.asarray, mask_batch(jax.random.key(i), {"input_ids": ids, "input_mask": mask}, spec))
+        chosen = np.take_along_axis(ids, out.positions, 1)[out.weights > 0]
+        assert not np.isin(chosen, [PAD, CLS, SEP, MASK]).any()

@@ -109,15 +109,37 @@ def test_two_processes_equal_one_process_with_the_same_batches(two_process_run):
                                    err_msg=jax.tree_util.keystr(path))
 
 
-def test_one_process_resumes_a_two_process_checkpoint(two_process_run):
-    from electra_jax.pretrain import pretrain
+def test_one_process_resumes_a_two_process_checkpoint(two_process_run, monkeypatch):
+    """The resumed run starts from exactly the saved state (not a fresh one), at the next step."""
+    import dataclasses
+    import json
+
+    from electra_jax import pretrain as pretrain_lib
 
     data, workdir = two_process_run
+    _, saved_step, saved = pretrain_lib.restore_params(str(workdir))  # what the two processes wrote
+    assert saved_step == STEPS
+    started = {}
+    build = pretrain_lib.setup
+
+    def recording_setup(*args, **kwargs):  # the state handed to the first train step, before donation
+        s = build(*args, **kwargs)
+        return dataclasses.replace(s, step=lambda state, *a: (
+            started.setdefault("state", jax.device_get(state)), s.step(state, *a))[1])
+
+    monkeypatch.setattr(pretrain_lib, "setup", recording_setup)
     config = load_config(str(ROOT / "configs" / "tiny.py"), [
         f"--config.data.path={data}", f"--config.num_train_steps={STEPS + 2}", "--config.train.eval_every=0",
         "--config.train.log_every=1", "--config.data.shuffle_buffer=64", "--config.train.async_checkpoints=False"])
-    result = pretrain(config, str(workdir), devices=jax.devices(), progress=False)
+    result = pretrain_lib.pretrain(config, str(workdir), devices=jax.devices(), progress=False)
     assert result["step"] == STEPS + 2 and np.isfinite(result["train"]["loss"])
+    assert int(started["state"].step) == STEPS
+    for (path, ours), theirs in zip(jax.tree_util.tree_leaves_with_path(started["state"].params),
+                                    jax.tree.leaves(saved)):
+        np.testing.assert_array_equal(ours, theirs, err_msg=jax.tree_util.keystr(path))
+    with open(workdir / "metrics.jsonl") as f:
+        steps = [r["step"] for r in map(json.loads, f) if r["split"] == "train"]
+    assert steps == [2, 4, 5, 6]  # the two processes' (every 2nd), then this run's (every step), none twice
 
 
 def test_unreachable_coordinator_is_a_clear_error(tmp_path):

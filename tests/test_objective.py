@@ -39,15 +39,6 @@ def test_disc_loss_matches_numpy():
     np.testing.assert_allclose(disc_loss(logits, labels, mask), expected, rtol=1e-6)
 
 
-def test_gumbel_sampling_matches_numpy_formula():
-    rng = jax.random.key(5)
-    logits = np.random.default_rng(1).normal(size=(4, 6, 50)).astype(np.float32) * 3
-    u = np.asarray(jax.random.uniform(rng, logits.shape, jnp.float32), np.float64)
-    gumbel = -np.log(-np.log(u + 1e-9) + 1e-9)
-    np.testing.assert_array_equal(sample_tokens(rng, logits, 2.0, sampler="gumbel"),
-                                  np.argmax(logits / 2.0 + gumbel, -1))
-
-
 @pytest.mark.parametrize("sampler", ["gumbel", "inverse_cdf"])
 def test_disallow_correct_never_draws_the_true_token(sampler):
     logits = np.random.default_rng(1).normal(size=(4, 6, 50)).astype(np.float32) * 3
@@ -81,14 +72,17 @@ def test_inverse_cdf_sampling_matches_numpy():
                                   _np_inverse_cdf(rng, logits.astype(np.float64) / 0.5))
 
 
-def test_inverse_cdf_frequencies_follow_softmax():
-    """200,000 draws from 300 entries of which 296 have probability 0: frequencies within 4 standard
-    errors of softmax, and no zero-probability entry is ever drawn."""
+@pytest.mark.parametrize("sampler", ["gumbel", "inverse_cdf"])
+def test_samplers_draw_from_the_tempered_softmax(sampler):
+    """100,000 draws from 300 entries of which 296 have probability 0, at temperature 2 (logits are
+    2 log p, so softmax(logits / 2) = p): frequencies within 4 standard errors of p, and no
+    zero-probability entry is ever drawn."""
     probs = np.zeros(300)
     probs[[0, 1, 2, 299]] = [0.5, 0.25, 0.125, 0.125]
-    logits = jnp.log(jnp.asarray(probs, jnp.float32))
-    n = 200_000
-    drawn = np.asarray(sample_tokens(jax.random.key(3), jnp.broadcast_to(logits, (n, 300)), 1.0))
+    with np.errstate(divide="ignore"):
+        logits = jnp.asarray(2 * np.log(probs), jnp.float32)
+    n = 100_000
+    drawn = np.asarray(sample_tokens(jax.random.key(3), jnp.broadcast_to(logits, (n, 300)), 2.0, sampler=sampler))
     freq = np.bincount(drawn, minlength=300) / n
     np.testing.assert_allclose(freq, probs, atol=4 * np.sqrt(0.25 / n))
     assert set(np.unique(drawn)) == {0, 1, 2, 299}
@@ -164,11 +158,16 @@ def test_electra_loss_matches_numpy_recomputation(tiny_config):
     k_mask, _, k_sample, _ = jax.random.split(rng, 4)
     m = mask_tokens(k_mask, batch["input_ids"], batch["input_mask"], mask_prob=ospec.mask_prob,
                     max_predictions=ospec.max_predictions, mask_id=ospec.mask_id,
-                    never_mask_ids=ospec.never_mask_ids)
+                    never_mask_ids=ospec.never_mask_ids, mask_token_prob=ospec.mask_token_prob,
+                    with_replacement=ospec.with_replacement)
     ids, seg, mask = batch["input_ids"], batch["segment_ids"], batch["input_mask"]
     gen_logits = np.asarray(model.apply({"params": params}, m.input_ids, seg, mask, m.positions,
                                         method=Electra.generator_logits), np.float64)
     w, targets, pos = np.asarray(m.weights), np.asarray(m.original_ids), np.asarray(m.positions)
+    # k = min(round(0.15 x 64 real tokens) = 10, N = int(0.155 x 64) = 9 slots) = 9 per row.
+    assert ospec.max_predictions == 9
+    np.testing.assert_array_equal(w.sum(1), [9] * 4)
+    np.testing.assert_array_equal(targets[w > 0], np.take_along_axis(ids, pos, 1)[w > 0])
     nll = -np.take_along_axis(_np_log_softmax(gen_logits), targets[..., None], -1)[..., 0]
     mlm = (w * nll).sum() / (w.sum() + 1e-6)
     sampled = _np_inverse_cdf(k_sample, gen_logits)
@@ -211,19 +210,32 @@ def test_eval_metrics_match_a_numpy_reference(tiny_config):
     stats = jax.jit(functools.partial(eval_statistics, model=model, spec=ospec))(params, batch, rng)
     got = eval_metrics(stats)
 
+    # The masking and the samples are forward's (tested on their own); logits, NLL, labels and every
+    # metric are recomputed here from the model and numpy.
     f = jax.tree.map(np.asarray, forward(params, batch, rng, model=model, spec=ospec, deterministic=True))
-    w, targets = f.masked.weights, f.masked.original_ids
+    w, targets, pos = f.masked.weights, f.masked.original_ids, f.masked.positions
+    ids, seg = batch["input_ids"], batch["segment_ids"]
+    gen_logits = np.asarray(model.apply({"params": params}, f.masked.input_ids, seg, batch["input_mask"], pos,
+                                        method=Electra.generator_logits), np.float64)
+    nll = -np.take_along_axis(_np_log_softmax(gen_logits), targets[..., None], -1)[..., 0]
+    corrupted, written = ids.copy(), set()
+    for b, j in zip(*np.nonzero(w)):  # a position drawn twice keeps its first slot's sample
+        if (b, pos[b, j]) not in written:
+            written.add((b, pos[b, j]))
+            corrupted[b, pos[b, j]] = f.sampled[b, j]
     mask = batch["input_mask"].astype(bool)
     real = mask.any(1)
-    labels = f.is_fake & mask
-    probs = 1 / (1 + np.exp(-f.disc_logits.astype(np.float64))) * mask
-    pred = (f.disc_logits > 0) & mask
-    ce = -(labels * np.log(np.clip(1 / (1 + np.exp(-f.disc_logits.astype(np.float64))), 1e-30, 1))
-           + (~labels) * np.log(np.clip(1 - 1 / (1 + np.exp(-f.disc_logits.astype(np.float64))), 1e-30, 1)))
+    labels = (corrupted != ids) & mask
+    disc_logits = np.asarray(model.apply({"params": params}, corrupted, seg, batch["input_mask"],
+                                         method=Electra.discriminator_logits), np.float64)
+    sigmoid = 1 / (1 + np.exp(-disc_logits))
+    probs = sigmoid * mask
+    pred = (disc_logits > 0) & mask
+    ce = -(labels * np.log(np.clip(sigmoid, 1e-30, 1)) + (~labels) * np.log(np.clip(1 - sigmoid, 1e-30, 1)))
     per_example = (ce * mask).sum(1) / (mask.sum(1) + 1e-6)
     expected = {
-        "masked_lm_accuracy": (w * (f.gen_logits.argmax(-1) == targets)).sum() / w.sum(),
-        "masked_lm_loss": (w * f.mlm_nll).sum() / w.sum(),
+        "masked_lm_accuracy": (w * (gen_logits.argmax(-1) == targets)).sum() / w.sum(),
+        "masked_lm_loss": (w * nll).sum() / w.sum(),
         "sampled_masked_lm_accuracy": (w * (f.sampled == targets)).sum() / w.sum(),
         "disc_loss": per_example[real].mean(),
         "disc_accuracy": (pred == labels)[mask].mean(),

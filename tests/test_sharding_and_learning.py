@@ -12,7 +12,8 @@ from jax.sharding import PartitionSpec as P
 
 from electra_jax import config as config_lib
 from electra_jax.data.synthetic import synthetic_batch
-from electra_jax.objective import electra_loss, summarize
+from electra_jax.objective import electra_loss, eval_statistics, summarize
+from electra_jax.objective import eval_metrics as objective_eval_metrics
 from electra_jax.train import gradients, setup
 
 DATA = pathlib.Path(__file__).parent / "data" / "genesis.txt"
@@ -94,11 +95,13 @@ def test_tiny_model_learns_real_sentences(tiny_config):
     state = s.init(init_rng)
     eval_batch = next(_word_batches(config, np.random.default_rng(123), 1))
     eval_batch = {k: np.concatenate([v] * 4) for k, v in eval_batch.items()}  # 64 rows, 4 maskings each
-    evaluate = jax.jit(functools.partial(electra_loss, model=s.model, deterministic=True,
-                                         spec=config_lib.objective_spec(config)))
+    spec = config_lib.objective_spec(config)
+    evaluate = jax.jit(functools.partial(electra_loss, model=s.model, deterministic=True, spec=spec))
+    statistics = jax.jit(functools.partial(eval_statistics, model=s.model, spec=spec))
 
     def eval_metrics(params):
-        return {k: float(v) for k, v in summarize(evaluate(params, eval_batch, jax.random.key(9))[1]).items()}
+        metrics = {k: float(v) for k, v in summarize(evaluate(params, eval_batch, jax.random.key(9))[1]).items()}
+        return {**metrics, **objective_eval_metrics(statistics(params, eval_batch, jax.random.key(9)))}
 
     before = eval_metrics(state.params)
     for batch in _word_batches(config, np.random.default_rng(0), config.num_train_steps):
@@ -106,7 +109,10 @@ def test_tiny_model_learns_real_sentences(tiny_config):
     after = eval_metrics(state.params)
     print("before", before, "\nafter", after)
     assert after["mlm_accuracy"] > before["mlm_accuracy"] + 0.1
-    assert after["disc_accuracy"] > before["disc_accuracy"] + 0.03
+    # Always answering "original" is already ~85% accurate: the discriminator must rank replaced tokens
+    # above originals (AUC) and find some of them.
+    assert after["disc_auc"] > max(0.65, before["disc_auc"] + 0.1)
+    assert after["disc_recall"] > 0.05
     assert after["loss"] < before["loss"]
 
 
@@ -154,3 +160,24 @@ def test_fsdp_cuts_state_bytes_per_device_with_identical_steps(tiny_config):
     assert per_device[8] < per_device[1] / 4  # embeddings, kernels and Adam moments all split
     for fsdp in (2, 4, 8):
         np.testing.assert_allclose(losses[fsdp], losses[1], rtol=1e-5)
+
+
+def test_dcn_data_puts_whole_processes_along_the_data_axis(tiny_config):
+    """mesh.dcn_data=2 over 2 processes x 4 devices (stand-ins: mesh_utils reads only these fields),
+    enumerated interleaved: the data axis holds one process's devices, then the other's, so only the
+    data-parallel all-reduce crosses between processes. TPU devices are grouped by slice instead."""
+    from electra_jax.sharding import device_grid
+
+    class FakeDevice:
+        def __init__(self, i, platform="cpu"):
+            self.id, self.process_index, self.platform, self.slice_index = i, i % 2, platform, i % 2
+            self.device_kind = platform
+
+    tiny_config.mesh.update(data=-1, fsdp=1, tensor=1, dcn_data=2)
+    for platform in ("cpu", "gpu"):
+        grid = device_grid(tiny_config, [FakeDevice(i, platform) for i in range(8)])
+        assert grid.shape == (8, 1, 1)
+        assert [d.process_index for d in grid.ravel()] == [0, 0, 0, 0, 1, 1, 1, 1]
+    tiny_config.mesh.update(data=2, fsdp=4, dcn_data=2)  # fsdp stays inside a process
+    grid = device_grid(tiny_config, [FakeDevice(i) for i in range(8)])
+    assert [{d.process_index for d in row.ravel()} for row in grid] == [{0}, {1}]

@@ -1,0 +1,102 @@
+"""Plant bugs the suite once missed, one at a time, in a copy of the repository, and check that the
+tests covering each place now fail. Run from the repository root:
+
+    python tests/mutation/known_bugs.py            # all; prints caught / MISSED per bug
+    python tests/mutation/known_bugs.py 3 7        # only these (1-based)
+
+Each bug is one replacement of an exact source string (it must occur exactly once, so a refactor that
+moves the line shows up as "stale" instead of passing silently). Add a bug here whenever a test is
+strengthened after a miss.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# (what, file, exact source, replacement, pytest arguments)
+BUGS = [
+    ("scanned layers exported in reverse order", "electra_jax/model.py",
+     "jax.tree.map(lambda x, i=i: x[i], encoder[\"layers\"])",
+     "jax.tree.map(lambda x, i=i: x[n - 1 - i], encoder[\"layers\"])",
+     ["tests/test_hf_parity.py", "-k", "logits or round_trip"]),
+    ("a checkpoint from N processes re-initialised on M instead of restored", "electra_jax/pretrain.py",
+     "            state = checkpoints.restore(latest, abstract)\n",
+     "            state = s.init(init_rng)\n",
+     ["tests/test_multihost.py", "-k", "resumes"]),
+    ("[SEP] removed from the never-mask ids", "electra_jax/config.py",
+     "never_mask_ids=tuple(sorted({t.cls_id, t.sep_id, t.mask_id, t.pad_id}))",
+     "never_mask_ids=tuple(sorted({t.cls_id, t.mask_id, t.pad_id}))",
+     ["tests/test_masking.py", "tests/test_objective.py"]),
+    ("model_spec forces float32", "electra_jax/config.py",
+     "        dtype=m.dtype,\n", "        dtype=\"float32\",\n",
+     ["tests/test_config_and_model.py", "-k", "bfloat16"]),
+    ("layer-wise LR decay not chained into the optimizer", "electra_jax/optim.py",
+     "core = optax.chain(core, layerwise_lr_decay(depths_fn, p.layerwise_lr_decay))",
+     "core = core",
+     ["tests/test_optim.py", "tests/test_finetune.py", "-k", "layerwise or optim"]),
+    ("tagging labels every sub-token", "electra_jax/finetune/tasks.py",
+     "if word is not None and word != previous:", "if word is not None:",
+     ["tests/test_finetune.py", "-k", "tagging or token_classifier or head_and_loss"]),
+    ("eval per-slot NLL doubled", "electra_jax/objective.py",
+     "\"mlm_nll_sum\": jnp.sum(w * f.mlm_nll),", "\"mlm_nll_sum\": jnp.sum(w * 2 * f.mlm_nll),",
+     ["tests/test_objective.py"]),
+    ("fine-tuning ignores the --init weights", "electra_jax/finetune/run.py",
+     "        state = s.state_from_params({**state.params, **backbone})\n",
+     "        state = s.state_from_params(state.params)\n",
+     ["tests/test_finetune.py", "-k", "learns_a_task or init_weights"]),
+    ("a gs:// export uploads config.json first", "electra_jax/hf.py",
+     "key=lambda n: n == \"config.json\"", "key=lambda n: n != \"config.json\"",
+     ["tests/test_hf_parity.py", "-k", "gfile"]),
+    ("a generator accepted as --init", "electra_jax/pretrain.py",
+     "if \"ElectraForMaskedLM\" in saved.get(\"architectures\", []):",
+     "if False and \"ElectraForMaskedLM\" in saved.get(\"architectures\", []):",
+     ["tests/test_finetune.py", "-k", "bad_input"]),
+]
+
+
+def _copy_repository(dst: str) -> None:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for name in files:
+        if os.path.isfile(os.path.join(ROOT, name)):
+            os.makedirs(os.path.join(dst, os.path.dirname(name)), exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, name), os.path.join(dst, name))
+
+
+def main(which: list[int]) -> int:
+    missed = 0
+    with tempfile.TemporaryDirectory() as copy:
+        _copy_repository(copy)
+        env = {**os.environ, "PYTHONPATH": copy}  # the copy's electra_jax comes first
+        for number, (what, path, old, new, tests) in enumerate(BUGS, 1):
+            if which and number not in which:
+                continue
+            source = open(os.path.join(copy, path)).read()
+            if source.count(old) != 1:
+                print(f"{number:2d} stale  {what}: the line is not in {path} exactly once", flush=True)
+                missed += 1
+                continue
+            with open(os.path.join(copy, path), "w") as f:
+                f.write(source.replace(old, new))
+            start = time.perf_counter()
+            run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                                 cwd=copy, env=env, capture_output=True, text=True)
+            with open(os.path.join(copy, path), "w") as f:
+                f.write(source)
+            failed = [line for line in run.stdout.splitlines() if line.startswith("FAILED")]
+            verdict = "caught" if run.returncode == 1 and failed else "MISSED"
+            missed += verdict != "caught"
+            print(f"{number:2d} {verdict} {what} ({time.perf_counter() - start:.0f} s): "
+                  f"{failed[0][7:] if failed else run.stdout.strip().splitlines()[-1:]}", flush=True)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main([int(a) for a in sys.argv[1:]]))

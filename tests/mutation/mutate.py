@@ -1,0 +1,151 @@
+"""Mutation testing of the core modules with cosmic-ray (https://github.com/sixty-north/cosmic-ray).
+
+    pip install -c constraints.txt -e '.[mutation]'
+    python tests/mutation/mutate.py masking objective     # or: all; --report only prints
+    python tests/mutation/mutate.py --list                  # modules and the tests that guard them
+
+Each mutant is one small change to one module (an operator, a comparison, a number, a boolean), applied
+to a copy of the repository under .mutation/MODULE/ and judged by that module's fast tests run in a
+fresh process (`pytest -x`): killed (a test failed), survived (all passed) or timeout. A JAX test needs a
+fresh process per mutant (the module is imported and its functions traced), which is why this is
+cosmic-ray (mutate on disk, run a command) rather than mutmut (trampolines in forked workers, which
+fork after XLA has started its threads). Sessions resume: rerunning continues the pending mutants.
+
+Binary-operator swaps are limited to the natural partners (+ <-> -, * <-> /, // -> /, ** -> *): the
+other eight replacements per operator (<<, |, %, ...) fail at trace time and only cost minutes. A line
+marked `# pragma: no mutate` is skipped: use it only for a proven-equivalent mutant, with the reason.
+Not in CI: one module takes 20-60 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WORK = os.path.join(ROOT, ".mutation")
+
+# module -> (source file, the tests that guard it: fast ones only)
+MODULES = {
+    "masking": ("electra_jax/masking.py", "tests/test_masking.py"),
+    "objective": ("electra_jax/objective.py", "tests/test_objective.py"),
+    "optim": ("electra_jax/optim.py", "tests/test_optim.py tests/test_finetune.py -k 'layerwise or optim'"),
+    "hf": ("electra_jax/hf.py", "tests/test_hf_parity.py -k 'not thirty'"),
+    "model": ("electra_jax/model.py", "tests/test_config_and_model.py tests/test_hf_parity.py -k 'logits or "
+              "round_trip or init or scan'"),
+    "checkpoint": ("electra_jax/checkpoint.py", "tests/test_pretrain.py"),
+    "reader": ("electra_jax/data/reader.py", "tests/test_reader.py"),
+    "finetune": ("electra_jax/finetune/tasks.py", "tests/test_finetune.py -k 'not learns_a_task'"),
+}
+
+KEPT_SWAPS = ("Add_Sub", "Sub_Add", "Mul_Div", "Div_Mul", "FloorDiv_Div", "Pow_Mul")
+
+
+def _config(module: str, copy: str) -> str:
+    source, tests = MODULES[module]
+    path = os.path.join(WORK, module, "config.toml")
+    keep = "|".join(KEPT_SWAPS)
+    with open(path, "w") as f:
+        f.write(f"""[cosmic-ray]
+module-path = "{source}"
+timeout = 300.0
+excluded-modules = []
+test-command = "env PYTHONPATH={copy} {sys.executable} -m pytest -x -q -p no:cacheprovider {tests}"
+
+[cosmic-ray.distributor]
+name = "local"
+
+[cosmic-ray.filters.operators-filter]
+exclude-operators = ["core/ReplaceBinaryOperator_(?!({keep})$).*"]
+""")
+    return path
+
+
+def _copy_repository(dst: str) -> None:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for name in files:
+        if os.path.isfile(os.path.join(ROOT, name)) and not name.startswith(".mutation/"):
+            os.makedirs(os.path.join(dst, os.path.dirname(name)), exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, name), os.path.join(dst, name))
+
+
+def _tool(name: str) -> str:
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def run(module: str) -> None:
+    copy = os.path.join(WORK, module, "repo")
+    session = os.path.join(WORK, module, "session.sqlite")
+    if not os.path.exists(session):  # a new session on the current sources
+        shutil.rmtree(os.path.join(WORK, module), ignore_errors=True)
+        _copy_repository(copy)
+        config = _config(module, copy)
+        subprocess.run([_tool("cosmic-ray"), "init", config, session], cwd=copy, check=True)
+        subprocess.run([_tool("cr-filter-operators"), session, config], cwd=copy, check=True)
+        subprocess.run([_tool("cr-filter-pragma"), session], cwd=copy, check=True)
+    config = os.path.join(WORK, module, "config.toml")
+    subprocess.run([_tool("cosmic-ray"), "exec", config, session], cwd=copy, check=True)
+
+
+def report(module: str) -> dict | None:
+    """{module, mutants, killed, survived, pending, skipped, score, survivors: [line, operator, diff]}."""
+    session = os.path.join(WORK, module, "session.sqlite")
+    if not os.path.exists(session):
+        return None
+    dump = subprocess.run([_tool("cosmic-ray"), "dump", session], capture_output=True, text=True, check=True)
+    counts = {"killed": 0, "survived": 0, "pending": 0, "skipped": 0}
+    survivors = []
+    for line in dump.stdout.splitlines():
+        item, result = json.loads(line)
+        if result is None:
+            counts["pending"] += 1
+        elif result["worker_outcome"] == "skipped":
+            counts["skipped"] += 1
+        elif result["worker_outcome"] != "normal" or result["test_outcome"] != "survived":
+            counts["killed"] += 1  # a test failed, timed out, or the mutant could not even be imported
+        else:
+            counts["survived"] += 1
+            m = item["mutations"][0]
+            survivors.append({"line": m["start_pos"][0], "operator": m["operator_name"].split("/")[-1],
+                              "diff": "".join(l for l in (result.get("diff") or "").splitlines(True)
+                                              if l[:1] in "+-" and l[:3] not in ("+++", "---")).strip()})
+    done = counts["killed"] + counts["survived"]
+    return {"module": module, "mutants": done, **counts,
+            "score": round(counts["killed"] / done, 3) if done else None, "survivors": survivors}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("modules", nargs="*", help=f"{', '.join(MODULES)} or all")
+    parser.add_argument("--report", action="store_true", help="only print the reports of earlier runs")
+    parser.add_argument("--list", action="store_true", help="the modules and their tests")
+    args = parser.parse_args()
+    if args.list:
+        for name, (source, tests) in MODULES.items():
+            print(f"{name:11s} {source:32s} {tests}")
+        return 0
+    modules = list(MODULES) if args.modules == ["all"] else args.modules
+    unknown = [m for m in modules if m not in MODULES]
+    if unknown or not modules:
+        parser.error(f"name modules from {', '.join(MODULES)} (or all); got {unknown or 'none'}")
+    for module in modules:
+        if not args.report:
+            run(module)
+        r = report(module)
+        if r is None:
+            print(f"{module}: no session yet")
+            continue
+        print(f"{module}: {r['killed']}/{r['mutants']} killed (score {r['score']}), {r['pending']} pending, "
+              f"{r['skipped']} filtered")
+        for s in r["survivors"]:
+            print(f"  survived line {s['line']} {s['operator']}: {s['diff']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
