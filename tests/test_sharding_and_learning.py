@@ -170,8 +170,8 @@ def test_dcn_data_puts_whole_processes_along_the_data_axis(tiny_config):
 
     class FakeDevice:
         def __init__(self, i, platform="cpu"):
-            self.id, self.process_index, self.platform, self.slice_index = i, i % 2, platform, i % 2
-            self.device_kind = platform
+            # No slice_index, as real CPU and GPU devices (mesh_utils demanded one before the fix).
+            self.id, self.process_index, self.platform, self.device_kind = i, i % 2, platform, platform
 
     tiny_config.mesh.update(data=-1, fsdp=1, tensor=1, dcn_data=2)
     for platform in ("cpu", "gpu"):
