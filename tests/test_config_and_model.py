@@ -200,3 +200,13 @@ def test_classifier_output_layer_initialiser(head, glorot):
         assert np.abs(w).max() <= limit and abs(w.std() / (limit / np.sqrt(3)) - 1) < 0.05
     else:
         assert np.abs(w).max() < 0.04 and abs(w.std() / _truncated_normal_std(0.02) - 1) < 0.05
+
+
+def test_tensorflow_is_kept_off_the_accelerators(monkeypatch):
+    """host_tf() hides the GPUs from TensorFlow (it would otherwise reserve their memory before JAX)."""
+    from electra_jax.fs import host_tf
+
+    tf = host_tf()
+    calls = []
+    monkeypatch.setattr(tf.config, "set_visible_devices", lambda devices, kind: calls.append((devices, kind)))
+    assert host_tf() is tf and calls == [([], "GPU")]

@@ -331,6 +331,28 @@ def test_token_classifier_exports_exactly(random_discriminator, tmp_path):
     np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-5, rtol=1e-5)
 
 
+def test_pairs_are_truncated_longest_first_as_the_original():
+    """google-research/electra `_truncate_seq_pair`: pop from the longer side, from B on ties."""
+    from electra_jax.data.tokenizer import load_tokenizer
+    from electra_jax.finetune.tasks import Examples, truncate_pair
+
+    assert truncate_pair(list(range(8)), [8, 9, 10], 7) == ([0, 1, 2, 3], [8, 9, 10])
+    assert truncate_pair(list(range(5)), list(range(5, 10)), 7) == ([0, 1, 2, 3], [5, 6, 7])
+    assert truncate_pair(list(range(6)), list(range(6, 12)), 8) == ([0, 1, 2, 3], [6, 7, 8, 9])
+    tok = load_tokenizer(SAMPLE_TOKENIZER)
+    words = "and the lord god said".split()
+    word_ids = [tok.token_to_id(w) for w in words]
+    out = encode(Examples("hand", [" ".join(words)], [" ".join(reversed(words))], ["x"]),
+                 task_spec("classification"), tok, 10, ["x"], 0)
+    # 5 + 5 tokens into 10 - 3: B, A, B lose one each -> A 4, B 3.
+    np.testing.assert_array_equal(out["input_ids"][0], [2, *word_ids[:4], 3, *word_ids[::-1][:3], 3])
+    np.testing.assert_array_equal(out["segment_ids"][0], [0] * 6 + [1] * 4)
+    np.testing.assert_array_equal(out["input_mask"][0], [1] * 10)
+    short = encode(Examples("hand", ["god"], ["lord"], ["x"]), task_spec("classification"), tok, 8, ["x"], 0)
+    np.testing.assert_array_equal(short["input_ids"][0], [2, word_ids[3], 3, word_ids[2], 3, 0, 0, 0])
+    np.testing.assert_array_equal(short["segment_ids"][0], [0, 0, 0, 1, 1, 0, 0, 0])
+
+
 def test_glue_through_tfds_reads_and_encodes_pairs():
     import tensorflow_datasets as tfds
 

@@ -1,6 +1,5 @@
 """The original optimizer, written out by hand in numpy, against our optax chain."""
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np

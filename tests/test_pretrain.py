@@ -124,7 +124,7 @@ def test_sigterm_saves_the_current_step_and_exits_0(data_dir, tmp_path):
     assert f"saved step {steps[0]}" in out + err
 
 
-def test_export_loads_in_transformers_with_equal_logits(data_dir, tmp_path):
+def test_export_loads_in_transformers_with_equal_logits(data_dir, tmp_path, capsys):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from electra_jax.model import Electra
@@ -164,10 +164,10 @@ def test_export_loads_in_transformers_with_equal_logits(data_dir, tmp_path):
         np.testing.assert_allclose(np.asarray(ours[tower])[real], logits[real], atol=1e-5, rtol=1e-5)
     fill = transformers.pipeline("fill-mask", model=str(tmp_path / "hf" / "generator"))
     assert len(fill("In the beginning God created the [MASK].")) == 5
-    _check_import(tmp_path, data_dir, params)
+    _check_import(tmp_path, data_dir, params, capsys)
 
 
-def _check_import(tmp_path, data_dir, params):
+def _check_import(tmp_path, data_dir, params, capsys):
     """HF export -> import gives back the same parameters, pretraining continues from it, and a
     discriminator whose config disagrees with its weights is refused naming the tensors."""
     import json
@@ -190,6 +190,31 @@ def _check_import(tmp_path, data_dir, params):
                        devices=jax.devices()[:1], progress=False)
     assert resumed["step"] == 2
     assert main(args + ["--workdir", str(tmp_path / "imported")]) == 2  # not over a run
+
+    # WORKDIR:step names a checkpoint (detect, finetune --init); a missing step says which exist.
+    capsys.readouterr()
+    assert main(["detect", "--model", f"{tmp_path / 'w'}:4", "--json", "And God said"]) == 0
+    assert json.loads(capsys.readouterr().out)
+    assert main(["detect", "--model", f"{tmp_path / 'w'}:3", "And God said"]) == 2
+    assert "no checkpoint at step 3; there are [4]" in capsys.readouterr().err
+
+    # Under another preset the model fields come from the pair, and the command prints the overrides;
+    # a generator whose embedding tables differ is imported with the discriminator's, and says so.
+    from safetensors.numpy import load_file, save_file
+
+    odd = tmp_path / "odd_generator"
+    shutil.copytree(hf / "generator", odd)
+    weights = load_file(str(odd / "model.safetensors"))
+    weights["electra.embeddings.word_embeddings.weight"] += 1.0
+    save_file(weights, str(odd / "model.safetensors"), metadata={"format": "pt"})
+    capsys.readouterr()
+    assert main(["import", "--discriminator", str(hf / "discriminator"), "--generator", str(odd), "--config",
+                 "small", "--workdir", str(tmp_path / "imported2")]) == 0
+    out = capsys.readouterr().out
+    assert "--config.model.hidden_size=64" in out and "--config.model.num_layers=2" in out
+    assert "the generator's embedding tables differ from the discriminator's" in out
+    _, _, imported2 = restore_params(str(tmp_path / "imported2"))
+    np.testing.assert_array_equal(imported2["embeddings"]["word_embeddings"], params["embeddings"]["word_embeddings"])
 
     bad = tmp_path / "bad"
     shutil.copytree(hf / "discriminator", bad)
@@ -317,3 +342,27 @@ def test_keeps_the_last_checkpoints_and_speed_leaves_out_compilation(data_dir, t
     with open(tmp_path / "metrics.jsonl") as f:
         speeds = [r["tokens_per_s"] for r in map(json.loads, f) if r["split"] == "train"]
     assert len(speeds) == 6 and speeds[0] > 0.1 * np.median(speeds[1:]), speeds
+
+
+def test_skip_nonfinite_skips_inside_the_loop_and_stops_after_too_many(data_dir, tmp_path):
+    """optim.skip_nonfinite=2: the first updates (lr 1e15) make the weights huge until the attention
+    logits overflow and every gradient is NaN (measured: from step 3). The first two such steps are
+    skipped (counted, parameters untouched, checkpoints finite); the third in a row stops the run."""
+    import json
+    import re
+
+    config = _config(data_dir, "--config.optim.learning_rate=1e15", "--config.optim.warmup_steps=4",
+                     "--config.optim.skip_nonfinite=2", "--config.train.save_every=1", "--config.train.log_every=1",
+                     "--config.train.eval_every=0")
+    with pytest.raises(TrainingError) as error:
+        pretrain(config, str(tmp_path), devices=jax.devices()[:1], progress=False)
+    stopped, last_good = map(int, re.search(r"not finite at step (\d+).*the last good checkpoint is step (\d+)",
+                                            str(error.value)).groups())
+    with open(tmp_path / "metrics.jsonl") as f:
+        skipped = {r["step"]: r["skipped_steps"] for r in map(json.loads, f) if r["split"] == "train"}
+    first = stopped - 2  # the first skipped step
+    assert first >= 2 and last_good == stopped - 1
+    assert [skipped[s] for s in range(1, stopped)] == [0] * (first - 1) + [1, 2]
+    for a, b in zip(jax.tree.leaves(_params(tmp_path, first - 1)), jax.tree.leaves(_params(tmp_path, last_good))):
+        assert np.isfinite(b).all()
+        np.testing.assert_array_equal(a, b)  # the skipped steps changed nothing

@@ -205,6 +205,34 @@ def _is_number(value: str) -> bool:
 # ----------------------------------------------------------------------------- encoding
 
 
+def truncate_pair(a: list[int], b: list[int], budget: int) -> tuple[list[int], list[int]]:
+    """The original's `_truncate_seq_pair`: drop the last token of the longer side until both fit, B on
+    ties. (The tokenizers library's longest_first drops from A on ties: [CLS] 5 + 5 [SEP]s at 10 keeps
+    3 + 4 tokens there, 4 + 3 here.)"""
+    a, b = list(a), list(b)
+    while len(a) + len(b) > budget:
+        (a if len(a) > len(b) else b).pop()
+    return a, b
+
+
+def _encode_pairs(examples: Examples, tok, max_len: int, pad_id: int) -> dict[str, np.ndarray]:
+    """[CLS] A [SEP] B [SEP], each side tokenised alone and truncated as the original, then padded."""
+    from electra_jax.data.tokenizer import special_ids
+
+    ids = special_ids(tok, examples.source)
+    firsts = tok.encode_batch(examples.text_a, add_special_tokens=False)
+    seconds = tok.encode_batch(examples.text_b, add_special_tokens=False)
+    out = {k: np.zeros((len(firsts), max_len), np.int32) for k in ("input_ids", "input_mask", "segment_ids")}
+    for i, (first, second) in enumerate(zip(firsts, seconds)):
+        a, b = truncate_pair(first.ids, second.ids, max_len - 3)
+        row = [ids.cls, *a, ids.sep, *b, ids.sep]
+        out["input_ids"][i, :len(row)] = row
+        out["input_ids"][i, len(row):] = pad_id
+        out["input_mask"][i, :len(row)] = 1
+        out["segment_ids"][i, len(a) + 2:len(row)] = 1
+    return out
+
+
 def encode(examples: Examples, spec: TaskSpec, tokenizer, max_len: int, labels: list[str],
            pad_id: int) -> dict[str, np.ndarray]:
     """Fixed-length int32 arrays {input_ids, input_mask, segment_ids, labels[, label_weights]}.
@@ -215,19 +243,17 @@ def encode(examples: Examples, spec: TaskSpec, tokenizer, max_len: int, labels: 
     if not examples.text_a:
         raise TaskError(f"{examples.source}: no examples")
     tok = tokenizer
-    tok.enable_truncation(max_len, strategy="longest_first")
-    tok.enable_padding(length=max_len, pad_id=pad_id, pad_token="[PAD]")
-    if spec.kind == "tagging":
-        encodings = tok.encode_batch(examples.text_a, is_pretokenized=True)
-    elif examples.text_b is not None:
-        encodings = tok.encode_batch(list(zip(examples.text_a, examples.text_b)))
+    if examples.text_b is not None:
+        out = _encode_pairs(examples, tok, max_len, pad_id)
     else:
-        encodings = tok.encode_batch(examples.text_a)
-    tok.no_truncation()
-    tok.no_padding()
-    out = {"input_ids": np.asarray([e.ids for e in encodings], np.int32),
-           "input_mask": np.asarray([e.attention_mask for e in encodings], np.int32),
-           "segment_ids": np.asarray([e.type_ids for e in encodings], np.int32)}
+        tok.enable_truncation(max_len)
+        tok.enable_padding(length=max_len, pad_id=pad_id, pad_token="[PAD]")
+        encodings = tok.encode_batch(examples.text_a, is_pretokenized=spec.kind == "tagging")
+        tok.no_truncation()
+        tok.no_padding()
+        out = {"input_ids": np.asarray([e.ids for e in encodings], np.int32),
+               "input_mask": np.asarray([e.attention_mask for e in encodings], np.int32),
+               "segment_ids": np.asarray([e.type_ids for e in encodings], np.int32)}
     index = {name: i for i, name in enumerate(labels)}
 
     def label_id(value, i):
