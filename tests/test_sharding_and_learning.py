@@ -181,3 +181,15 @@ def test_dcn_data_puts_whole_processes_along_the_data_axis(tiny_config):
     tiny_config.mesh.update(data=2, fsdp=4, dcn_data=2)  # fsdp stays inside a process
     grid = device_grid(tiny_config, [FakeDevice(i) for i in range(8)])
     assert [{d.process_index for d in row.ravel()} for row in grid] == [{0}, {1}]
+
+
+@pytest.mark.parametrize("preset,row", [("small", (162.5, 81.7, 41.3, 21.1)), ("base", (1366, 684, 343, 173))])
+def test_the_readmes_fsdp_table(preset, row):
+    """README's per-device train state on 8 devices, recomputed from shapes and shardings (no arrays)."""
+    from electra_jax.sharding import bytes_per_device
+
+    for fsdp, mib in zip((1, 2, 4, 8), row):
+        c = config_lib.load_config(preset, [f"--config.mesh.fsdp={fsdp}"])
+        s = setup(c, jax.devices()[:8])
+        got = bytes_per_device(s.abstract_state(), s.state_shardings) / 2 ** 20
+        assert got == pytest.approx(mib, abs=0.05 if preset == "small" else 0.5), (preset, fsdp, got)  # as rounded
