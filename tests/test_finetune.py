@@ -309,21 +309,40 @@ def test_token_classifier_exports_exactly(random_discriminator, tmp_path):
     from electra_jax.finetune.run import export_finetuned
 
     names = {"god", "lord", "moses", "israel", "david"}
+    sentences = [s.replace(",", " ,").split()[:16] for s in _kjv(300)]  # 16 words fit in 48 tokens
+    gold = [["B-NAME" if w.lower() in names else "O" for w in words] for words in sentences]
     with open(tmp_path / "train.conll", "w") as f:
-        for sentence in _kjv(200):
-            for word in sentence.replace(",", " ,").split()[:30]:
-                f.write(f"{word} {'B-NAME' if word.lower() in names else 'O'}\n")
+        for words, tags in zip(sentences, gold):
+            f.writelines(f"{w} {t}\n" for w, t in zip(words, tags))
             f.write("\n")
     config = load_config(str(ROOT / "configs" / "finetune" / "tiny.py"), [
         "--config.task.name=tagging", f"--config.task.train={tmp_path / 'train.conll'}",
-        f"--config.task.dev={tmp_path / 'train.conll'}", "--config.task.max_len=48", "--config.num_epochs=1"])
+        f"--config.task.dev={tmp_path / 'train.conll'}", "--config.task.max_len=48", "--config.num_epochs=3"])
     results = finetune(config, random_discriminator, str(tmp_path / "run"), devices=jax.devices()[:1],
                        progress=False)
-    assert 0.0 <= results["median"]["dev/entity_f1"] <= 1.0
     out = export_finetuned(str(tmp_path / "run"), str(tmp_path / "hf"))
     hf = transformers.ElectraForTokenClassification.from_pretrained(out)
     assert hf.config.id2label == {0: "O", 1: "B-NAME"}
     tok = transformers.AutoTokenizer.from_pretrained(out)
+
+    # The reported entity F1, recomputed from the exported model's tags on each word's first piece:
+    # with single-word entities, F1 over the (sentence, word) positions tagged B-NAME.
+    enc = tok(sentences, is_split_into_words=True, padding=True, truncation=True, max_length=48,
+              return_tensors="pt")
+    with torch.no_grad():
+        tags = hf(**enc).logits.argmax(-1).numpy()
+    predicted, truth = set(), {(i, j) for i, t in enumerate(gold) for j, tag in enumerate(t) if tag == "B-NAME"}
+    for i in range(len(sentences)):
+        seen = set()
+        for t, word in enumerate(enc.word_ids(i)):
+            if word is not None and word not in seen:
+                seen.add(word)
+                if tags[i, t] == 1:
+                    predicted.add((i, word))
+    hits = len(predicted & truth)
+    f1 = 2 * hits / (len(predicted) + len(truth))
+    assert results["median"]["dev/entity_f1"] == pytest.approx(f1, abs=1e-6)
+    assert f1 > 0.8, f1  # it learned: names are whole words here
     enc = tok(["And Moses said unto the LORD"], return_tensors="np")
     with torch.no_grad():
         theirs = hf(**{k: torch.tensor(v).long() for k, v in enc.items()}).logits.numpy()
