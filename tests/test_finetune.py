@@ -392,6 +392,12 @@ def test_glue_through_tfds_reads_and_encodes_pairs():
         seps = np.flatnonzero(row == 3)
         assert len(seps) == 2 and (s[: seps[0] + 1] == 0).all() and (s[seps[0] + 1: seps[1] + 1] == 1).all()
 
+    # STS-B's 0-5 similarity is trained as the original's (x - 0) / 5.
+    with tfds.testing.mock_data(num_examples=4):
+        stsb = read_tfds(GLUE["stsb"], "validation", None, download=True)
+        raw = [float(r["label"]) for r in tfds.as_numpy(tfds.load("glue/stsb", split="validation"))]
+    np.testing.assert_allclose(stsb.labels, np.array(raw) / 5, rtol=1e-6)
+
 
 def test_bad_input_gets_a_clear_error(random_discriminator, tmp_path, capsys):
     from electra_jax.cli import main

@@ -35,12 +35,13 @@ class TaskSpec:
     train_split: str = "train"
     eval_splits: tuple[str, ...] = ("validation",)
     symmetric: bool = False  # the label does not depend on the order of the pair (MRPC, STS-B)
+    label_scale: float = 1.0  # regression targets x this: STS-B's 0-5 -> 0-1, as the original's (x - 0) / 5
 
 
 def _glue(name, metrics, a, b=None, epochs=3, kind="classification", eval_splits=("validation",),
-          symmetric=False):
+          symmetric=False, label_scale=1.0):
     return TaskSpec(name, kind, metrics, epochs, a, b, "label", f"glue/{name}", "train", eval_splits,
-                    symmetric)
+                    symmetric, label_scale)
 
 
 # Epochs as the original's configure_finetuning.py: 3, and 10 for the small RTE and STS-B.
@@ -48,7 +49,8 @@ GLUE = {
     "cola": _glue("cola", ("mcc", "accuracy"), "sentence"),
     "sst2": _glue("sst2", ("accuracy",), "sentence"),
     "mrpc": _glue("mrpc", ("accuracy", "f1"), "sentence1", "sentence2", symmetric=True),
-    "stsb": _glue("stsb", ("spearman", "pearson"), "sentence1", "sentence2", 10, "regression", symmetric=True),
+    "stsb": _glue("stsb", ("spearman", "pearson"), "sentence1", "sentence2", 10, "regression", symmetric=True,
+                  label_scale=0.2),
     "qqp": _glue("qqp", ("accuracy", "f1"), "question1", "question2"),
     "mnli": _glue("mnli", ("accuracy",), "premise", "hypothesis",
                   eval_splits=("validation_matched", "validation_mismatched")),
@@ -179,7 +181,7 @@ def read_tfds(spec: TaskSpec, split: str, data_dir: str | None, download: bool =
         if spec.text_b:
             b.append(row[spec.text_b].decode("utf-8"))
         value = row[spec.label]
-        labels.append(float(value) if spec.kind == "regression" else names[int(value)])
+        labels.append(float(value) * spec.label_scale if spec.kind == "regression" else names[int(value)])
     return Examples(source, a, b, labels)
 
 
