@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from electra_jax.masking import mask_tokens
+from electra_jax.masking import first_occurrence, mask_tokens, num_to_mask, scatter_tokens
 
 PAD, CLS, SEP, MASK = 0, 2, 3, 4
 
@@ -22,6 +22,9 @@ def _batch(seed=0, batch=32, seq_len=64):
             ids[b, n // 2] = SEP
         mask[b, :n] = 1
     ids[0, 1] = MASK  # a literal [MASK] in the input must never be chosen
+    ids[1], mask[1] = 0, 0  # only [CLS] [SEP]: nothing to mask, so no slot counts
+    ids[1, :2], mask[1, :2] = (CLS, SEP), 1
+    ids[2], mask[2] = 0, 0  # all padding (the eval reader's filler rows)
     return ids, mask
 
 
@@ -120,3 +123,37 @@ def test_the_configured_objective_never_masks_special_tokens():
         out = jax.tree.map(np.asarray, mask_batch(jax.random.key(i), {"input_ids": ids, "input_mask": mask}, spec))
         chosen = np.take_along_axis(ids, out.positions, 1)[out.weights > 0]
         assert not np.isin(chosen, [PAD, CLS, SEP, MASK]).any()
+
+
+def test_num_to_mask_rounds_half_to_even_and_clips():
+    """k = clip(round(0.15 x real tokens), 1, N), rounding as tf.round (half to even), [CLS]/[SEP] counted."""
+    lengths = np.array([0, 3, 10, 30, 50, 70, 128])  # 0.15 x: 0, 0.45, 1.5, 4.5, 7.5, 10.5, 19.2
+    mask = (np.arange(128)[None] < lengths[:, None]).astype(np.int32)
+    np.testing.assert_array_equal(num_to_mask(jnp.asarray(mask), 0.15, 19), [1, 1, 2, 4, 8, 10, 19])
+    np.testing.assert_array_equal(num_to_mask(jnp.asarray(mask), 0.15, 9), [1, 1, 2, 4, 8, 9, 9])
+
+
+def test_first_occurrence_and_scatter_by_hand():
+    positions = np.array([[1, 2, 1, 3, 2], [4, 4, 4, 0, 0]], np.int32)
+    weights = np.array([[1, 1, 1, 1, 0], [0, 1, 1, 0, 0]], np.float32)
+    # Row 0: slot 2 repeats slot 0's position; slot 4 is unweighted. Row 1: slot 0 is unweighted, so
+    # slot 1 is the first weighted slot at position 4.
+    np.testing.assert_array_equal(first_occurrence(jnp.asarray(positions), jnp.asarray(weights)),
+                                  [[True, True, False, True, False], [False, True, False, False, False]])
+    ids = np.arange(10, 16, dtype=np.int32)[None].repeat(2, 0)
+    tokens = np.array([[91, 92, 93, 94, 95], [81, 82, 83, 84, 85]], np.int32)
+    write = np.array([[1, 0, 0, 1, 1], [0, 1, 0, 0, 0]], bool)
+    np.testing.assert_array_equal(scatter_tokens(jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(tokens),
+                                                 jnp.asarray(write)),
+                                  [[10, 91, 95, 94, 14, 15], [10, 11, 12, 13, 82, 15]])
+
+
+def test_positions_are_uniform_over_the_candidates():
+    """With replacement, each slot is a uniform draw over the candidates: 20,000 draws over 6."""
+    ids = np.array([[CLS, 10, 11, SEP, 12, 13, 14, 15, SEP, PAD]], np.int32)
+    mask = (ids != PAD).astype(np.int32)
+    out = _mask(jax.random.key(0), np.repeat(ids, 2000, 0), np.repeat(mask, 2000, 0), mask_prob=0.9, n=10)
+    pos = np.asarray(out.positions)[np.asarray(out.weights) > 0]
+    freq = np.bincount(pos, minlength=10) / len(pos)
+    expected = np.array([0, 1, 1, 0, 1, 1, 1, 1, 0, 0]) / 6
+    np.testing.assert_allclose(freq, expected, atol=4 * np.sqrt((1 / 6) * (5 / 6) / len(pos)))
