@@ -149,8 +149,9 @@ def test_first_occurrence_and_scatter_by_hand():
 
 
 def test_positions_are_uniform_over_the_candidates():
-    """With replacement, each slot is a uniform draw over the candidates: 20,000 draws over 6."""
-    ids = np.array([[CLS, 10, 11, SEP, 12, 13, 14, 15, SEP, PAD]], np.int32)
+    """With replacement, each slot is a uniform draw over the candidates: 20,000 draws over 6, [UNK]
+    (id 1, below the special ids 2-4) among them: only [PAD] [CLS] [SEP] [MASK] are never masked."""
+    ids = np.array([[CLS, 1, 11, SEP, 12, 13, 14, 15, SEP, PAD]], np.int32)
     mask = (ids != PAD).astype(np.int32)
     out = _mask(jax.random.key(0), np.repeat(ids, 2000, 0), np.repeat(mask, 2000, 0), mask_prob=0.9, n=10)
     pos = np.asarray(out.positions)[np.asarray(out.weights) > 0]

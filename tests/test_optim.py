@@ -46,7 +46,7 @@ def _reference_steps(params, grads_seq, c):
     o = c.optim
     for t, grads in enumerate(grads_seq):
         norm = np.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in grads.values()))
-        scale = o.grad_clip_norm / max(norm, o.grad_clip_norm)
+        scale = o.grad_clip_norm / max(norm, o.grad_clip_norm) if o.grad_clip_norm else 1.0
         lr = o.learning_rate * (1 - min(t, c.num_train_steps) / c.num_train_steps) * min(1.0, t / o.warmup_steps)
         for k in p:
             g = grads[k] * scale
@@ -59,8 +59,11 @@ def _reference_steps(params, grads_seq, c):
     return p
 
 
-def test_electra_adam_matches_hand_written_update():
+@pytest.mark.parametrize("clip", [1.0, 0.0])
+def test_electra_adam_matches_hand_written_update(clip):
+    """grad_clip_norm 1.0 clips (the original); 0 turns clipping off (the reference then never scales)."""
     c = _config()
+    c.optim.grad_clip_norm = clip
     rng = np.random.default_rng(0)
     params = {"kernel": rng.normal(size=(3, 4)).astype(np.float32),
               "bias": rng.normal(size=(4,)).astype(np.float32)}

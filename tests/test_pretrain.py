@@ -244,6 +244,8 @@ def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(data_dir, tm
         pretrain(config, str(tmp_path), devices=jax.devices()[:1], progress=False)
     steps = ocp.CheckpointManager(str(tmp_path / "checkpoints")).all_steps()
     assert list(steps) == [1]
+    with open(tmp_path / "metrics.jsonl") as f:  # skip_nonfinite=0: no skipping, nothing counted
+        assert all("skipped_steps" not in line for line in f)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(_params(tmp_path, 1)))
 
 
