@@ -337,6 +337,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _check(config.batch_size > 0, "batch_size", f"must be > 0, got {config.batch_size}")
     _check(config.micro_batches >= 1, "micro_batches", f"must be >= 1, got {config.micro_batches}")
     _check(p.skip_nonfinite >= 0, "optim.skip_nonfinite", f"must be >= 0, got {p.skip_nonfinite}")
+    _check(p.grad_clip_norm >= 0, "optim.grad_clip_norm", f"must be >= 0 (0: no clipping), got {p.grad_clip_norm}")
     _check(0 < p.layerwise_lr_decay <= 1, "optim.layerwise_lr_decay",
            f"must be in (0, 1], got {p.layerwise_lr_decay}")
     _check(p.layerwise_depth in LAYERWISE_DEPTHS, "optim.layerwise_depth",

@@ -59,6 +59,7 @@ def test_small_plus_generator_is_as_wide_as_discriminator():
     ("--config.model.attention=fused", "model.attention"),  # with attention dropout 0.1
     ("--config.model.attention=flash", "model.attention"),
     ("--config.objective.sampler=multinomial", "objective.sampler"),
+    ("--config.optim.grad_clip_norm=-1.0", "optim.grad_clip_norm"),
 ])
 def test_bad_config_fails_before_compiling(override, field):
     config = _load("tiny", override)

@@ -90,8 +90,9 @@ def test_with_replacement_can_repeat_positions():
     # Few candidates and many slots: the original draws with replacement, so repeats must occur.
     ids = np.array([[CLS, 10, 11, SEP] + [PAD] * 4], np.int32)
     mask = (ids != PAD).astype(np.int32)
-    out = _mask(jax.random.key(0), np.repeat(ids, 64, 0), np.repeat(mask, 64, 0), mask_prob=0.5, n=2)
-    w = np.asarray(out.weights)
+    out = mask_tokens(jax.random.key(0), jnp.asarray(np.repeat(ids, 64, 0)), jnp.asarray(np.repeat(mask, 64, 0)),
+                      mask_prob=0.5, max_predictions=2, mask_id=MASK, never_mask_ids=(CLS, SEP, MASK, PAD))
+    w = np.asarray(out.weights)  # (with_replacement left out: the default is the original's)
     pos = np.asarray(out.positions)
     assert np.all(w.sum(1) == 2)
     assert np.any(pos[:, 0] == pos[:, 1])

@@ -17,11 +17,27 @@ def _config(name="electra_adam"):
     return c
 
 
-def test_schedule_matches_formula():
-    sched = learning_rate_schedule(0.1, total_steps=10, warmup_steps=4)
+@pytest.mark.parametrize("warmup", [0, 1, 4])
+def test_schedule_matches_formula(warmup):
+    sched = learning_rate_schedule(0.1, total_steps=10, warmup_steps=warmup)
     for t in [0, 1, 3, 4, 5, 9, 10, 12]:
-        expected = 0.1 * (1 - min(t, 10) / 10) * min(1.0, t / 4)
+        expected = 0.1 * (1 - min(t, 10) / 10) * (min(1.0, t / warmup) if warmup else 1.0)
         np.testing.assert_allclose(sched(t), expected, rtol=1e-6, atol=1e-9)
+
+
+def test_adam_without_bias_correction_defaults_are_the_originals():
+    """b1 0.9, b2 0.999, eps 1e-6 (optimization.py): two steps by hand."""
+    from electra_jax.optim import scale_by_adam_without_bias_correction
+
+    tx = scale_by_adam_without_bias_correction()
+    g1, g2 = np.array([0.5, -2.0, 1e-4]), np.array([0.1, 1.0, -3e-4])
+    state = tx.init(jnp.zeros(3))
+    u1, state = tx.update(jnp.asarray(g1, jnp.float32), state)
+    u2, state = tx.update(jnp.asarray(g2, jnp.float32), state)
+    m1, v1 = 0.1 * g1, 0.001 * g1 ** 2
+    m2, v2 = 0.9 * m1 + 0.1 * g2, 0.999 * v1 + 0.001 * g2 ** 2
+    np.testing.assert_allclose(u1, m1 / (np.sqrt(v1) + 1e-6), rtol=1e-5)
+    np.testing.assert_allclose(u2, m2 / (np.sqrt(v2) + 1e-6), rtol=1e-5)
 
 
 def test_decay_mask_skips_layer_norm_and_biases_but_not_embeddings():
