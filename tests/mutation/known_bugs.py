@@ -58,6 +58,22 @@ BUGS = [
      "if \"ElectraForMaskedLM\" in saved.get(\"architectures\", []):",
      "if False and \"ElectraForMaskedLM\" in saved.get(\"architectures\", []):",
      ["tests/test_finetune.py", "-k", "bad_input"]),
+    # Survivors of the first cosmic-ray runs (2026-12-02), killed by the tests added for them.
+    ("[UNK] (id 1, below the special ids) never masked", "electra_jax/masking.py",
+     "ok &= input_ids != token", "ok &= input_ids > token", ["tests/test_masking.py"]),
+    ("a row with nothing to mask still gets slots", "electra_jax/masking.py",
+     "(num_cand[:, None] > 0)", "(num_cand[:, None] >= 0)", ["tests/test_masking.py"]),
+    ("mask_tokens defaults to drawing without replacement", "electra_jax/masking.py",
+     "    with_replacement: bool = True,\n", "    with_replacement: bool = False,\n", ["tests/test_masking.py"]),
+    ("warmup of 1 step skipped", "electra_jax/optim.py",
+     "if warmup_steps <= 0:", "if warmup_steps <= 1:", ["tests/test_optim.py"]),
+    ("the Adam default b1 wrong", "electra_jax/optim.py",
+     "b1: float = 0.9, b2: float = 0.999,", "b1: float = 1.9, b2: float = 0.999,", ["tests/test_optim.py"]),
+    ("grad_clip_norm=0 clips everything to 0", "electra_jax/optim.py",
+     "p.grad_clip_norm and p.grad_clip_norm > 0:", "p.grad_clip_norm is not None and p.grad_clip_norm > -1:",
+     ["tests/test_optim.py"]),
+    ("skip_nonfinite=0 still wraps the optimizer (and logs skipped steps)", "electra_jax/optim.py",
+     "if p.skip_nonfinite > 0:", "if p.skip_nonfinite >= 0:", ["tests/test_pretrain.py", "-k", "nan_stops"]),
 ]
 
 
