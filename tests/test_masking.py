@@ -135,10 +135,10 @@ def test_num_to_mask_rounds_half_to_even_and_clips():
 
 
 def test_first_occurrence_and_scatter_by_hand():
-    positions = np.array([[1, 2, 1, 3, 2], [4, 4, 4, 0, 0]], np.int32)
+    positions = np.array([[3, 1, 3, 2, 1], [4, 4, 4, 0, 0]], np.int32)
     weights = np.array([[1, 1, 1, 1, 0], [0, 1, 1, 0, 0]], np.float32)
-    # Row 0: slot 2 repeats slot 0's position; slot 4 is unweighted. Row 1: slot 0 is unweighted, so
-    # slot 1 is the first weighted slot at position 4.
+    # Row 0: slot 2 repeats slot 0's position; slot 4 is unweighted (and the positions fall, so only
+    # equality may count). Row 1: slot 0 is unweighted, so slot 1 is the first weighted slot at 4.
     np.testing.assert_array_equal(first_occurrence(jnp.asarray(positions), jnp.asarray(weights)),
                                   [[True, True, False, True, False], [False, True, False, False, False]])
     ids = np.arange(10, 16, dtype=np.int32)[None].repeat(2, 0)
@@ -146,7 +146,7 @@ def test_first_occurrence_and_scatter_by_hand():
     write = np.array([[1, 0, 0, 1, 1], [0, 1, 0, 0, 0]], bool)
     np.testing.assert_array_equal(scatter_tokens(jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(tokens),
                                                  jnp.asarray(write)),
-                                  [[10, 91, 95, 94, 14, 15], [10, 11, 12, 13, 82, 15]])
+                                  [[10, 95, 94, 91, 14, 15], [10, 11, 12, 13, 82, 15]])
 
 
 def test_positions_are_uniform_over_the_candidates():

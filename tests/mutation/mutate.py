@@ -2,6 +2,7 @@
 
     pip install -c constraints.txt -e '.[mutation]'
     python tests/mutation/mutate.py masking objective     # or: all; --report only prints
+    python tests/mutation/mutate.py hf --sample 60          # a random 60 of its mutants: a quicker estimate
     python tests/mutation/mutate.py --list                  # modules and the tests that guard them
 
 Each mutant is one small change to one module (an operator, a comparison, a number, a boolean), applied
@@ -78,7 +79,21 @@ def _tool(name: str) -> str:
     return os.path.join(os.path.dirname(sys.executable), name)
 
 
-def run(module: str) -> None:
+def _sample(session: str, keep: int) -> None:
+    """Leave `keep` pending mutants, drawn at random (seed 0), and mark the others skipped ("unsampled")."""
+    import random
+
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    with use_db(session, WorkDB.Mode.open) as db:
+        pending = sorted(db.pending_work_items, key=lambda item: item.job_id)
+        random.Random(0).shuffle(pending)
+        for item in pending[keep:]:
+            db.set_result(item.job_id, WorkResult(output="unsampled", worker_outcome=WorkerOutcome.SKIPPED))
+
+
+def run(module: str, sample: int | None = None) -> None:
     copy = os.path.join(WORK, module, "repo")
     session = os.path.join(WORK, module, "session.sqlite")
     if not os.path.exists(session):  # a new session on the current sources
@@ -88,6 +103,8 @@ def run(module: str) -> None:
         subprocess.run([_tool("cosmic-ray"), "init", config, session], cwd=copy, check=True)
         subprocess.run([_tool("cr-filter-operators"), session, config], cwd=copy, check=True)
         subprocess.run([_tool("cr-filter-pragma"), session], cwd=copy, check=True)
+        if sample:
+            _sample(session, sample)
     config = os.path.join(WORK, module, "config.toml")
     subprocess.run([_tool("cosmic-ray"), "exec", config, session], cwd=copy, check=True)
 
@@ -98,14 +115,14 @@ def report(module: str) -> dict | None:
     if not os.path.exists(session):
         return None
     dump = subprocess.run([_tool("cosmic-ray"), "dump", session], capture_output=True, text=True, check=True)
-    counts = {"killed": 0, "survived": 0, "pending": 0, "skipped": 0}
+    counts = {"killed": 0, "survived": 0, "pending": 0, "skipped": 0, "unsampled": 0}
     survivors = []
     for line in dump.stdout.splitlines():
         item, result = json.loads(line)
         if result is None:
             counts["pending"] += 1
         elif result["worker_outcome"] == "skipped":
-            counts["skipped"] += 1
+            counts["unsampled" if result.get("output") == "unsampled" else "skipped"] += 1
         elif result["worker_outcome"] != "normal" or result["test_outcome"] != "survived":
             counts["killed"] += 1  # a test failed, timed out, or the mutant could not even be imported
         else:
@@ -123,6 +140,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("modules", nargs="*", help=f"{', '.join(MODULES)} or all")
     parser.add_argument("--report", action="store_true", help="only print the reports of earlier runs")
+    parser.add_argument("--sample", type=int, default=None, metavar="N",
+                        help="a new session runs only N mutants drawn at random (seed 0): an estimate of the "
+                        "score in less time")
     parser.add_argument("--list", action="store_true", help="the modules and their tests")
     args = parser.parse_args()
     if args.list:
@@ -135,13 +155,14 @@ def main() -> int:
         parser.error(f"name modules from {', '.join(MODULES)} (or all); got {unknown or 'none'}")
     for module in modules:
         if not args.report:
-            run(module)
+            run(module, args.sample)
         r = report(module)
         if r is None:
             print(f"{module}: no session yet")
             continue
+        sampled = f", {r['unsampled']} not sampled" if r["unsampled"] else ""
         print(f"{module}: {r['killed']}/{r['mutants']} killed (score {r['score']}), {r['pending']} pending, "
-              f"{r['skipped']} filtered")
+              f"{r['skipped']} filtered{sampled}")
         for s in r["survivors"]:
             print(f"  survived line {s['line']} {s['operator']}: {s['diff']}")
     return 0
