@@ -156,3 +156,16 @@ def test_skip_nonfinite_drops_bad_steps_and_counts_them():
     assert int(state.total_notfinite) == 3 and int(state.notfinite_count) == 2
     updates, state = tx.update(bad, state, params)  # a third in a row is no longer skipped
     assert not bool(jnp.all(jnp.isfinite(updates["w"])))
+
+
+def test_skip_nonfinite_1_skips_one_bad_step():
+    c = _config()
+    c.optim.update(skip_nonfinite=1, warmup_steps=0)
+    tx, _ = make_optimizer(c)
+    params = {"w": jnp.ones(3)}
+    state = tx.init(params)
+    bad = {"w": jnp.array([1.0, jnp.nan, 0.0])}
+    updates, state = tx.update(bad, state, params)
+    assert bool(jnp.all(updates["w"] == 0)) and int(state.total_notfinite) == 1  # skipped
+    updates, state = tx.update(bad, state, params)  # the second in a row is applied
+    assert not bool(jnp.all(jnp.isfinite(updates["w"])))
