@@ -97,6 +97,14 @@ def test_round_trip_and_scanned_layout(tiny_config):
         assert (back.vocab_size, back.embedding_size) == (spec.vocab_size, spec.embedding_size)
     with pytest.raises(HFFormatError, match="lacks"):
         from_hf_state_dict({}, spec, "generator")
+    # Shapes are checked both ways: weights larger or smaller than the config says are refused.
+    sd = to_hf_state_dict(params, spec, "discriminator")
+    for intermediate in (128, 512):
+        other = dataclasses.replace(spec, discriminator=dataclasses.replace(spec.discriminator,
+                                                                            intermediate_size=intermediate))
+        expected = jax.eval_shape(lambda: nn.unbox(init_params(Electra(other), jax.random.key(0), 8, 4)))
+        with pytest.raises(HFFormatError, match=rf"intermediate.dense.weight \(256, 64\), expected \({intermediate}, 64\)"):
+            from_hf_state_dict(sd, other, "discriminator", expected)
 
 
 def test_export_and_read_back_through_gfile(tiny_config, tmp_path, monkeypatch):

@@ -86,6 +86,9 @@ def test_samplers_draw_from_the_tempered_softmax(sampler):
     freq = np.bincount(drawn, minlength=300) / n
     np.testing.assert_allclose(freq, probs, atol=4 * np.sqrt(0.25 / n))
     assert set(np.unique(drawn)) == {0, 1, 2, 299}
+    # The default temperature is 1: log p itself.
+    drawn = np.asarray(sample_tokens(jax.random.key(4), jnp.broadcast_to(logits / 2, (n, 300)), sampler=sampler))
+    np.testing.assert_allclose(np.bincount(drawn, minlength=300) / n, probs, atol=4 * np.sqrt(0.25 / n))
 
 
 def test_replace_tokens_labels():
@@ -187,6 +190,17 @@ def test_electra_loss_matches_numpy_recomputation(tiny_config):
     np.testing.assert_allclose(metrics["disc_loss"][0], disc, rtol=1e-5)
     np.testing.assert_allclose(loss, mlm + 50 * disc, rtol=1e-5)
     np.testing.assert_allclose(metrics["replaced_fraction"][0], labels.sum())
+    # The training accuracies, from the numpy quantities above ([numerator, denominator] pairs).
+    real = mask.astype(bool)
+    pred = (disc_logits > 0) & real
+    fake = labels.astype(bool) & real
+    expected = {"mlm_accuracy": ((w * (gen_logits.argmax(-1) == targets)).sum(), w.sum()),
+                "sampled_accuracy": ((w * (sampled == targets)).sum(), w.sum()),
+                "disc_accuracy": ((pred == fake)[real].sum(), real.sum()),
+                "disc_precision": ((pred & fake).sum(), pred.sum()),
+                "disc_recall": ((pred & fake).sum(), fake.sum())}
+    for name, pair in expected.items():
+        np.testing.assert_allclose(metrics[name], pair, rtol=1e-6, err_msg=name)
 
 
 def _exact_auc(labels, scores):
