@@ -105,6 +105,9 @@ def run(module: str, sample: int | None = None) -> None:
         subprocess.run([_tool("cr-filter-pragma"), session], cwd=copy, check=True)
         if sample:
             _sample(session, sample)
+        shutil.copy2(os.path.join(copy, MODULES[module][0]), os.path.join(WORK, module, "pristine.py"))
+    # An interrupted exec can leave its last mutant on disk: start again from the pristine source.
+    shutil.copy2(os.path.join(WORK, module, "pristine.py"), os.path.join(copy, MODULES[module][0]))
     config = os.path.join(WORK, module, "config.toml")
     subprocess.run([_tool("cosmic-ray"), "exec", config, session], cwd=copy, check=True)
 
