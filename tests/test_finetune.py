@@ -205,18 +205,23 @@ def _write_csv(path, rows, header=("sentence", "label")):
         writer.writerows(rows)
 
 
+def _lord_or_other(tmp_path, n_train, n_dev, *overrides):
+    """Sample-corpus verses labelled by whether they mention "lord": (rows, a finetune/tiny config with the
+    hf head reading train.csv and dev.csv from tmp_path)."""
+    rows = [(s, "lord" if " lord" in s.lower() else "other") for s in _kjv(n_train + n_dev)]
+    _write_csv(tmp_path / "train.csv", rows[:n_train])
+    _write_csv(tmp_path / "dev.csv", rows[n_train:])
+    return rows, load_config(str(ROOT / "configs" / "finetune" / "tiny.py"), [
+        "--config.task.name=classification", f"--config.task.train={tmp_path / 'train.csv'}",
+        f"--config.task.dev={tmp_path / 'dev.csv'}", "--config.head=hf", *overrides])
+
+
 def test_tiny_model_learns_a_task_and_exports_exactly(random_discriminator, tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from electra_jax.cli import main
 
-    rows = [(s, "lord" if " lord" in s.lower() else "other") for s in _kjv(900)]
-    _write_csv(tmp_path / "train.csv", rows[:700])
-    _write_csv(tmp_path / "dev.csv", rows[700:])
-    config = load_config(str(ROOT / "configs" / "finetune" / "tiny.py"), [
-        "--config.task.name=classification", f"--config.task.train={tmp_path / 'train.csv'}",
-        f"--config.task.dev={tmp_path / 'dev.csv'}", "--config.task.max_len=48", "--config.num_epochs=10",
-        "--config.head=hf"])
+    rows, config = _lord_or_other(tmp_path, 700, 200, "--config.task.max_len=48", "--config.num_epochs=10")
     # From scratch some seeds never leave the majority class (why the paper reports medians).
     results = finetune(config, random_discriminator, str(tmp_path / "run"), seeds=3,
                        devices=jax.devices()[:1], progress=False)
@@ -247,13 +252,8 @@ def test_fine_tuning_starts_from_the_init_weights(random_discriminator, tmp_path
 
     from electra_jax.finetune.run import export_finetuned
 
-    rows = [(s, "lord" if " lord" in s.lower() else "other") for s in _kjv(40)]
-    _write_csv(tmp_path / "train.csv", rows[:32])
-    _write_csv(tmp_path / "dev.csv", rows[32:])
-    config = load_config(str(ROOT / "configs" / "finetune" / "tiny.py"), [
-        "--config.task.name=classification", f"--config.task.train={tmp_path / 'train.csv'}",
-        f"--config.task.dev={tmp_path / 'dev.csv'}", "--config.task.max_len=32", "--config.num_epochs=1",
-        "--config.optim.learning_rate=1e-9", "--config.head=hf"])
+    _, config = _lord_or_other(tmp_path, 32, 8, "--config.task.max_len=32", "--config.num_epochs=1",
+                               "--config.optim.learning_rate=1e-9")
     finetune(config, random_discriminator, str(tmp_path / "run"), devices=jax.devices()[:1], progress=False)
     out = export_finetuned(str(tmp_path / "run"), str(tmp_path / "hf"))
     start = load_file(f"{random_discriminator}/model.safetensors")
