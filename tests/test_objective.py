@@ -10,7 +10,7 @@ import pytest
 
 from electra_jax import config as config_lib
 from electra_jax.model import Electra, init_params
-from electra_jax.objective import disc_loss, electra_loss, mlm_loss, replace_tokens, sample_tokens
+from electra_jax.objective import disc_loss, electra_loss, mlm_loss, replace_tokens, sample_tokens, summarize
 
 
 def _np_log_softmax(x):
@@ -201,6 +201,11 @@ def test_electra_loss_matches_numpy_recomputation(tiny_config):
                 "disc_recall": ((pred & fake).sum(), fake.sum())}
     for name, pair in expected.items():
         np.testing.assert_allclose(metrics[name], pair, rtol=1e-6, err_msg=name)
+    # What the loop logs: each pair's ratio.
+    logged = summarize(metrics)
+    for name, value in {"loss": mlm + 50 * disc, "mlm_loss": mlm, "disc_loss": disc,
+                        "sampled_accuracy": expected["sampled_accuracy"][0] / expected["sampled_accuracy"][1]}.items():
+        np.testing.assert_allclose(logged[name], value, rtol=1e-5, err_msg=name)
 
 
 def _exact_auc(labels, scores):
