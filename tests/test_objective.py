@@ -39,6 +39,11 @@ def test_disc_loss_matches_numpy():
     np.testing.assert_allclose(disc_loss(logits, labels, mask), expected, rtol=1e-6)
 
 
+def test_an_unknown_sampler_is_refused():
+    with pytest.raises(ValueError, match="unknown sampler 'multinomial'"):
+        sample_tokens(jax.random.key(0), jnp.zeros((1, 2, 5)), sampler="multinomial")
+
+
 @pytest.mark.parametrize("sampler", ["gumbel", "inverse_cdf"])
 def test_disallow_correct_never_draws_the_true_token(sampler):
     logits = np.random.default_rng(1).normal(size=(4, 6, 50)).astype(np.float32) * 3
@@ -221,6 +226,11 @@ def test_eval_metrics_match_a_numpy_reference(tiny_config):
 
     model, ospec, params, batch = _tiny(tiny_config)
     batch = {k: v.copy() for k, v in batch.items()}
+    # An untrained generator is never right: favour token 77 (output bias) and make every other token
+    # 77, so about half the slots are predicted correctly and the accuracies are not all 0.
+    params = jax.tree.map(lambda x: x, params)
+    params["generator"]["output_bias"] = params["generator"]["output_bias"].at[77].set(8.0)
+    batch["input_ids"][:, 1:-1:2] = 77
     batch["input_mask"][1, 40:] = 0  # padding inside a real row
     batch["input_ids"][1, 40:] = 0
     for k in batch:  # an all-padding row, as the eval reader appends: it must count nowhere
@@ -262,6 +272,7 @@ def test_eval_metrics_match_a_numpy_reference(tiny_config):
         "disc_recall": (pred & labels).sum() / labels.sum(),
         "disc_auc": _exact_auc(labels[real].ravel(), probs[real].ravel()),
     }
+    assert 0.2 < expected["masked_lm_accuracy"] < 0.8 and expected["sampled_masked_lm_accuracy"] > 0.1
     for name, value in expected.items():
         tol = 2e-3 if name == "disc_auc" else 1e-5  # AUC is binned (1000 bins), like tf.metrics.auc
         np.testing.assert_allclose(got[name], value, rtol=tol, atol=tol, err_msg=name)
