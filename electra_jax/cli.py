@@ -464,9 +464,9 @@ def _bench_table_command(args) -> None:
 
 
 def _experiment_command(args, config) -> None:
-    from electra_jax.experiments import parity
-
     import importlib.util
+
+    from electra_jax.experiments import parity
 
     missing = [m for m in ("torch", "transformers", "matplotlib") if importlib.util.find_spec(m) is None]
     if missing:

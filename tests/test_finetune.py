@@ -421,6 +421,9 @@ def test_bad_input_gets_a_clear_error(random_discriminator, tmp_path, capsys):
         run(train=str(tmp_path / "train.csv"), dev=str(tmp_path / "dev.csv"), text_a="text")
     with pytest.raises(TaskError, match="empty.csv: the split is empty"):
         run(train=str(tmp_path / "train.csv"), dev=str(tmp_path / "empty.csv"), text_a="text")
+    for max_len in (3, 129):
+        with pytest.raises(TaskError, match=f"task.max_len {max_len}: must be at least 4 .* at most the model's 128"):
+            run(train=str(tmp_path / "train.csv"), dev=str(tmp_path / "train.csv"), text_a="text", max_len=max_len)
 
     generator = random_discriminator.replace("discriminator", "generator")
     base = ["finetune", "--task", "classification", "--train", str(tmp_path / "train.csv"), "--dev",

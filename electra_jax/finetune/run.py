@@ -259,9 +259,9 @@ def finetune(config: ml_collections.ConfigDict, init: str, workdir: str, *, seed
     labels = label_names(train_examples, spec)
     tokenizer = load_tokenizer(tokenizer_path)
     max_len = config.task.max_len
-    if max_len > config.model.max_position_embeddings:
-        raise TaskError(f"task.max_len {max_len} exceeds the model's {config.model.max_position_embeddings} "
-                        "positions")
+    if not 4 <= max_len <= config.model.max_position_embeddings:
+        raise TaskError(f"task.max_len {max_len}: must be at least 4 ([CLS] A [SEP] B [SEP]) and at most the "
+                        f"model's {config.model.max_position_embeddings} positions")
     encode_split = functools.partial(encode, spec=spec, tokenizer=tokenizer, max_len=max_len, labels=labels,
                                      pad_id=tokens["pad_id"])
     train = encode_split(train_examples)
