@@ -68,8 +68,8 @@ def original_adam_step(params, moments: dict, step: int, lr_peak: float, total: 
     import torch
 
     norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for _, p in params)).float()
-    scale = clip / torch.maximum(norm, torch.tensor(clip))
-    lr = lr_peak * (1 - step / total) * min(1.0, step / warmup)
+    scale = clip / torch.maximum(norm, torch.tensor(clip)) if clip else 1.0  # 0: no clipping, as ours
+    lr = lr_peak * (1 - step / total) * (min(1.0, step / warmup) if warmup else 1.0)
     with torch.no_grad():
         for name, p in params:
             g = p.grad * scale
