@@ -37,3 +37,11 @@ def test_the_parity_command_runs_both_implementations(kjv64, tmp_path):
         first = [r["mlm_loss"][0] for r in result["runs"][impl]]
         assert np.allclose(first, np.log(2048), rtol=0.05), (impl, first)
     assert len(result["comparison"]) == 2 * 3 and (out / "parity.png").stat().st_size > 0
+
+
+def test_one_seed_is_refused_before_anything_runs(tmp_path, capsys):
+    from electra_jax.cli import main
+
+    assert main(["experiment", "parity", "--out", str(tmp_path / "p"), "--seeds", "1"]) == 2
+    assert "--seeds >= 2 (the noise is the spread over seeds)" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
