@@ -221,6 +221,7 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--config", default="tiny", help=CONFIG_HELP + " (its num_train_steps is the length)")
     exp.add_argument("--out", default=None, help="results and data go here (default: experiments/NAME)")
     exp.add_argument("--seeds", type=int, default=3, help="runs per implementation")
+    exp.add_argument("--first-seed", type=int, default=0, help="seeds first..first+K-1 (extend an earlier run)")
     exp.add_argument("--window", type=int, default=100, help="steps per compared window")
 
     bench_data = command("bench-data", "time the example builder and the tf.data reader")
@@ -475,7 +476,7 @@ def _experiment_command(args, config) -> None:
     if args.seeds < 2 or args.window < 1:
         raise ConfigError("experiment needs --seeds >= 2 (the noise is the spread over seeds) and --window >= 1")
     parity.run(config, args.out or resolve(os.path.join("experiments", args.name)), seeds=args.seeds,
-               window=args.window)
+               window=args.window, first_seed=args.first_seed)
 
 
 def _bench_command(args, config) -> None:

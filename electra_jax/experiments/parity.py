@@ -142,9 +142,9 @@ def plot(runs: dict[str, list[dict]], path: str, smooth: int = 25) -> None:
     plt.close(fig)
 
 
-def run(config, out: str, seeds: int = 3, window: int = 100, log=print) -> dict:
-    """Build the sample corpus's examples in OUT/data, train both implementations `seeds` times for
-    config.num_train_steps, write OUT/parity.json, OUT/parity.md and OUT/parity.png."""
+def run(config, out: str, seeds: int = 3, window: int = 100, first_seed: int = 0, log=print) -> dict:
+    """Build the sample corpus's examples in OUT/data, train both implementations with seeds
+    first_seed.. (`seeds` of them) for config.num_train_steps, write OUT/parity.json, .md and .png."""
     import jax
     import torch
 
@@ -161,14 +161,15 @@ def run(config, out: str, seeds: int = 3, window: int = 100, log=print) -> dict:
     steps = config.num_train_steps
     runs = {"ours": [], "theirs": []}
     start = time.perf_counter()
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         config.seed = seed
         log(f"seed {seed}: {steps} steps of batch {config.batch_size} x {config.data.seq_len}, each implementation")
         initial, ours = _ours(config, examples, steps, log)
         runs["ours"].append(ours)
         runs["theirs"].append(_theirs(config, initial, examples, steps, seed, log))
     rows = compare(runs, window)
-    result = {"config": config.to_dict(), "seeds": seeds, "window": window, "examples": len(examples["input_ids"]),
+    result = {"config": config.to_dict(), "seeds": list(range(first_seed, first_seed + seeds)), "window": window,
+              "examples": len(examples["input_ids"]),
               "jax": jax.__version__, "torch": torch.__version__, "seconds": round(time.perf_counter() - start),
               "comparison": rows, "runs": runs}
     os.makedirs(out, exist_ok=True)
