@@ -12,13 +12,12 @@ strengthened after a miss.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mutate import copy_repository  # this folder is on sys.path when run as a script
 
 # (what, file, exact source, replacement, pytest arguments)
 BUGS = [
@@ -100,19 +99,10 @@ BUGS = [
 ]
 
 
-def _copy_repository(dst: str) -> None:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for name in files:
-        if os.path.isfile(os.path.join(ROOT, name)):
-            os.makedirs(os.path.join(dst, os.path.dirname(name)), exist_ok=True)
-            shutil.copy2(os.path.join(ROOT, name), os.path.join(dst, name))
-
-
 def main(which: list[int]) -> int:
     missed = 0
     with tempfile.TemporaryDirectory() as copy:
-        _copy_repository(copy)
+        copy_repository(copy)
         env = {**os.environ, "PYTHONPATH": copy}  # the copy's electra_jax comes first
         for number, (what, path, old, new, tests) in enumerate(BUGS, 1):
             if which and number not in which:

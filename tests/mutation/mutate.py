@@ -66,7 +66,8 @@ exclude-operators = ["core/ReplaceBinaryOperator_(?!({keep})$).*"]
     return path
 
 
-def _copy_repository(dst: str) -> None:
+def copy_repository(dst: str) -> None:
+    """The repository's tracked and untracked-but-not-ignored files, copied to `dst` (mutants go there)."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
     for name in files:
@@ -98,7 +99,7 @@ def run(module: str, sample: int | None = None) -> None:
     session = os.path.join(WORK, module, "session.sqlite")
     if not os.path.exists(session):  # a new session on the current sources
         shutil.rmtree(os.path.join(WORK, module), ignore_errors=True)
-        _copy_repository(copy)
+        copy_repository(copy)
         config = _config(module, copy)
         subprocess.run([_tool("cosmic-ray"), "init", config, session], cwd=copy, check=True)
         subprocess.run([_tool("cr-filter-operators"), session, config], cwd=copy, check=True)
