@@ -199,6 +199,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=None, help="timed steps after warm-up (default 10; "
                        "smoke suite 2; 0: compile only, for compile time and XLA's memory estimate)")
     bench.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+    bench.add_argument("--budget-s", type=float, default=None,
+                       help="suite: start no measurement after this many seconds (the rest are listed as "
+                            "skipped), so a run on a lent accelerator ends inside its window")
     bench.add_argument("--profile", default=None, metavar="DIR",
                        help="--config: also trace --steps steps into DIR (jax.profiler) and print where "
                        "the step's time goes, by category, part of the model and op")
@@ -223,6 +226,10 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--seeds", type=int, default=3, help="runs per implementation")
     exp.add_argument("--first-seed", type=int, default=0, help="seeds first..first+K-1 (extend an earlier run)")
     exp.add_argument("--window", type=int, default=100, help="steps per compared window")
+    exp.add_argument("--peer-mlm", choices=("per-slot", "per-position"), default="per-slot",
+                     help="the PyTorch side's MLM mean: over the masking slots, a position drawn twice "
+                          "counted twice (the original's, and ours), or over distinct positions (the "
+                          "transformers classes' labels= path)")
 
     bench_data = command("bench-data", "time the example builder and the tf.data reader")
     bench_data.add_argument("--results", default="bench_results.jsonl",
@@ -451,7 +458,7 @@ def _bench_suite_command(args) -> None:
                           "has its own configs; profile one with bench --config F --profile DIR)")
     run_suite(args.suite, args.out, args.steps, args.warmup, args.cases, peers=not args.no_peers,
               variants=not args.no_variants, command="electra-jax " + " ".join(sys.argv[1:]),
-              only=args.only)
+              only=args.only, budget_s=args.budget_s)
 
 
 def _bench_table_command(args) -> None:
@@ -476,7 +483,7 @@ def _experiment_command(args, config) -> None:
     if args.seeds < 2 or args.window < 1:
         raise ConfigError("experiment needs --seeds >= 2 (the noise is the spread over seeds) and --window >= 1")
     parity.run(config, args.out or resolve(os.path.join("experiments", args.name)), seeds=args.seeds,
-               window=args.window, first_seed=args.first_seed)
+               window=args.window, first_seed=args.first_seed, peer_mlm=args.peer_mlm)
 
 
 def _bench_command(args, config) -> None:

