@@ -108,7 +108,10 @@ def electra_loss_fn(gen, disc, objective: ObjectiveSpec, gather: bool = False):
         to_mask = valid & (torch.rand(batch, n, device=input_ids.device) < objective.mask_token_prob)
         masked_ids = scatter(input_ids, positions, torch.full_like(positions, objective.mask_id), to_mask)
 
-        if gather:  # the generator's encoder, then its head at the masked slots only (as ours)
+        # gather: the generator's encoder, then its head at the masked slots only (as ours), and the MLM
+        # mean over the slots, a position drawn twice counted twice (the original's definition).
+        # Otherwise the class as documented: labels= counts such a position once.
+        if gather:
             hidden = gen.electra(masked_ids, attention_mask=input_mask, token_type_ids=segment_ids)[0]
             hidden = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
             logits = gen.generator_lm_head(gen.generator_predictions(hidden))
