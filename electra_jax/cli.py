@@ -327,7 +327,9 @@ def _export_command(args) -> None:
     else:
         data = "Data: none since import (the imported pair's own pretraining)."
     card = "\n".join([
-        f"Pretrained with electra-jax for {step} steps (replaced-token detection).",
+        f"Pretrained with electra-jax for {step} steps ("
+        + ("masked language modelling, the BERT baseline)." if config.objective.get("name") == "mlm"
+           else "replaced-token detection)."),
         data,
         f"Model: {config.model.num_layers} layers, hidden {config.model.hidden_size}, embeddings "
         f"{config.model.embedding_size}, generator fraction {config.model.generator_hidden_fraction}.",
@@ -335,7 +337,7 @@ def _export_command(args) -> None:
     ])
     written = export_pretrained(params, model_spec(config), args.out, tokenizer, card, dtype,
                                 config.tokens.pad_id)
-    print(f"exported step {step}: {written['discriminator']}, {written['generator']}")
+    print(f"exported step {step}: {', '.join(written.values())}")
 
 
 def _finetune_config_path(args) -> str:

@@ -19,6 +19,7 @@ RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 ATTENTIONS = ("xla", "fused")
 SAMPLERS = ("inverse_cdf", "gumbel")
+OBJECTIVES = ("electra", "mlm")
 MESH_AXES = ("data", "fsdp", "tensor")
 LAYERWISE_DEPTHS = ("original", "consecutive")
 HEADS = ("paper", "hf")
@@ -84,8 +85,15 @@ def default_config() -> ml_collections.ConfigDict:
     t.mask_id = 103
 
     c.objective = o = ml_collections.ConfigDict()
+    # "electra": replaced-token detection (generator + discriminator). "mlm": the original's BERT
+    # baseline (`electra_objective=False`): the discriminator-sized model alone trained as a masked LM,
+    # loss = gen_weight x MLM; its parameters live in the generator slot, exported as ElectraForMaskedLM.
+    o.name = "electra"
     o.mask_prob = 0.15
     o.mask_token_prob = 0.85  # chosen slots that become [MASK]; the rest keep their token
+    # Chosen slots given a uniformly random vocabulary token instead (BERT's 10%, with
+    # mask_token_prob=0.8). The original's `pretrain_helpers.mask` has none: 0.
+    o.random_token_prob = 0.0
     o.sample_with_replacement = True  # the original draws slots with replacement
     o.gen_weight = 1.0
     o.disc_weight = 50.0
@@ -175,6 +183,7 @@ class ModelSpec:
     scan_layers: bool = False
     remat_policy: str = "none"
     attention: str = "xla"
+    objective: str = "electra"  # "mlm": no discriminator; `generator` is the full-size masked LM
 
 
 def generator_encoder(m: ml_collections.ConfigDict) -> EncoderSpec:
@@ -190,6 +199,8 @@ def generator_encoder(m: ml_collections.ConfigDict) -> EncoderSpec:
 
 def model_spec(config: ml_collections.ConfigDict) -> ModelSpec:
     m = config.model
+    full = EncoderSpec(m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size)
+    mlm = config.objective.get("name", "electra") == "mlm"
     return ModelSpec(
         vocab_size=m.vocab_size,
         embedding_size=m.embedding_size,
@@ -199,12 +210,13 @@ def model_spec(config: ml_collections.ConfigDict) -> ModelSpec:
         attention_dropout_rate=m.attention_dropout_rate,
         layer_norm_eps=m.layer_norm_eps,
         initializer_range=m.initializer_range,
-        discriminator=EncoderSpec(m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size),
-        generator=generator_encoder(m),
+        discriminator=full,
+        generator=full if mlm else generator_encoder(m),
         dtype=m.dtype,
         scan_layers=m.scan_layers,
         remat_policy=m.remat_policy,
         attention=m.attention,
+        objective="mlm" if mlm else "electra",
     )
 
 
@@ -228,6 +240,9 @@ class ObjectiveSpec:
     sampler: str  # one of SAMPLERS
     mask_id: int
     never_mask_ids: tuple[int, ...]  # [CLS], [SEP], [MASK], [PAD]
+    name: str = "electra"  # one of OBJECTIVES
+    random_token_prob: float = 0.0
+    vocab_size: int = 0  # random tokens are drawn from [0, vocab_size)
 
 
 def objective_spec(config: ml_collections.ConfigDict) -> ObjectiveSpec:
@@ -244,6 +259,9 @@ def objective_spec(config: ml_collections.ConfigDict) -> ObjectiveSpec:
         sampler=o.sampler,
         mask_id=t.mask_id,
         never_mask_ids=tuple(sorted({t.cls_id, t.sep_id, t.mask_id, t.pad_id})),
+        name=o.get("name", "electra"),
+        random_token_prob=o.get("random_token_prob", 0.0),
+        vocab_size=config.model.vocab_size,
     )
 
 
@@ -321,8 +339,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
                f"{t[name]} is outside the vocabulary [0, {m.vocab_size})")
 
     _check(0 < o.mask_prob < 1, "objective.mask_prob", f"must be in (0, 1), got {o.mask_prob}")
+    name, random_prob = o.get("name", "electra"), o.get("random_token_prob", 0.0)  # older saved configs
+    _check(name in OBJECTIVES, "objective.name", f"{name!r} is not one of {OBJECTIVES}")
     _check(0 <= o.mask_token_prob <= 1, "objective.mask_token_prob",
            f"must be in [0, 1], got {o.mask_token_prob}")
+    _check(0 <= random_prob <= 1 - o.mask_token_prob, "objective.random_token_prob",
+           f"must be in [0, 1 - mask_token_prob = {1 - o.mask_token_prob:g}], got {random_prob} "
+           "(BERT: mask_token_prob=0.8, random_token_prob=0.1)")
     _check(o.temperature > 0, "objective.temperature", f"must be > 0, got {o.temperature}")
     _check(o.sampler in SAMPLERS, "objective.sampler", f"{o.sampler!r} is not one of {SAMPLERS}")
     _check(max_predictions_per_seq(config) >= 1, "objective.mask_prob",

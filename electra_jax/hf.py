@@ -16,6 +16,9 @@ from electra_jax.fs import host_tf, is_remote
 from electra_jax.model import unstack_layers
 
 TOWERS = ("discriminator", "generator")
+# config.json field of a model pretrained with the "mlm" objective (an encoder to fine-tune, unlike
+# an ELECTRA generator, which is also an ElectraForMaskedLM).
+MLM_MARK = "electra_jax_objective"
 # Our model kinds -> the transformers class that loads them. The classifiers are fine-tuned
 # discriminators: same embeddings and encoder names, a task head instead of the RTD head.
 ARCHITECTURES = {"discriminator": "ElectraForPreTraining", "generator": "ElectraForMaskedLM",
@@ -326,9 +329,13 @@ def export_model(params, spec: ModelSpec, kind: str, out_dir: str, tokenizer_pat
 
 def export_pretrained(params, spec: ModelSpec, out_dir: str, tokenizer_path: str, card: str,
                       dtype=np.float32, pad_token_id: int = 0) -> dict[str, str]:
-    """Write OUT/discriminator and OUT/generator (each as `export_model`)."""
+    """Write OUT/discriminator and OUT/generator (each as `export_model`); for the "mlm" objective
+    OUT/mlm, the full-size ElectraForMaskedLM, marked in its config.json so that fine-tuning takes it."""
     import os
 
+    if spec.objective == "mlm":
+        return {"mlm": export_model(params, spec, "generator", os.path.join(out_dir, "mlm"), tokenizer_path,
+                                    card, dtype, pad_token_id, extra_config={MLM_MARK: "mlm"})}
     return {tower: export_model(params, spec, tower, os.path.join(out_dir, tower), tokenizer_path, card,
                                 dtype, pad_token_id)
             for tower in TOWERS}

@@ -46,8 +46,14 @@ def mask_tokens(
     never_mask_ids,
     mask_token_prob: float = 0.85,
     with_replacement: bool = True,
+    random_token_prob: float = 0.0,
+    vocab_size: int = 0,
 ) -> Masked:
     """Choose slots to predict and write [MASK] into 85% of them (the rest keep their token).
+
+    With `random_token_prob` > 0 that share of the slots gets a uniformly random token from
+    [0, vocab_size) instead (BERT's 80/10/10 is mask_token_prob=0.8, random_token_prob=0.1); a position
+    drawn twice shows [MASK] if either slot says so, as the original's scatter of [MASK] writes.
 
     With replacement (the original): N independent uniform draws over the candidates, so a position
     can repeat; it is masked once but predicted, and counted in the loss, once per slot. Without: the
@@ -71,8 +77,14 @@ def mask_tokens(
     weights = valid.astype(jnp.float32)
     original = jnp.take_along_axis(input_ids, positions, axis=1)
 
-    to_mask = valid & jax.random.bernoulli(k_mask, mask_token_prob, (batch, max_predictions))
-    masked_ids = scatter_tokens(input_ids, positions, jnp.full_like(positions, mask_id), to_mask)
+    u = jax.random.uniform(k_mask, (batch, max_predictions))  # the bits jax.random.bernoulli draws
+    to_mask = valid & (u < mask_token_prob)
+    masked_ids = input_ids
+    if random_token_prob > 0:
+        to_random = valid & ~to_mask & (u < mask_token_prob + random_token_prob)
+        random_ids = jax.random.randint(jax.random.fold_in(k_mask, 1), positions.shape, 0, vocab_size)
+        masked_ids = scatter_tokens(masked_ids, positions, random_ids, to_random)
+    masked_ids = scatter_tokens(masked_ids, positions, jnp.full_like(positions, mask_id), to_mask)
     return Masked(masked_ids, positions, weights, original)
 
 

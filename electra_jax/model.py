@@ -6,6 +6,8 @@ One `Electra` module owns three parameter subtrees, mirroring google-research/el
     generator/       embeddings_project (if E != H), encoder, mlm_head (logits tied to the word table)
     discriminator/   embeddings_project (if E != H), encoder, head
 
+With the "mlm" objective (the BERT baseline) there is no discriminator: the generator is full size.
+
 Every parameter carries logical axis names ('vocab', 'embed', 'mlp', 'heads', 'kv', ...) which the
 sharding rules in the config map onto the device mesh. Dropout keys are derived explicitly, one per
 layer, so the unrolled and `nn.scan` encoders (and any remat policy) compute the same numbers.
@@ -229,8 +231,9 @@ class Electra(nn.Module):
 
     def setup(self):
         self.embeddings = Embeddings(self.spec)
-        self.generator = Generator(self.spec)
-        self.discriminator = Discriminator(self.spec)
+        self.generator = Generator(self.spec)  # with objective "mlm": the full-size masked LM
+        if self.spec.objective != "mlm":
+            self.discriminator = Discriminator(self.spec)
 
     def generator_logits(self, input_ids, segment_ids, input_mask, positions, deterministic=True):
         """Logits [B, N, V] (fp32) at `positions` [B, N]."""
@@ -244,8 +247,10 @@ class Electra(nn.Module):
         return self.discriminator(embedded, input_mask, deterministic)
 
     def __call__(self, input_ids, segment_ids, input_mask, positions, deterministic=True):
-        return (self.generator_logits(input_ids, segment_ids, input_mask, positions, deterministic),
-                self.discriminator_logits(input_ids, segment_ids, input_mask, deterministic))
+        generator = self.generator_logits(input_ids, segment_ids, input_mask, positions, deterministic)
+        if self.spec.objective == "mlm":
+            return generator, None
+        return generator, self.discriminator_logits(input_ids, segment_ids, input_mask, deterministic)
 
 
 class _DiscriminatorEncoder(nn.Module):

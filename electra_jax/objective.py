@@ -96,14 +96,15 @@ def replace_tokens(input_ids: Array, positions: Array, weights: Array, sampled: 
 
 
 class Forward(NamedTuple):
-    """Everything one pass of the objective computes, for the loss, train metrics and eval metrics."""
+    """Everything one pass of the objective computes, for the loss, train metrics and eval metrics.
+    The "mlm" objective has no sampling and no discriminator: those fields are None."""
 
     masked: Masked
     gen_logits: Array  # [B, N, V] fp32
     mlm_nll: Array  # [B, N] per-slot cross-entropy
-    sampled: Array  # [B, N]
-    is_fake: Array  # [B, S] bool
-    disc_logits: Array  # [B, S] fp32
+    sampled: Array | None  # [B, N]
+    is_fake: Array | None  # [B, S] bool
+    disc_logits: Array | None  # [B, S] fp32
     mlm_loss: Array
     disc_loss: Array
     loss: Array
@@ -114,7 +115,8 @@ def mask_batch(rng: Array, batch: dict, spec: ObjectiveSpec) -> Masked:
     return mask_tokens(
         jax.random.split(rng, 4)[0], batch["input_ids"], batch["input_mask"], mask_prob=spec.mask_prob,
         max_predictions=spec.max_predictions, mask_id=spec.mask_id, never_mask_ids=spec.never_mask_ids,
-        mask_token_prob=spec.mask_token_prob, with_replacement=spec.with_replacement)
+        mask_token_prob=spec.mask_token_prob, with_replacement=spec.with_replacement,
+        random_token_prob=spec.random_token_prob, vocab_size=spec.vocab_size)
 
 
 def forward(params, batch: dict, rng: Array, *, model: Electra, spec: ObjectiveSpec,
@@ -140,6 +142,8 @@ def forward(params, batch: dict, rng: Array, *, model: Electra, spec: ObjectiveS
                              deterministic, method=Electra.generator_logits, rngs={"dropout": k_gen})
     with jax.named_scope("mlm_loss"):
         mlm, nll = mlm_loss(gen_logits, masked.original_ids, masked.weights, total_weight)
+    if spec.name == "mlm":  # the BERT baseline: the masked LM is the whole model
+        return Forward(masked, gen_logits, nll, None, None, None, mlm, jnp.zeros(()), spec.gen_weight * mlm)
     with jax.named_scope("sampling"):
         sampled = sample_tokens(k_sample, jax.lax.stop_gradient(gen_logits), spec.temperature,
                                 masked.original_ids if spec.disallow_correct else None, spec.sampler)
@@ -168,14 +172,18 @@ def electra_loss(params, batch: dict, rng: Array, *, model: Electra, spec: Objec
     f = forward(params, batch, rng, model=model, spec=spec, deterministic=deterministic, masked=masked,
                 totals=totals)
     w, m = f.masked.weights, batch["input_mask"].astype(jnp.float32)
-    fake = f.is_fake.astype(jnp.float32) * m
-    pred = (f.disc_logits > 0).astype(jnp.float32) * m
     targets = f.masked.original_ids
     metrics = {
         "loss": _ratio(f.loss, 1.0),
         "mlm_loss": _ratio(f.mlm_loss, 1.0),
-        "disc_loss": _ratio(f.disc_loss, 1.0),
         "mlm_accuracy": _ratio(jnp.sum(w * (jnp.argmax(f.gen_logits, -1) == targets)), jnp.sum(w)),
+    }
+    if f.disc_logits is None:  # the "mlm" objective
+        return f.loss, metrics
+    fake = f.is_fake.astype(jnp.float32) * m
+    pred = (f.disc_logits > 0).astype(jnp.float32) * m
+    metrics |= {
+        "disc_loss": _ratio(f.disc_loss, 1.0),
         "sampled_accuracy": _ratio(jnp.sum(w * (f.sampled == targets)), jnp.sum(w)),
         "disc_accuracy": _ratio(jnp.sum(m * (pred == fake)), jnp.sum(m)),
         "disc_precision": _ratio(jnp.sum(pred * fake), jnp.sum(pred)),
@@ -199,6 +207,14 @@ def eval_statistics(params, batch: dict, rng: Array, *, model: Electra, spec: Ob
     """
     f = forward(params, batch, rng, model=model, spec=spec, deterministic=True)
     w, m = f.masked.weights, batch["input_mask"].astype(jnp.float32)
+    targets = f.masked.original_ids
+    mlm = {
+        "mlm_nll_sum": jnp.sum(w * f.mlm_nll),
+        "mlm_weight": jnp.sum(w),
+        "mlm_correct": jnp.sum(w * (jnp.argmax(f.gen_logits, -1) == targets)),
+    }
+    if f.disc_logits is None:  # the "mlm" objective
+        return mlm
     real_row = (jnp.sum(m, -1) > 0).astype(jnp.float32)
     fake = f.is_fake.astype(jnp.float32) * m
     probs = jax.nn.sigmoid(f.disc_logits) * m
@@ -207,11 +223,8 @@ def eval_statistics(params, batch: dict, rng: Array, *, model: Electra, spec: Ob
         jnp.sum(m, -1) + 1e-6)
     bins = jnp.minimum((probs * AUC_BINS).astype(jnp.int32), AUC_BINS - 1)
     counted = jnp.broadcast_to(real_row[:, None], m.shape)
-    targets = f.masked.original_ids
     return {
-        "mlm_nll_sum": jnp.sum(w * f.mlm_nll),
-        "mlm_weight": jnp.sum(w),
-        "mlm_correct": jnp.sum(w * (jnp.argmax(f.gen_logits, -1) == targets)),
+        **mlm,
         "sampled_correct": jnp.sum(w * (f.sampled == targets)),
         "disc_loss_sum": jnp.sum(per_example * real_row),
         "examples": jnp.sum(real_row),
@@ -232,12 +245,15 @@ def eval_metrics(stats: dict) -> dict:
     def div(a, b):
         return float(a / b) if b > 0 else 0.0
 
+    mlm = {"masked_lm_accuracy": div(s["mlm_correct"], s["mlm_weight"]),
+           "masked_lm_loss": div(s["mlm_nll_sum"], s["mlm_weight"])}
+    if "tokens" not in s:  # the "mlm" objective
+        return mlm
     pos, neg = s["auc_positive"], s["auc_negative"]
     below = np.cumsum(neg) - neg  # negatives in strictly lower bins; ties count one half
     auc = div(np.sum(pos * (below + 0.5 * neg)), pos.sum() * neg.sum())
     return {
-        "masked_lm_accuracy": div(s["mlm_correct"], s["mlm_weight"]),
-        "masked_lm_loss": div(s["mlm_nll_sum"], s["mlm_weight"]),
+        **mlm,
         "sampled_masked_lm_accuracy": div(s["sampled_correct"], s["mlm_weight"]),
         "disc_loss": div(s["disc_loss_sum"], s["examples"]),
         "disc_auc": auc,

@@ -380,7 +380,7 @@ def load_discriminator(source: str) -> tuple[dict, dict, dict, str]:
     path) from an HF ELECTRA discriminator directory or a pretrain WORKDIR[:step] (local or gs://).
     Anything else (a missing path, a generator, a fine-tuning run) is a TrainingError saying what it is."""
     from electra_jax.data.tokenizer import load_tokenizer, special_ids
-    from electra_jax.hf import from_hf_state_dict, read_pretrained, spec_from_hf_config
+    from electra_jax.hf import MLM_MARK, from_hf_state_dict, read_pretrained, spec_from_hf_config
     from electra_jax.model import unstack_layers
 
     workdir, step = split_step(source)
@@ -396,18 +396,23 @@ def load_discriminator(source: str) -> tuple[dict, dict, dict, str]:
             raise TrainingError(f"{workdir}: checkpoints but no config.json; is this a pretrain --workdir?")
         config, _, params = restore_params(workdir, step)
         params = unstack_layers(params)
+        if config.objective.get("name") == "mlm":  # the BERT baseline: its masked LM is the encoder
+            params = {"embeddings": params["embeddings"], "discriminator": params["generator"]}
         fields = {k: config.model[k] for k in (
             "vocab_size", "embedding_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
             "max_position_embeddings", "type_vocab_size", "layer_norm_eps")}
         tokenizer = workdir_tokenizer(workdir, config)
     elif has_config:
-        if "ElectraForMaskedLM" in saved.get("architectures", []):
+        mlm = saved.get(MLM_MARK) == "mlm"  # pretrained with the "mlm" objective: an encoder to fine-tune
+        if "ElectraForMaskedLM" in saved.get("architectures", []) and not mlm:
             raise TrainingError(f"{source} is an ELECTRA generator (ElectraForMaskedLM); use the "
                                 f"discriminator (an export writes it beside the generator: "
                                 f"{os.path.join(os.path.dirname(source.rstrip('/')), 'discriminator')})")
         hf, weights = read_pretrained(source)
         spec = spec_from_hf_config(hf)
-        params = from_hf_state_dict(weights, spec, "discriminator")
+        params = from_hf_state_dict(weights, spec, "generator" if mlm else "discriminator")
+        if mlm:
+            params = {"embeddings": params["embeddings"], "discriminator": params["generator"]}
         fields = {"vocab_size": spec.vocab_size, "embedding_size": spec.embedding_size,
                   "hidden_size": hf["hidden_size"], "num_layers": hf["num_hidden_layers"],
                   "num_heads": hf["num_attention_heads"], "intermediate_size": hf["intermediate_size"],

@@ -63,7 +63,8 @@ def gradients(params, batch: dict, rng: jax.Array, *, model: Electra, spec: conf
     zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (shapes[1], shapes[0][1]))
     (grads, metrics), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(micro_batches), micro))
     for name in ("loss", "mlm_loss", "disc_loss"):  # summed shares of one whole-batch value
-        metrics[name] = metrics[name].at[1].set(1.0)
+        if name in metrics:
+            metrics[name] = metrics[name].at[1].set(1.0)
     return grads, metrics
 
 

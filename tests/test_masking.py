@@ -159,3 +159,31 @@ def test_positions_are_uniform_over_the_candidates():
     freq = np.bincount(pos, minlength=10) / len(pos)
     expected = np.array([0, 1, 1, 0, 1, 1, 1, 1, 0, 0]) / 6
     np.testing.assert_allclose(freq, expected, atol=4 * np.sqrt((1 / 6) * (5 / 6) / len(pos)))
+
+
+def test_bert_80_10_10_masking():
+    """random_token_prob: of the chosen slots (without replacement, so each position is one slot)
+    ~80% [MASK], ~10% a uniformly random vocabulary token, ~10% unchanged; nothing else changes."""
+    ids, mask = _batch(seed=2, batch=64)
+    vocab, counts, random_tokens = 500, np.zeros(3), []
+    for i in range(40):
+        out = mask_tokens(jax.random.key(i), jnp.asarray(ids), jnp.asarray(mask), mask_prob=0.15,
+                          max_predictions=9, mask_id=MASK, never_mask_ids=(CLS, SEP, MASK, PAD),
+                          mask_token_prob=0.8, with_replacement=False, random_token_prob=0.1, vocab_size=vocab)
+        new, pos, w = np.asarray(out.input_ids), np.asarray(out.positions), np.asarray(out.weights) > 0
+        unchosen = np.ones_like(ids, bool)
+        for b in range(len(ids)):
+            unchosen[b, pos[b][w[b]]] = False
+        assert np.array_equal(new[unchosen], ids[unchosen])  # only chosen positions may change
+        got, was = np.take_along_axis(new, pos, 1)[w], ids[np.arange(len(ids))[:, None], pos][w]
+        is_mask, same = got == MASK, got == was
+        counts += [is_mask.sum(), (~is_mask & ~same).sum(), (~is_mask & same).sum()]
+        random_tokens += got[~is_mask & ~same].tolist()
+    n = counts.sum()
+    # A random draw equal to the original token (1/500) shows as unchanged: 0.1 x 1/500 of the slots.
+    expected = np.array([0.8, 0.1 * (1 - 1 / vocab), 0.1 + 0.1 / vocab])
+    assert np.all(np.abs(counts / n - expected) <= 4 * np.sqrt(expected * (1 - expected) / n)), counts / n
+    random_tokens = np.array(random_tokens)
+    assert random_tokens.min() >= 0 and random_tokens.max() < vocab
+    assert abs(random_tokens.mean() - (vocab - 1) / 2) < 4 * vocab / np.sqrt(12 * len(random_tokens))
+

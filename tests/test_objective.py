@@ -282,3 +282,65 @@ def test_eval_metrics_match_a_numpy_reference(tiny_config):
         params, {k: v[sl] for k, v in batch.items()}, rng) for sl in (slice(0, 2), slice(2, 4))]
     summed = jax.tree.map(lambda a, b: np.asarray(a) + np.asarray(b), *halves)
     assert summed["examples"] == 3 and summed["tokens"] == mask.sum()
+
+
+def test_mlm_objective_is_the_full_size_masked_lm_against_pytorch(tiny_config):
+    """objective.name=mlm (the original's BERT baseline): one discriminator-sized model, no
+    discriminator parameters, loss = gen_weight x MLM. Its loss equals the cross-entropy, computed in
+    numpy, of transformers' full-size ElectraForMaskedLM holding the same weights at our masked slots."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from electra_jax.flops import train_flops_per_sequence
+    from electra_jax.hf import hf_config, to_hf_state_dict
+    from electra_jax.objective import forward
+
+    tiny_config.objective.name = "mlm"
+    tiny_config.objective.gen_weight = 2.0
+    config_lib.validate(tiny_config)
+    spec, objective = config_lib.model_spec(tiny_config), config_lib.objective_spec(tiny_config)
+    assert spec.generator == spec.discriminator  # 64 wide, 2 heads, 2 layers: what gets fine-tuned
+    model = Electra(spec)
+    params = jax.jit(lambda k: nn.unbox(init_params(model, k, 32, 2)))(jax.random.key(0))
+    assert sorted(params) == ["embeddings", "generator"]
+    assert params["generator"]["encoder"]["layer_0"]["attention"]["query"]["kernel"].shape == (64, 2, 32)
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 2048, (4, 32)).astype(np.int32)
+    ids[:, 0], ids[:, -1] = 2, 3
+    batch = {"input_ids": jnp.asarray(ids), "segment_ids": jnp.zeros_like(ids), "input_mask": jnp.ones_like(ids)}
+    f = forward(params, batch, jax.random.key(1), model=model, spec=objective, deterministic=True)
+    assert f.sampled is None and f.disc_logits is None
+
+    hf = transformers.ElectraForMaskedLM(transformers.ElectraConfig(**hf_config(spec, "generator"))).eval()
+    missing, unexpected = hf.load_state_dict(
+        {k: torch.tensor(np.asarray(v)) for k, v in to_hf_state_dict(params, spec, "generator").items()},
+        strict=False)
+    assert not unexpected and set(missing) <= {"generator_lm_head.weight"}  # tied to the word table
+    with torch.no_grad():
+        logits = hf(input_ids=torch.tensor(np.asarray(f.masked.input_ids), dtype=torch.long)).logits.double().numpy()
+    pos, w = np.asarray(f.masked.positions), np.asarray(f.masked.weights)
+    slots = np.take_along_axis(logits, pos[..., None], 1)
+    nll = -np.take_along_axis(_np_log_softmax(slots), ids[np.arange(4)[:, None], pos][..., None], -1)[..., 0]
+    mlm = (w * nll).sum() / w.sum()
+    np.testing.assert_allclose(float(f.mlm_loss), mlm, rtol=2e-5)
+    np.testing.assert_allclose(float(f.loss), 2.0 * mlm, rtol=2e-5)
+
+    loss, metrics = electra_loss(params, batch, jax.random.key(1), model=model, spec=objective, deterministic=True)
+    assert sorted(metrics) == ["loss", "mlm_accuracy", "mlm_loss"]
+    # FLOPs: the full-size masked LM alone, i.e. the ELECTRA total minus its discriminator's share.
+    electra = config_lib.model_spec(config_lib.load_config("tiny"))
+    h, s = 64, 32
+    disc_only = 6 * 2 * (4 * h * h + 2 * h * 256) * s + 12 * 2 * s * h * s + 6 * 32 * h * s + s * 6 * (h * h + h)
+    gen_full = disc_only - s * 6 * (h * h + h) + 9 * 6 * (h * 32 + 32 * 2048)
+    assert train_flops_per_sequence(spec, s, 9) == gen_full
+    assert train_flops_per_sequence(electra, s, 9) > gen_full  # the small generator + the discriminator
+
+
+def test_an_unknown_objective_and_too_many_random_tokens_are_refused(tiny_config):
+    tiny_config.objective.name = "bert"
+    with pytest.raises(config_lib.ConfigError, match="objective.name"):
+        config_lib.validate(tiny_config)
+    tiny_config.objective.name = "mlm"
+    tiny_config.objective.random_token_prob = 0.2  # with mask_token_prob 0.85: 105% of the slots
+    with pytest.raises(config_lib.ConfigError, match=r"random_token_prob.*0.15"):
+        config_lib.validate(tiny_config)

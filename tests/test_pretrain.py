@@ -375,3 +375,39 @@ def test_skip_nonfinite_skips_inside_the_loop_and_stops_after_too_many(data_dir,
     for a, b in zip(jax.tree.leaves(_params(tmp_path, first - 1)), jax.tree.leaves(_params(tmp_path, last_good))):
         assert np.isfinite(b).all()
         np.testing.assert_array_equal(a, b)  # the skipped steps changed nothing
+
+
+def test_mlm_objective_pretrains_exports_and_is_a_fine_tuning_init(data_dir, tmp_path):
+    """The BERT baseline end to end: pretrain (no discriminator), export as one full-size
+    ElectraForMaskedLM that transformers loads whole and fills masks with, and fine-tuning takes its
+    encoder from the workdir and from the export (an ELECTRA generator is still refused)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from electra_jax.finetune.run import load_init
+
+    workdir = tmp_path / "w"
+    result = pretrain(_config(data_dir, "--config.num_train_steps=4", "--config.objective.name=mlm"),
+                      str(workdir), devices=jax.devices()[:1], progress=False)
+    assert sorted(result["eval"]) == ["masked_lm_accuracy", "masked_lm_loss"]
+    assert {"loss", "mlm_accuracy", "mlm_loss"} <= result["train"].keys() and "disc_loss" not in result["train"]
+    params = _params(workdir, 4)
+    assert sorted(params) == ["embeddings", "generator"]
+    done = subprocess.run([sys.executable, "-m", "electra_jax.cli", "export", "--workdir", "w", "--out", "hf"],
+                          capture_output=True, text=True, cwd=tmp_path)  # relative paths, as users type
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(os.listdir(tmp_path / "hf")) == ["mlm"]
+    mlm, info = transformers.ElectraForMaskedLM.from_pretrained(str(tmp_path / "hf" / "mlm"),
+                                                                 output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert (mlm.config.hidden_size, mlm.config.num_attention_heads, mlm.config.num_hidden_layers) == (64, 2, 2)
+    fill = transformers.pipeline("fill-mask", model=str(tmp_path / "hf" / "mlm"))
+    assert len(fill("In the beginning God created the [MASK].")) == 5
+
+    encoder = params["generator"]["encoder"]
+    for source in (str(workdir), str(tmp_path / "hf" / "mlm")):
+        fields, _, backbone, _ = load_init(source)
+        assert (fields["hidden_size"], fields["num_heads"]) == (64, 2)
+        np.testing.assert_allclose(backbone["discriminator"]["encoder"]["layer_1"]["output"]["kernel"],
+                                   encoder["layer_1"]["output"]["kernel"], atol=1e-7)
+        np.testing.assert_allclose(backbone["embeddings"]["word_embeddings"],
+                                   params["embeddings"]["word_embeddings"], atol=1e-7)
