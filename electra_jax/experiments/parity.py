@@ -177,7 +177,9 @@ def run(config, out: str, seeds: int = 3, window: int = 100, first_seed: int = 0
     result = {"config": config.to_dict(), "peer_mlm": peer_mlm, "seeds": list(range(first_seed, first_seed + seeds)), "window": window,
               "examples": len(examples["input_ids"]),
               "jax": jax.__version__, "torch": torch.__version__, "seconds": round(time.perf_counter() - start),
-              "comparison": rows, "runs": runs}
+              "comparison": rows,
+              "runs": {impl: [{k: [round(v, 5) for v in vals] for k, vals in run.items()} for run in seeds]
+                       for impl, seeds in runs.items()}}
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "parity.json"), "w") as f:
         json.dump(result, f)
