@@ -81,7 +81,7 @@ def mask_tokens(
     to_mask = valid & (u < mask_token_prob)
     masked_ids = input_ids
     if random_token_prob > 0:
-        to_random = valid & ~to_mask & (u < mask_token_prob + random_token_prob)
+        to_random = valid & (u < mask_token_prob + random_token_prob)  # [MASK], written last, wins
         random_ids = jax.random.randint(jax.random.fold_in(k_mask, 1), positions.shape, 0, vocab_size)
         masked_ids = scatter_tokens(masked_ids, positions, random_ids, to_random)
     masked_ids = scatter_tokens(masked_ids, positions, jnp.full_like(positions, mask_id), to_mask)
