@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from electra_jax.data import SAMPLE_CORPUS
-from electra_jax.data.builder import BuildArgs, DataError, build
+from electra_jax.data.builder import FORMAT, BuildArgs, DataError, build
 from electra_jax.data.reader import (Reader, eval_dataset, host_files, open_build, read_examples,
                                      train_dataset)
 from electra_jax.data.tokenizer import save_tokenizer, train_tokenizer
@@ -92,6 +92,9 @@ def test_eval_is_finite_padded_and_complete(data_dir):
     assert sum(int(b["input_mask"].any(1).sum()) for b in batches) == n
     per_host = [list(eval_dataset(data_dir, 16, i, 2).as_numpy_iterator()) for i in range(2)]
     assert len(per_host[0]) == len(per_host[1])  # every host runs the same number of eval steps
+    # A batch larger than the whole split: one padded batch, not an extra empty one.
+    [whole] = list(eval_dataset(data_dir, 2 * n).as_numpy_iterator())
+    assert int(whole["input_mask"].any(1).sum()) == n and whole["input_ids"].shape[0] == 2 * n
 
 
 def test_incomplete_and_corrupt_builds_are_refused(data_dir, tmp_path):
@@ -101,7 +104,16 @@ def test_incomplete_and_corrupt_builds_are_refused(data_dir, tmp_path):
         open_build(data_dir, seq_len=128)
     with pytest.raises(DataError, match="4 shards cannot be split over 8 hosts"):
         train_dataset(data_dir, 8, seed=0, process_count=8)
+    import json
     import shutil
+
+    for version, other_format in enumerate(("electra-jax-pretraining/0", "electra-jax-pretraining/2")):
+        old = tmp_path / f"format{version}"  # an older or a newer builder's layout
+        shutil.copytree(data_dir, old)
+        manifest = json.loads((old / "manifest.json").read_text())
+        (old / "manifest.json").write_text(json.dumps({**manifest, "format": other_format}))
+        with pytest.raises(DataError, match=f"format '{other_format}', expected '{FORMAT}'; rebuild it"):
+            open_build(str(old))
 
     broken = tmp_path / "broken"
     shutil.copytree(data_dir, broken)
