@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = command("demo", "sample corpus -> examples -> pretrain tiny -> export -> detect, in WORKDIR",
                    config_overrides=True)
-    demo.add_argument("--config", default="tiny", help=CONFIG_HELP)
+    demo.add_argument("--config", default="demo", help=CONFIG_HELP + " (default: demo, the tiny preset sampled at temperature 2)")
     demo.add_argument("--workdir", default="demo", help="data/, run/ and export/ go here; rerunning "
                       "resumes")
 

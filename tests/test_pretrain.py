@@ -1,5 +1,6 @@
 """The pretraining loop: exact resume, checkpoint compatibility, data checks."""
 
+import json
 import os
 import signal
 import subprocess
@@ -228,12 +229,14 @@ def _check_import(tmp_path, data_dir, params, capsys):
 def test_demo_runs_end_to_end_in_short_form(tmp_path):
     env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=1"}
     out = subprocess.run([sys.executable, "-m", "electra_jax.cli", "demo", "--workdir", str(tmp_path),
-                          "--config", str(ROOT / "configs" / "tiny.py"), "--config.num_train_steps=20",
+                          "--config.num_train_steps=20",  # the default preset: demo
                           "--config.train.eval_every=20", "--config.train.eval_batches=2"],
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "4/4 electra-jax detect" in out.stdout and "light" in out.stdout
     assert (tmp_path / "export" / "discriminator" / "model.safetensors").exists()
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["objective"]["temperature"] == 2.0 and saved["model"]["hidden_size"] == 64
 
 
 def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
