@@ -358,6 +358,7 @@ def test_pairs_are_truncated_longest_first_as_the_original():
     assert truncate_pair(list(range(8)), [8, 9, 10], 7) == ([0, 1, 2, 3], [8, 9, 10])
     assert truncate_pair(list(range(5)), list(range(5, 10)), 7) == ([0, 1, 2, 3], [5, 6, 7])
     assert truncate_pair(list(range(6)), list(range(6, 12)), 8) == ([0, 1, 2, 3], [6, 7, 8, 9])
+    assert truncate_pair([0, 1], list(range(2, 9)), 6) == ([0, 1], [2, 3, 4, 5])  # only the longer B pops
     tok = load_tokenizer(SAMPLE_TOKENIZER)
     words = "and the lord god said".split()
     word_ids = [tok.token_to_id(w) for w in words]
@@ -493,3 +494,11 @@ def test_the_reported_epoch_is_the_final_one_unless_best_is_asked_for(random_dis
     bests = [max(e["dev/accuracy"] for e in h) for h in results["history"]]
     assert results["median_final_epoch"]["dev/accuracy"] == pytest.approx(np.median(finals))
     assert results["median_best_dev_epoch"]["dev/accuracy"] == pytest.approx(np.median(bests))
+
+
+def test_glue_epochs_are_the_originals():
+    """configure_finetuning.py: num_train_epochs 3, and 10 for RTE and STS-B (its "sts")."""
+    from electra_jax.finetune.tasks import GLUE
+
+    assert {name: spec.epochs for name, spec in GLUE.items()} == {
+        "cola": 3, "sst2": 3, "mrpc": 3, "stsb": 10, "qqp": 3, "mnli": 3, "qnli": 3, "rte": 10}
