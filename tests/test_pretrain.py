@@ -384,7 +384,7 @@ def test_mlm_objective_pretrains_exports_and_is_a_fine_tuning_init(data_dir, tmp
     """The BERT baseline end to end: pretrain (no discriminator), export as one full-size
     ElectraForMaskedLM that transformers loads whole and fills masks with, and fine-tuning takes its
     encoder from the workdir and from the export (an ELECTRA generator is still refused)."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from electra_jax.finetune.run import load_init
 
