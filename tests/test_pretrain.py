@@ -383,7 +383,7 @@ def test_skip_nonfinite_skips_inside_the_loop_and_stops_after_too_many(data_dir,
 def test_mlm_objective_pretrains_exports_and_is_a_fine_tuning_init(data_dir, tmp_path):
     """The BERT baseline end to end: pretrain (no discriminator), export as one full-size
     ElectraForMaskedLM that transformers loads whole and fills masks with, and fine-tuning takes its
-    encoder from the workdir and from the export (an ELECTRA generator is still refused)."""
+    encoder from the workdir and from the export (test_finetune checks that an ELECTRA generator is not)."""
     pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from electra_jax.finetune.run import load_init
