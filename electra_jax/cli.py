@@ -220,12 +220,23 @@ def _parser() -> argparse.ArgumentParser:
     exp = command("experiment", "run a recorded experiment: `parity` trains electra-jax and an independent "
                   "PyTorch ELECTRA (transformers' classes, the original's Adam) side by side, 3 seeds, and "
                   "compares the loss curves", config_overrides=True)
-    exp.add_argument("name", choices=("parity",), help="which experiment")
-    exp.add_argument("--config", default="tiny", help=CONFIG_HELP + " (its num_train_steps is the length)")
+    exp.add_argument("name", choices=("parity", "pretraining-helps"), help="which experiment")
+    exp.add_argument("--config", default=None, help=CONFIG_HELP + " (its num_train_steps is the length; "
+                     "default: tiny for parity, mini for pretraining-helps)")
     exp.add_argument("--out", default=None, help="results and data go here (default: experiments/NAME)")
     exp.add_argument("--seeds", type=int, default=3, help="runs per implementation")
     exp.add_argument("--first-seed", type=int, default=0, help="seeds first..first+K-1 (extend an earlier run)")
     exp.add_argument("--window", type=int, default=100, help="steps per compared window")
+    exp.add_argument("--corpus", nargs="*", default=None, metavar="FILE",
+                     help="pretraining-helps: text files to pretrain on (default: the sample corpus)")
+    exp.add_argument("--task", action="append", default=None, metavar="NAME=TRAIN,TEST",
+                     help="pretraining-helps: a labelled task, CSV files with columns text,label (repeat)")
+    exp.add_argument("--steps", type=int, default=None, help="pretraining-helps: ELECTRA pretraining steps "
+                     "(the MLM baseline gets the same FLOPs)")
+    exp.add_argument("--budgets", default="100,1000,all", help="pretraining-helps: training labels per task")
+    exp.add_argument("--finetune-config", default="finetune/small", help="pretraining-helps: fine-tuning preset")
+    exp.add_argument("--min-steps", type=int, default=100,
+                     help="pretraining-helps: fine-tuning steps at least (more epochs for small budgets)")
     exp.add_argument("--peer-mlm", choices=("per-slot", "per-position"), default="per-slot",
                      help="the PyTorch side's MLM mean: over the masking slots, a position drawn twice "
                           "counted twice (the original's, and ours), or over distinct positions (the "
@@ -476,15 +487,33 @@ def _bench_table_command(args) -> None:
 def _experiment_command(args, config) -> None:
     import importlib.util
 
-    from electra_jax.experiments import parity
+    from electra_jax.experiments import parity, pretraining_helps
 
-    missing = [m for m in ("torch", "transformers", "matplotlib") if importlib.util.find_spec(m) is None]
+    needs = ("torch", "transformers", "matplotlib") if args.name == "parity" else ("matplotlib",)
+    missing = [m for m in needs if importlib.util.find_spec(m) is None]
     if missing:
         raise ConfigError(f"experiment {args.name} needs {', '.join(missing)}: pip install -c constraints.txt "
                           "-e '.[test]' (torch==2.13.0 is a CPU build)")
+    out = args.out or resolve(os.path.join("experiments", args.name))
+    if args.name == "pretraining-helps":
+        from electra_jax.data import SAMPLE_CORPUS
+
+        if args.seeds < 1 or not args.task:
+            raise ConfigError("experiment pretraining-helps needs --task NAME=TRAIN.csv,TEST.csv (one or more) "
+                              "and --seeds >= 1")
+        tasks = [pretraining_helps.parse_task(t) for t in args.task]
+        tasks = [pretraining_helps.Task(t.name, resolve(t.train), resolve(t.test)) for t in tasks]
+        try:
+            budgets = tuple(None if b == "all" else int(b) for b in args.budgets.split(","))
+        except ValueError:
+            raise ConfigError(f"--budgets {args.budgets!r}: numbers or 'all', comma-separated") from None
+        corpus = [resolve(p) for p in args.corpus] if args.corpus else [SAMPLE_CORPUS]
+        pretraining_helps.run(config, out, corpus, tasks, steps=args.steps, budgets=budgets, seeds=args.seeds,
+                              finetune_config=args.finetune_config, min_steps=args.min_steps)
+        return
     if args.seeds < 2 or args.window < 1:
         raise ConfigError("experiment needs --seeds >= 2 (the noise is the spread over seeds) and --window >= 1")
-    parity.run(config, args.out or resolve(os.path.join("experiments", args.name)), seeds=args.seeds,
+    parity.run(config, out, seeds=args.seeds,
                window=args.window, first_seed=args.first_seed, peer_mlm=args.peer_mlm)
 
 
@@ -547,6 +576,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"{args.command} takes no config, so {overrides[0]} has nothing to set")
             COMMANDS[args.command](args)
         else:
+            if args.command == "experiment" and args.config is None:
+                args.config = "tiny" if args.name == "parity" else "mini"
             config = load_config(args.config, overrides)
             _resolve_config_paths(config)
             CONFIG_COMMANDS[args.command](args, config)

@@ -1,7 +1,9 @@
-"""The parity experiment: its statistics by hand, and the command end to end at a tiny budget."""
+"""The experiments: parity's statistics by hand, and each command end to end at a tiny budget."""
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -45,3 +47,62 @@ def test_one_seed_is_refused_before_anything_runs(tmp_path, capsys):
     assert main(["experiment", "parity", "--out", str(tmp_path / "p"), "--seeds", "1"]) == 2
     assert "--seeds >= 2 (the noise is the spread over seeds)" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def _testament_task(tmp_path):
+    """A real labelled task from the sample corpus: is a verse from the Old or the New Testament?"""
+    import csv
+    import gzip
+
+    from electra_jax.data import SAMPLE_CORPUS
+
+    with gzip.open(SAMPLE_CORPUS, "rt", encoding="utf-8") as f:
+        verses = [line.strip() for line in f if line.strip()]
+    nt = next(i for i, v in enumerate(verses) if v.startswith("The book of the generation of Jesus Christ"))
+    rng = np.random.default_rng(0)
+    rows = [{"text": verses[i], "label": "old" if i < nt else "new"}
+            for i in np.concatenate([rng.choice(nt, 150, replace=False), rng.choice(np.arange(nt, len(verses)), 150,
+                                                                                   replace=False)])]
+    rows = [rows[i] for i in rng.permutation(len(rows))]
+    for name, part in (("train", rows[:200]), ("test", rows[200:])):
+        with open(tmp_path / f"{name}.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["text", "label"])
+            writer.writeheader()
+            writer.writerows(part)
+    return tmp_path / "train.csv", tmp_path / "test.csv"
+
+
+def test_pretraining_helps_runs_in_short_form(tmp_path):
+    """The whole experiment at a toy budget: vocabulary, examples, ELECTRA and the MLM baseline at equal
+    FLOPs, fine-tuning from random / MLM / ELECTRA on a class-balanced label subset, table and plot."""
+    from electra_jax.experiments.pretraining_helps import balanced_subset
+
+    train, test = _testament_task(tmp_path)
+    out = subprocess.run([sys.executable, "-m", "electra_jax.cli", "experiment", "pretraining-helps", "--out", "x",
+                          "--task", f"testament={train},{test}", "--steps", "12", "--budgets", "16",
+                          "--seeds", "1", "--min-steps", "4", "--config", "tiny", "--config.model.vocab_size=512",
+                          "--config.train.eval_batches=2", "--config.train.log_every=4"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "x" / "results.json").read_text())
+    # Equal FLOPs, by hand from flops.py's terms for the tiny shapes (seq 64, 9 slots, vocabulary 512):
+    # ELECTRA = its generator (32 wide, FFN 128) + the discriminator (64 wide, FFN 256) + heads.
+    s, n, v, e = 64, 9, 512, 32
+    enc = lambda h, i: (6 * 2 * (4 * h * h + 2 * h * i) + 12 * 2 * s * h + 6 * e * h) * s
+    gen_small = enc(32, 128) + n * 6 * (32 * e + e * v)
+    disc = enc(64, 256) + s * 6 * (64 * 64 + 64)
+    mlm = enc(64, 256) + n * 6 * (64 * e + e * v)
+    assert results["pretrain_steps"] == {"electra": 12, "mlm": round(12 * (gen_small + disc) / mlm)}
+    cells = {c["init"]: c for c in results["cells"]}
+    assert cells.keys() == {"random", "mlm", "electra"}
+    for c in cells.values():
+        assert c["task"] == "testament" and c["train_examples"] == 16 and 0 <= c["median"] <= 1
+    table = (tmp_path / "x" / "results.md").read_text()
+    assert table.startswith("| task | labels | random | mlm | electra |") and "| testament | 16 |" in table
+    assert (tmp_path / "x" / "results.png").stat().st_size > 10_000
+    assert sorted(os.listdir(tmp_path / "x" / "mlm" / "checkpoints")) == [str(results["pretrain_steps"]["mlm"])]
+    # The label subset: 8 of each class, the same rows for every initialisation.
+    rows = [{"text": str(i), "label": "ab"[i % 3 == 0]} for i in range(30)]
+    subset = balanced_subset(rows, 6)
+    assert sorted(r["label"] for r in subset) == ["a", "a", "a", "b", "b", "b"]
+    assert subset == balanced_subset(rows, 6) and balanced_subset(rows, None) == rows

@@ -1,0 +1,263 @@
+"""Does pretraining with electra-jax make a better encoder? Random initialisation against the BERT
+(MLM) baseline against ELECTRA, the two pretrained at equal FLOPs, fine-tuned on labelled tasks at
+several label budgets with several seeds each.
+
+    electra-jax experiment pretraining-helps --out experiments/helps --corpus A.txt B.txt \\
+        --task topic=train.csv,test.csv --task author=train.csv,test.csv [--config mini] [--steps N]
+
+Steps, each skipped when its output already exists (so a stopped run continues):
+  1. a WordPiece vocabulary trained on the corpus (OUT/tokenizer), the examples (OUT/data)
+  2. ELECTRA pretrained for `--steps` (OUT/electra), then the MLM baseline for as many steps as give
+     the same pretraining FLOPs (`flops.py`; OUT/mlm)
+  3. per task, label budget and initialisation (random / mlm / electra): `finetune` with `--seeds`
+     seeds on the budget's training rows (a class-balanced subset, the same for every initialisation),
+     evaluated on the task's test file, which nothing here ever chooses anything on
+  4. OUT/results.json, OUT/results.md (median [min, max] over seeds) and OUT/results.png
+
+Task files are CSV with a `text` and a `label` column. Fine-tuning hyperparameters are fixed in
+advance (the fine-tuning preset for the model's size; at least `--min-steps` optimizer steps, so that
+100 labels get more than 3 epochs) and are the same for every initialisation.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import gzip
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+INITS = ("random", "mlm", "electra")
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: str
+    train: str  # CSV: text,label
+    test: str
+
+
+def parse_task(text: str) -> Task:
+    """NAME=TRAIN.csv,TEST.csv"""
+    name, _, files = text.partition("=")
+    train, _, test = files.partition(",")
+    if not (name and train and test):
+        from electra_jax.config import ConfigError
+
+        raise ConfigError(f"--task {text!r}: expected NAME=TRAIN.csv,TEST.csv")
+    return Task(name, train, test)
+
+
+def read_rows(path: str) -> list[dict]:
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"text", "label"} <= rows[0].keys():
+        from electra_jax.config import ConfigError
+
+        raise ConfigError(f"{path}: expected a CSV with a header and columns text,label")
+    return rows
+
+
+def write_rows(path: str, rows: list[dict]) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["text", "label"])
+        writer.writeheader()
+        writer.writerows({"text": r["text"], "label": r["label"]} for r in rows)
+    os.replace(path + ".tmp", path)
+
+
+def balanced_subset(rows: list[dict], n: int | None, seed: int = 0) -> list[dict]:
+    """`n` rows taken in turn from each class (each class shuffled with `seed`), so that a small budget
+    still has every class while one exists; None or n >= len(rows): all rows."""
+    if n is None or n >= len(rows):
+        return list(rows)
+    rng = np.random.default_rng(seed)
+    by_class: dict[str, list[dict]] = {}
+    for r in rows:
+        by_class.setdefault(r["label"], []).append(r)
+    queues = [[group[i] for i in rng.permutation(len(group))] for _, group in sorted(by_class.items())]
+    out = []
+    while len(out) < n:
+        for q in queues:
+            if q and len(out) < n:
+                out.append(q.pop())
+    return out
+
+
+def equal_flops_steps(config, electra_steps: int) -> int:
+    """MLM steps with the pretraining FLOPs of `electra_steps` ELECTRA steps (same batch and length)."""
+    from electra_jax import config as config_lib
+    from electra_jax.flops import train_flops_per_sequence
+
+    mlm = config.copy_and_resolve_references()
+    mlm.objective.name = "mlm"
+    n, seq = config_lib.max_predictions_per_seq(config), config.data.seq_len
+    electra_flops = train_flops_per_sequence(config_lib.model_spec(config), seq, n)
+    mlm_flops = train_flops_per_sequence(config_lib.model_spec(mlm), seq, n)
+    return max(1, round(electra_steps * electra_flops / mlm_flops))
+
+
+def _finetune_one(out: str, init: str, random_init: bool, train: str, test: str, seeds: int,
+                  finetune_config: str, min_steps: int, overrides: list[str], log) -> dict:
+    from electra_jax.config import load_config
+    from electra_jax.finetune.run import finetune
+
+    done = os.path.join(out, "results.json")
+    if os.path.exists(done):
+        with open(done) as f:
+            return json.load(f)
+    n = len(read_rows(train))
+    c = load_config(finetune_config, ["--config.task.name=classification", f"--config.task.train={train}",
+                                      f"--config.task.dev={test}", "--config.task.text_a=text",
+                                      "--config.task.label=label", *overrides])
+    c.num_epochs = max(3, math.ceil(min_steps * c.batch_size / n))
+    return finetune(c, init, out, seeds=seeds, random_init=random_init, progress=False)
+
+
+def _pretrain(config, workdir: str, log) -> None:
+    from electra_jax.pretrain import pretrain
+
+    start = time.perf_counter()
+    result = pretrain(config, workdir, progress=False)
+    log(f"    {workdir}: step {result['step']} in {time.perf_counter() - start:.0f} s; eval "
+        + ", ".join(f"{k} {v:.3f}" for k, v in result["eval"].items()))
+
+
+def run(config, out: str, corpus: list[str], tasks: list[Task], *, steps: int | None = None,
+        budgets: tuple[int | None, ...] = (100, 1000, None), seeds: int = 3,
+        finetune_config: str = "finetune/small", min_steps: int = 100,
+        finetune_overrides: tuple[str, ...] = (), log=print) -> dict:
+    """`config`: the pretraining recipe (its vocab_size is the vocabulary trained on `corpus`)."""
+    from electra_jax.config import max_predictions_per_seq, model_spec
+    from electra_jax.data.builder import BuildArgs, build, read_manifest
+    from electra_jax.data.tokenizer import save_tokenizer, train_tokenizer
+    from electra_jax.flops import train_flops_per_sequence
+
+    start = time.perf_counter()
+    config = config.copy_and_resolve_references()
+    if steps:
+        config.num_train_steps = steps
+    vocab_size = config.model.vocab_size
+    tok_dir, data = os.path.join(out, "tokenizer"), os.path.join(out, "data")
+    if not os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
+        log(f"1/4 a {vocab_size}-token vocabulary from {len(corpus)} corpus file(s) -> {tok_dir}")
+
+        def lines():
+            for path in corpus:
+                with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
+                    yield from (line for line in f if line.strip())
+
+        save_tokenizer(train_tokenizer(lines(), vocab_size), tok_dir + ".tmp")
+        os.replace(tok_dir + ".tmp", tok_dir)
+    if read_manifest(data) is None:
+        log(f"    examples -> {data}")
+        build(BuildArgs(tokenizer=tok_dir, out=data, inputs=list(corpus), seq_len=config.data.seq_len,
+                        shards=4, eval_fraction=0.01, workers=2, progress=False))
+    config.data.path = data
+    config.model.vocab_size = vocab_size
+    config.tokens.update(pad_id=0, cls_id=2, sep_id=3, mask_id=4)  # train_tokenizer's ids
+
+    mlm = config.copy_and_resolve_references()
+    mlm.objective.name = "mlm"
+    mlm.num_train_steps = equal_flops_steps(config, config.num_train_steps)
+    n, seq = max_predictions_per_seq(config), config.data.seq_len
+    flops = {name: c.num_train_steps * c.batch_size * train_flops_per_sequence(model_spec(c), seq, n)
+             for name, c in (("electra", config), ("mlm", mlm))}
+    log(f"2/4 pretraining ELECTRA {config.num_train_steps} steps and MLM {mlm.num_train_steps} steps "
+        f"({flops['electra']:.3g} and {flops['mlm']:.3g} FLOPs)")
+    seconds = {}
+    for name, c in (("electra", config), ("mlm", mlm)):
+        t0 = time.perf_counter()
+        _pretrain(c, os.path.join(out, name), log)
+        seconds[name] = round(time.perf_counter() - t0)
+
+    log("3/4 fine-tuning")
+    cells = []
+    for task in tasks:
+        train_rows = read_rows(task.train)
+        for budget in budgets:
+            subset = balanced_subset(train_rows, budget)
+            label = "all" if budget is None or budget >= len(train_rows) else str(budget)
+            train_file = os.path.join(out, "tasks", task.name, f"train-{label}.csv")
+            if not os.path.exists(train_file):
+                write_rows(train_file, subset)
+            for init in INITS:
+                source = os.path.join(out, "electra" if init == "random" else init)
+                result = _finetune_one(os.path.join(out, "finetune", task.name, label, init), source,
+                                       init == "random", train_file, task.test, seeds, finetune_config,
+                                       min_steps, list(finetune_overrides), log)
+                accuracy = [r["dev/accuracy"] for r in result["runs"]]  # the task's test file
+                cells.append({"task": task.name, "labels": label, "train_examples": len(subset), "init": init,
+                              "accuracy": accuracy, "median": float(np.median(accuracy)),
+                              "min": float(np.min(accuracy)), "max": float(np.max(accuracy))})
+                log(f"    {task.name:>10} {label:>5} labels {init:>8}: median {cells[-1]['median']:.3f} "
+                    f"[{cells[-1]['min']:.3f}, {cells[-1]['max']:.3f}]")
+
+    results = {"config": config.to_dict(), "pretrain_steps": {"electra": config.num_train_steps,
+                                                          "mlm": mlm.num_train_steps},
+               "pretrain_flops": flops, "pretrain_seconds": seconds, "seeds": seeds,
+               "corpus": corpus, "tasks": [dataclasses.asdict(t) for t in tasks], "cells": cells,
+               "seconds": round(time.perf_counter() - start)}
+    log("4/4 results")
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    table = markdown(cells)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(table + "\n")
+    plot(results, out)
+    log(table)
+    return results
+
+
+def markdown(cells: list[dict]) -> str:
+    """One row per task and label budget: each initialisation's median accuracy [min, max] over seeds."""
+    lines = ["| task | labels | " + " | ".join(INITS) + " |", "|---|---|" + "---|" * len(INITS)]
+    rows: dict[tuple[str, str], dict] = {}
+    for c in cells:
+        rows.setdefault((c["task"], c["labels"]), {})[c["init"]] = c
+    for (task, labels), by_init in rows.items():
+        cols = [f"{by_init[i]['median']:.3f} [{by_init[i]['min']:.3f}, {by_init[i]['max']:.3f}]"
+                if i in by_init else "" for i in INITS]
+        lines.append(f"| {task} | {labels} | " + " | ".join(cols) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, out: str) -> None:
+    """Accuracy against label budget per task; pretraining losses against FLOPs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from electra_jax.writers import read_metrics
+
+    tasks = list(dict.fromkeys(c["task"] for c in results["cells"]))
+    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(4.5 * (len(tasks) + 1), 3.6))
+    for ax, task in zip(axes, tasks):
+        for init, color in zip(INITS, ("tab:gray", "tab:orange", "tab:blue")):
+            cells = [c for c in results["cells"] if c["task"] == task and c["init"] == init]
+            x = [c["train_examples"] for c in cells]
+            ax.errorbar(x, [c["median"] for c in cells],
+                        yerr=[[c["median"] - c["min"] for c in cells], [c["max"] - c["median"] for c in cells]],
+                        label=init, color=color, marker="o", capsize=3)
+        ax.set_xscale("log")
+        ax.set_title(f"{task}: test accuracy")
+        ax.set_xlabel("training labels")
+        ax.legend()
+    ax = axes[-1]
+    for name, color in (("electra", "tab:blue"), ("mlm", "tab:orange")):
+        records = [r for r in read_metrics(os.path.join(out, name)) if r.get("split") == "train"]
+        per_step = results["pretrain_flops"][name] / results["pretrain_steps"][name]
+        ax.plot([r["step"] * per_step for r in records], [r["mlm_loss"] for r in records], color=color,
+                label=f"{name}: MLM loss ({'its generator' if name == 'electra' else 'the model'})")
+    ax.set_xlabel("pretraining FLOPs")
+    ax.set_title("pretraining")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "results.png"), dpi=110)
+    plt.close(fig)
