@@ -220,7 +220,8 @@ def _parser() -> argparse.ArgumentParser:
     exp = command("experiment", "run a recorded experiment: `parity` trains electra-jax and an independent "
                   "PyTorch ELECTRA (transformers' classes, the original's Adam) side by side, 3 seeds, and "
                   "compares the loss curves", config_overrides=True)
-    exp.add_argument("name", choices=("parity", "pretraining-helps"), help="which experiment")
+    exp.add_argument("name", choices=("parity", "pretraining-helps", "sources"),
+                     help="which experiment (`sources` downloads and converts pretraining-helps' corpus and tasks)")
     exp.add_argument("--config", default=None, help=CONFIG_HELP + " (its num_train_steps is the length; "
                      "default: tiny for parity, mini for pretraining-helps)")
     exp.add_argument("--out", default=None, help="results and data go here (default: experiments/NAME)")
@@ -495,6 +496,13 @@ def _experiment_command(args, config) -> None:
         raise ConfigError(f"experiment {args.name} needs {', '.join(missing)}: pip install -c constraints.txt "
                           "-e '.[test]' (torch==2.13.0 is a CPU build)")
     out = args.out or resolve(os.path.join("experiments", args.name))
+    if args.name == "sources":
+        from electra_jax.experiments.sources import prepare
+
+        got = prepare(out)
+        tasks = " ".join(f"--task {name}={train},{test}" for name, (train, test) in got["tasks"].items())
+        print(f"next: electra-jax experiment pretraining-helps --corpus {' '.join(got['corpus'])} {tasks}")
+        return
     if args.name == "pretraining-helps":
         from electra_jax.data import SAMPLE_CORPUS
 

