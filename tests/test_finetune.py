@@ -502,3 +502,25 @@ def test_glue_epochs_are_the_originals():
 
     assert {name: spec.epochs for name, spec in GLUE.items()} == {
         "cola": 3, "sst2": 3, "mrpc": 3, "stsb": 10, "qqp": 3, "mnli": 3, "qnli": 3, "rte": 10}
+
+
+def test_conll_takes_the_last_column_and_refuses_a_line_without_a_tag(tmp_path):
+    from electra_jax.finetune.tasks import read_conll
+
+    good = tmp_path / "ok.conll"
+    good.write_text("-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\nPeter NNP B-NP B-PER\n")
+    examples = read_conll(str(good))
+    assert examples.text_a == [["EU", "rejects"], ["Peter"]] and examples.labels == [["B-ORG", "O"], ["B-PER"]]
+    bad = tmp_path / "bad.conll"
+    bad.write_text("EU B-ORG\nrejects\n")
+    with pytest.raises(TaskError, match=r"bad.conll:2: expected `token ... tag`, got 'rejects'"):
+        read_conll(str(bad))
+
+
+def test_a_regression_label_that_is_not_a_number_is_a_clear_error(tmp_path):
+    from electra_jax.finetune.tasks import read_table
+
+    path = tmp_path / "scores.csv"
+    path.write_text("sentence,label\ngood,4.5\nbad,high\n")
+    with pytest.raises(TaskError, match=r"scores.csv: row 2: label 'high' is not a number"):
+        read_table(str(path), task_spec("regression"))
