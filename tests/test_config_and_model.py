@@ -195,6 +195,8 @@ def test_classifier_output_layer_initialiser(head, glorot):
     spec = config_lib.model_spec(config_lib.load_config("small"))
     ids = np.zeros((1, 8), np.int32)
     params = nn.unbox(Classifier(spec, 300, "cls", head).init(jax.random.key(2), ids, ids, np.ones_like(ids))["params"])
+    # The paper's head is one dense layer; HF's ElectraClassificationHead is dense -> GELU -> out_proj.
+    assert sorted(params["head"]) == (["out_proj"] if head == "paper" else ["dense", "out_proj"])
     w = np.asarray(params["head"]["out_proj"]["kernel"])
     limit = np.sqrt(6 / (256 + 300))
     if glorot:
