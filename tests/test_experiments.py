@@ -1,5 +1,6 @@
 """The experiments: parity's statistics by hand, and each command end to end at a tiny budget."""
 
+import gzip
 import json
 import os
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from electra_jax.data import SAMPLE_CORPUS
 from electra_jax.experiments.parity import compare
 
 
@@ -52,9 +54,6 @@ def test_one_seed_is_refused_before_anything_runs(tmp_path, capsys):
 def _testament_task(tmp_path):
     """A real labelled task from the sample corpus: is a verse from the Old or the New Testament?"""
     import csv
-    import gzip
-
-    from electra_jax.data import SAMPLE_CORPUS
 
     with gzip.open(SAMPLE_CORPUS, "rt", encoding="utf-8") as f:
         verses = [line.strip() for line in f if line.strip()]
@@ -78,17 +77,22 @@ def test_pretraining_helps_runs_in_short_form(tmp_path):
     from electra_jax.experiments.pretraining_helps import balanced_subset
 
     train, test = _testament_task(tmp_path)
+    with gzip.open(SAMPLE_CORPUS, "rt", encoding="utf-8") as f:  # a corpus of Genesis and Exodus
+        (tmp_path / "corpus.txt").write_text("".join(line for _, line in zip(range(2500), f)))
+    # One device and one layer: what is tested is the plumbing, and compiling is most of the time.
+    env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=1"}
     out = subprocess.run([sys.executable, "-m", "electra_jax.cli", "experiment", "pretraining-helps", "--out", "x",
-                          "--task", f"testament={train},{test}", "--steps", "12", "--budgets", "16",
-                          "--seeds", "1", "--min-steps", "4", "--config", "tiny", "--config.model.vocab_size=512",
+                          "--corpus", "corpus.txt", "--task", f"testament={train},{test}", "--steps", "12",
+                          "--budgets", "16", "--seeds", "1", "--min-steps", "4", "--config", "tiny",
+                          "--config.model.vocab_size=512", "--config.model.num_layers=1",
                           "--config.train.eval_batches=2", "--config.train.log_every=4"],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=900)
+                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((tmp_path / "x" / "results.json").read_text())
-    # Equal FLOPs, by hand from flops.py's terms for the tiny shapes (seq 64, 9 slots, vocabulary 512):
-    # ELECTRA = its generator (32 wide, FFN 128) + the discriminator (64 wide, FFN 256) + heads.
+    # Equal FLOPs, by hand from flops.py's terms for these shapes (1 layer, seq 64, 9 slots, vocabulary
+    # 512): ELECTRA = its generator (32 wide, FFN 128) + the discriminator (64 wide, FFN 256) + heads.
     s, n, v, e = 64, 9, 512, 32
-    enc = lambda h, i: (6 * 2 * (4 * h * h + 2 * h * i) + 12 * 2 * s * h + 6 * e * h) * s
+    enc = lambda h, i: (6 * (4 * h * h + 2 * h * i) + 12 * s * h + 6 * e * h) * s
     gen_small = enc(32, 128) + n * 6 * (32 * e + e * v)
     disc = enc(64, 256) + s * 6 * (64 * 64 + 64)
     mlm = enc(64, 256) + n * 6 * (64 * e + e * v)
