@@ -10,7 +10,7 @@ import pytest
 from electra_jax import config as config_lib
 from electra_jax.hf import (HFFormatError, from_hf_state_dict, hf_config, save_pretrained,
                             spec_from_hf_config, to_hf_state_dict)
-from electra_jax.model import Electra, init_params
+from electra_jax.model import Electra, init_params, unstack_layers
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -91,6 +91,15 @@ def test_round_trip_and_scanned_layout(tiny_config):
                                       np.asarray(stacked["attention"]["query"]["kernel"][i]).reshape(64, 64).T)
         np.testing.assert_array_equal(sd[f"electra.encoder.layer.{i}.output.LayerNorm.bias"],
                                       np.asarray(stacked["output_layer_norm"]["bias"][i]))
+    # Unstacking gives exactly the unrolled layers (no more: JAX clamps an index past the end), also for
+    # a tree with one tower (the mlm objective's).
+    unrolled = unstack_layers(scanned)
+    assert sorted(unrolled["discriminator"]["encoder"]) == ["embeddings_project", "layer_0", "layer_1"]
+    np.testing.assert_array_equal(unrolled["discriminator"]["encoder"]["layer_1"]["output"]["kernel"],
+                                  stacked["output"]["kernel"][1])
+    one_tower = unstack_layers({"embeddings": scanned["embeddings"], "generator": scanned["generator"]})
+    assert sorted(one_tower) == ["embeddings", "generator"]
+    assert sorted(one_tower["generator"]["encoder"]) == ["layer_0", "layer_1"]  # 32 wide: no projection
     for tower in ("discriminator", "generator"):
         back = spec_from_hf_config(hf_config(spec, tower))
         assert back.discriminator == getattr(spec, tower)
