@@ -1,6 +1,7 @@
 """Our logits against transformers' PyTorch ELECTRA classes loaded from our mapped weights."""
 
 import dataclasses
+import os
 
 import flax.linen as nn
 import jax
@@ -294,3 +295,40 @@ def test_thirty_training_steps_match_pytorch(kjv64, shape):
             np.testing.assert_allclose(ours, state[name], rtol=1e-4, atol=2e-5, err_msg=f"{tower} {name}")
     print(f"max |loss difference| / loss: {max(abs(a - b) / b for a, b in zip(ours_losses, theirs_losses)):.1e}, "
           f"max |parameter difference|: {worst:.1e}")
+
+
+def test_hf_configs_of_a_pair_are_checked_and_exports_are_laid_out(tiny_config, tmp_path):
+    """`model_fields_from_hf` accepts the pair electra-jax writes and refuses a non-GELU model and a
+    generator it would not derive; `export_pretrained` writes both towers for ELECTRA and one marked
+    `mlm` model for the BERT objective; a bfloat16 export says so in its config."""
+    import json
+
+    import ml_dtypes
+
+    from electra_jax.data import SAMPLE_TOKENIZER
+    from electra_jax.hf import MLM_MARK, export_pretrained, model_fields_from_hf
+
+    spec = config_lib.model_spec(tiny_config)
+    disc, gen = hf_config(spec, "discriminator"), hf_config(spec, "generator")
+    fields = model_fields_from_hf(disc, gen)
+    assert (fields["hidden_size"], fields["generator_hidden_fraction"]) == (64, 0.5)
+    with pytest.raises(HFFormatError, match="hidden_act='relu'; electra-jax has gelu only"):
+        model_fields_from_hf({**disc, "hidden_act": "relu"}, gen)
+    with pytest.raises(HFFormatError, match="is not the one electra-jax derives"):
+        model_fields_from_hf(disc, {**gen, "num_attention_heads": 2, "intermediate_size": 64})
+
+    params = nn.unbox(init_params(Electra(spec), jax.random.key(0), 8, 4))
+    written = export_pretrained(params, spec, str(tmp_path / "electra"), SAMPLE_TOKENIZER, "card",
+                                dtype=ml_dtypes.bfloat16)
+    assert sorted(written) == ["discriminator", "generator"]
+    config = json.loads((tmp_path / "electra" / "generator" / "config.json").read_text())
+    assert config["dtype"] == "bfloat16" and config["architectures"] == ["ElectraForMaskedLM"]
+    assert MLM_MARK not in config
+
+    tiny_config.objective.name = "mlm"
+    mlm_spec = config_lib.model_spec(tiny_config)
+    mlm_params = nn.unbox(init_params(Electra(mlm_spec), jax.random.key(0), 8, 4))
+    written = export_pretrained(mlm_params, mlm_spec, str(tmp_path / "bert"), SAMPLE_TOKENIZER, "card")
+    assert sorted(written) == ["mlm"] and os.listdir(tmp_path / "bert") == ["mlm"]
+    config = json.loads((tmp_path / "bert" / "mlm" / "config.json").read_text())
+    assert config[MLM_MARK] == "mlm" and config["hidden_size"] == 64 and config["dtype"] == "float32"
