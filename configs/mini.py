@@ -1,8 +1,9 @@
 """The CPU-scale recipe of `electra-jax experiment pretraining-helps`: a 4-layer, 128-wide ELECTRA
-(generator 1/2 as wide) over an 8,192-token vocabulary at 128 tokens, sized so that pretraining on a
-2-core CPU takes about half an hour: measured 1.17 s per step of 32 x 128 tokens (`electra-jax bench
---config mini`, 2026-12-02), so 1,500 steps = 29 minutes and 6.1M tokens, about one pass over the
-`experiment sources` corpus. Everything else is the original's (temperature 1, 50 x disc)."""
+(generator 1/4 as wide, the original's default `generator_hidden_size` and ELECTRA-Small's) over an
+8,192-token vocabulary at 128 tokens, sized so that pretraining on a 2-core CPU takes about half an
+hour: measured 1.17 s per step of 32 x 128 tokens with a generator 1/2 as wide (`electra-jax bench
+--config mini`, 2026-12-02), so 1,500 steps take under 29 minutes and see 6.1M tokens, about one pass
+over the `experiment sources` corpus. Everything else is the original's (temperature 1, 50 x disc)."""
 
 from electra_jax.config import default_config
 
@@ -10,7 +11,7 @@ from electra_jax.config import default_config
 def get_config():
     c = default_config()
     c.model.update(vocab_size=8192, embedding_size=128, hidden_size=128, num_layers=4, num_heads=2,
-                   intermediate_size=512, max_position_embeddings=128, generator_hidden_fraction=0.5)
+                   intermediate_size=512, max_position_embeddings=128, generator_hidden_fraction=0.25)
     c.model.dtype = "float32"  # a CPU recipe
     c.tokens.update(pad_id=0, cls_id=2, sep_id=3, mask_id=4)  # `electra-jax tokenizer`'s ids
     c.data.seq_len = 128
