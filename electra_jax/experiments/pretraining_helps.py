@@ -120,10 +120,13 @@ def _finetune_one(out: str, init: str, random_init: bool, train: str, test: str,
 
 
 def _pretrain(config, workdir: str, log) -> None:
-    from electra_jax.pretrain import pretrain
+    from electra_jax.pretrain import TrainingError, pretrain
 
     start = time.perf_counter()
     result = pretrain(config, workdir, progress=False)
+    if result["step"] < config.num_train_steps:  # SIGTERM or a preemption: saved, not finished
+        raise TrainingError(f"{workdir} stopped at step {result['step']} of {config.num_train_steps} (saved); "
+                            "rerun the same command to continue")
     log(f"    {workdir}: step {result['step']} in {time.perf_counter() - start:.0f} s; eval "
         + ", ".join(f"{k} {v:.3f}" for k, v in result["eval"].items()))
 
