@@ -335,11 +335,13 @@ def test_eval_draws_each_batch_its_own_fixed_key(data_dir, monkeypatch):
 
 
 def test_keeps_the_last_checkpoints(data_dir, tmp_path):
-    """keep_checkpoints=2 with a save every step keeps the last two."""
+    """keep_checkpoints=2 with a save every step keeps the last two, and their reader positions only."""
     config = _config(data_dir, "--config.num_train_steps=6", "--config.train.save_every=1",
                      "--config.train.keep_checkpoints=2", "--config.train.log_every=1", "--config.train.eval_every=0")
     pretrain(config, str(tmp_path), devices=jax.devices()[:1], progress=False)
     assert list(ocp.CheckpointManager(str(tmp_path / "checkpoints")).all_steps()) == [5, 6]
+    # The data reader's positions go with them: only the kept steps' remain.
+    assert sorted(int(p.name) for p in (tmp_path / "data_state").iterdir()) == [5, 6]
 
 
 def test_speed_leaves_out_paused_time(tiny_config, monkeypatch):
