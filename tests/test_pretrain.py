@@ -416,3 +416,18 @@ def test_mlm_objective_pretrains_exports_and_is_a_fine_tuning_init(data_dir, tmp
                                    encoder["layer_1"]["output"]["kernel"], atol=1e-7)
         np.testing.assert_allclose(backbone["embeddings"]["word_embeddings"],
                                    params["embeddings"]["word_embeddings"], atol=1e-7)
+
+
+def test_a_checkpoint_without_its_reader_position_is_not_resumed(data_dir, tmp_path):
+    """A checkpoint whose data-reader position is missing cannot resume the data order exactly: refused
+    with the path, not silently restarted from the first batch."""
+    import shutil
+
+    from electra_jax.checkpoint import CheckpointError
+
+    config = _config(data_dir, "--config.num_train_steps=4", "--config.train.eval_every=0")
+    pretrain(config, str(tmp_path), devices=jax.devices()[:1], progress=False)
+    shutil.rmtree(tmp_path / "data_state" / "4")
+    with pytest.raises(CheckpointError, match=r"data_state/4/host-0: no data-reader position for step 4"):
+        pretrain(_config(data_dir, "--config.train.eval_every=0"), str(tmp_path), devices=jax.devices()[:1],
+                 progress=False)
