@@ -375,6 +375,11 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[ml_collection
     return config, step, jax.tree.map(jax.device_get, state.params)
 
 
+def _mlm_as_discriminator(params: dict) -> dict:
+    """The BERT baseline's masked LM (in the generator slot) is the encoder fine-tuning takes."""
+    return {"embeddings": params["embeddings"], "discriminator": params["generator"]}
+
+
 def load_discriminator(source: str) -> tuple[dict, dict, dict, str]:
     """(config.model fields, token ids, discriminator params {embeddings, discriminator}, tokenizer
     path) from an HF ELECTRA discriminator directory or a pretrain WORKDIR[:step] (local or gs://).
@@ -396,8 +401,8 @@ def load_discriminator(source: str) -> tuple[dict, dict, dict, str]:
             raise TrainingError(f"{workdir}: checkpoints but no config.json; is this a pretrain --workdir?")
         config, _, params = restore_params(workdir, step)
         params = unstack_layers(params)
-        if config.objective.get("name") == "mlm":  # the BERT baseline: its masked LM is the encoder
-            params = {"embeddings": params["embeddings"], "discriminator": params["generator"]}
+        if config.objective.get("name") == "mlm":
+            params = _mlm_as_discriminator(params)
         fields = {k: config.model[k] for k in (
             "vocab_size", "embedding_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
             "max_position_embeddings", "type_vocab_size", "layer_norm_eps")}
@@ -412,7 +417,7 @@ def load_discriminator(source: str) -> tuple[dict, dict, dict, str]:
         spec = spec_from_hf_config(hf)
         params = from_hf_state_dict(weights, spec, "generator" if mlm else "discriminator")
         if mlm:
-            params = {"embeddings": params["embeddings"], "discriminator": params["generator"]}
+            params = _mlm_as_discriminator(params)
         fields = {"vocab_size": spec.vocab_size, "embedding_size": spec.embedding_size,
                   "hidden_size": hf["hidden_size"], "num_layers": hf["num_hidden_layers"],
                   "num_heads": hf["num_attention_heads"], "intermediate_size": hf["intermediate_size"],
