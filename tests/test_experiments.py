@@ -148,3 +148,14 @@ def test_pretraining_helps_stops_when_a_pretraining_run_was_interrupted(tiny_con
     tiny_config.num_train_steps = 1500
     with pytest.raises(pretrain_module.TrainingError, match="stopped at step 450 of 1500 .saved.; rerun"):
         _pretrain(tiny_config, "w", print)
+
+
+def test_pretraining_helps_refuses_bad_task_files_before_pretraining(tmp_path):
+    (tmp_path / "bad.csv").write_text("sentence,y\nhello,1\n")
+    for task, message in (("t=missing.csv,bad.csv", "missing.csv: no such task file"),
+                          ("t=bad.csv,bad.csv", "bad.csv: expected a CSV with a header and columns text,label"),
+                          ("t=bad.csv", "expected NAME=TRAIN.csv,TEST.csv")):
+        out = subprocess.run([sys.executable, "-m", "electra_jax.cli", "experiment", "pretraining-helps", "--out",
+                              "x", "--task", task], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
+        assert not (tmp_path / "x").exists()  # nothing started

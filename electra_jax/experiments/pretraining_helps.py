@@ -53,11 +53,13 @@ def parse_task(text: str) -> Task:
 
 
 def read_rows(path: str) -> list[dict]:
+    from electra_jax.config import ConfigError
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: no such task file (CSV with columns text,label)")
     with open(path, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"text", "label"} <= rows[0].keys():
-        from electra_jax.config import ConfigError
-
         raise ConfigError(f"{path}: expected a CSV with a header and columns text,label")
     return rows
 
@@ -142,6 +144,8 @@ def run(config, out: str, corpus: list[str], tasks: list[Task], *, steps: int | 
     from electra_jax.flops import train_flops_per_sequence
 
     start = time.perf_counter()
+    for task in tasks:  # bad task files fail now, not after an hour of pretraining
+        read_rows(task.train), read_rows(task.test)
     config = config.copy_and_resolve_references()
     if steps:
         config.num_train_steps = steps
