@@ -128,19 +128,20 @@ def _parser() -> argparse.ArgumentParser:
                  config_overrides=True)
     ft.add_argument("--init", required=True,
                     help="an HF ELECTRA discriminator directory, or a pretrain WORKDIR[:step]")
-    ft.add_argument("--task", required=True, help="cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, or "
-                    "classification / regression / tagging with --train and --dev files")
+    ft.add_argument("--task", required=True, help="cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, squad1, "
+                    "squad2, or classification / regression / tagging / qa with --train and --dev files")
     ft.add_argument("--workdir", required=True, help="checkpoints, results.json and config.json go here")
     ft.add_argument("--config", default=None,
                     help="default: the finetune/<size> preset for the --init model's hidden size")
-    ft.add_argument("--train", default=None, help="training file (.csv/.tsv/.jsonl; CoNLL for tagging)")
+    ft.add_argument("--train", default=None,
+                    help="training file (.csv/.tsv/.jsonl; CoNLL for tagging; SQuAD-format .json for qa)")
     ft.add_argument("--dev", default=None, help="evaluation file, same format")
     ft.add_argument("--seeds", type=int, default=1, help="runs with seeds seed..seed+K-1; the median is "
                     "reported, as the paper")
     ft.add_argument("--random-init", action="store_true",
                     help="the --init model's shape and tokenizer but random weights (a baseline)")
-    ft.add_argument("--tfds-data-dir", default=None, help="where GLUE is prepared for TFDS")
-    ft.add_argument("--download", action="store_true", help="let TFDS download GLUE (needs network)")
+    ft.add_argument("--tfds-data-dir", default=None, help="where GLUE / SQuAD are prepared for TFDS")
+    ft.add_argument("--download", action="store_true", help="let TFDS download GLUE / SQuAD (needs network)")
 
     imp = command("import", "HF discriminator + generator -> a step-0 checkpoint to pretrain on (or export)",
                   config_overrides=True)

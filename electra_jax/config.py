@@ -470,13 +470,22 @@ def finetune_config() -> ml_collections.ConfigDict:
     ids come from the checkpoint given to `finetune --init`; num_train_steps and warmup from the data."""
     c = default_config()
     c.task = t = ml_collections.ConfigDict()
-    t.name = ""  # a GLUE task (cola, sst2, ...) or classification / regression / tagging
+    t.name = ""  # a GLUE task (cola, sst2, ...), squad1 / squad2, or classification / regression / tagging / qa
     t.train = ""  # local files for the generic tasks (.csv/.tsv/.jsonl, CoNLL for tagging)
     t.dev = ""
     t.text_a = ""  # column names; defaults: sentence / (none) / label
     t.text_b = ""
     t.label = ""
-    t.max_len = 128
+    t.max_len = 0  # 0: the task's (128; 512 for QA, as the original), at most the model's positions
+    # Question answering (the original's configure_finetuning.py): the question's tokens, the step between
+    # windows over a long context, answers up to 30 sub-tokens, 20 best spans, the joint head's beam of
+    # 20 starts, and the weight of SQuAD 2.0's no-answer loss.
+    t.max_query_len = 64
+    t.doc_stride = 128
+    t.max_answer_len = 30
+    t.n_best = 20
+    t.beam = 20
+    t.no_answer_weight = 0.5
     t.tfds_data_dir = ""
     t.download = False  # let TFDS download GLUE (needs network)
     t.double_unordered = True  # MRPC and STS-B: train on each pair in both orders, as the original
@@ -485,10 +494,11 @@ def finetune_config() -> ml_collections.ConfigDict:
     t.tokenizer = ""
     t.labels = ml_collections.FieldReference([], field_type=list)
     t.random_init = False
+    t.answerable = False  # QA: the model has a no-answer head (SQuAD 2.0, or a file with unanswerable questions)
     c.head = "paper"  # "paper": [CLS] -> dropout -> dense; "hf": ElectraClassificationHead (exports)
     c.loss_reduction = "sum"  # the original sums per-example losses over the batch; "mean" divides
     c.model_selection = "final"  # the final epoch, as the paper; "best": the best dev epoch (optimistic)
-    c.num_epochs = 0  # 0: the task's own (3; 10 for RTE and STS-B)
+    c.num_epochs = 0  # 0: the task's own (3; 10 for RTE and STS-B; 2 for QA)
     c.batch_size = 32
     c.optim.update(name="electra_adam", learning_rate=1e-4, weight_decay=0.01, layerwise_lr_decay=0.8,
                    warmup_steps=0)

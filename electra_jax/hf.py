@@ -23,7 +23,8 @@ MLM_MARK = "electra_jax_objective"
 # discriminators: same embeddings and encoder names, a task head instead of the RTD head.
 ARCHITECTURES = {"discriminator": "ElectraForPreTraining", "generator": "ElectraForMaskedLM",
                  "sequence_classifier": "ElectraForSequenceClassification",
-                 "token_classifier": "ElectraForTokenClassification"}
+                 "token_classifier": "ElectraForTokenClassification",
+                 "question_answerer": "ElectraForQuestionAnswering"}
 
 # Layouts: how one of our arrays becomes an HF tensor.
 COPY, DENSE, QKV, QKV_BIAS, ATTN_OUT = "copy", "dense", "qkv", "qkv_bias", "attn_out"
@@ -64,6 +65,9 @@ def _entries(spec: ModelSpec, kind: str) -> Iterator[tuple[tuple[str, ...], str,
     elif kind == "token_classifier":
         yield ("head", "out_proj", "kernel"), "classifier.weight", DENSE
         yield ("head", "out_proj", "bias"), "classifier.bias", COPY
+    elif kind == "question_answerer":  # the "hf" span head
+        yield ("head", "qa_outputs", "kernel"), "qa_outputs.weight", DENSE
+        yield ("head", "qa_outputs", "bias"), "qa_outputs.bias", COPY
     elif kind == "discriminator":
         for dense in ("dense", "dense_prediction"):
             yield (tower, dense, "kernel"), f"discriminator_predictions.{dense}.weight", DENSE

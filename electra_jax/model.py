@@ -304,6 +304,87 @@ class Classifier(nn.Module):
         return _Head(s, self.num_outputs, self.head, name="head")(x, deterministic)
 
 
+def answer_mask(segment_ids, input_mask) -> Array:
+    """1 where an answer may start or end: the context (segment 1, not padding) and [CLS] (no answer)."""
+    mask = jnp.asarray(segment_ids * input_mask, jnp.float32)
+    return mask.at[:, 0].set(1.0)
+
+
+class SpanExtractor(nn.Module):
+    """Extractive QA: the shared embeddings and the discriminator's encoder, then a span head "head".
+
+    head "hf": one dense layer to (start, end), Hugging Face's `qa_outputs` (exports exactly as
+    ElectraForQuestionAnswering; logits unmasked, as there). Returns {start_logits, end_logits}.
+
+    head "paper": the original's `joint_prediction` (qa_tasks.py): start logits from a dense layer; the
+    end conditioned on a start -- dense(512, GELU) over [h_start; h_end] -> dense(1) -- on the gold
+    start (`start_positions`) in training and on each of the `beam` best starts otherwise; with
+    `answerable` (SQuAD 2.0), a no-answer logit from [h_CLS; sum_i p_start(i) h_i] -> dense(512, GELU)
+    -> dense(1), trained on "is impossible". Logits outside the context and [CLS] get -1000, as there.
+    Returns {start_logits, end_logits} [B, S] in training, else {start_logits, start_top_log_probs,
+    start_top_index [B, K], end_top_log_probs, end_top_index [B, K, K]}; plus no_answer_logit [B].
+    """
+
+    spec: ModelSpec
+    head: str = "hf"
+    beam: int = 20
+    answerable: bool = False
+
+    @nn.compact
+    def __call__(self, input_ids, segment_ids, input_mask, deterministic=True, start_positions=None):
+        s = self.spec
+        embedded = Embeddings(s, name="embeddings")(input_ids, segment_ids)
+        x = _DiscriminatorEncoder(s, name="discriminator")(embedded, input_mask, deterministic)
+        head = _SpanHead(s, self.head, self.beam, self.answerable, name="head")
+        return head(x, answer_mask(segment_ids, input_mask), start_positions)
+
+
+class _SpanHead(nn.Module):
+    spec: ModelSpec
+    style: str
+    beam: int
+    answerable: bool
+
+    @nn.compact
+    def __call__(self, x, mask, start_positions):
+        s = self.spec
+        if self.style == "hf":
+            logits = _dense(2, ("embed", "proj"), "qa_outputs", s)(x).astype(jnp.float32)
+            return {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}
+        x = x.astype(jnp.float32)
+        glorot = nn.initializers.glorot_uniform()  # tf.layers.dense's default
+
+        def dense(n, name):
+            return nn.Dense(n, kernel_init=_p(glorot, ("embed", "proj")),
+                            bias_init=_p(nn.initializers.zeros, ("proj",)), name=name)
+
+        off_context = 1000.0 * (mask - 1.0)
+        start_logits = dense(1, "start")(x)[..., 0] + off_context
+        end_hidden, end_out = dense(512, "end_hidden"), dense(1, "end")
+
+        def end_logits(h_start, h):  # each start [..., H] against every token h [..., S, H]
+            shape = jnp.broadcast_shapes(h_start[..., None, :].shape, h.shape)
+            both = jnp.concatenate([jnp.broadcast_to(h_start[..., None, :], shape), jnp.broadcast_to(h, shape)], -1)
+            return end_out(_gelu(end_hidden(both)))[..., 0]
+
+        out = {"start_logits": start_logits}
+        if start_positions is not None:  # training: the end given the gold start
+            h_start = jnp.take_along_axis(x, start_positions[:, None, None], axis=1)[:, 0]
+            out["end_logits"] = end_logits(h_start, x) + off_context
+        else:
+            k = min(self.beam, x.shape[1])
+            out["start_top_log_probs"], out["start_top_index"] = jax.lax.top_k(
+                jax.nn.log_softmax(start_logits), k)
+            h_start = jnp.take_along_axis(x, out["start_top_index"][..., None], axis=1)  # [B, K, H]
+            ends = end_logits(h_start, x[:, None]) + off_context[:, None]  # [B, K, S]
+            out["end_top_log_probs"], out["end_top_index"] = jax.lax.top_k(jax.nn.log_softmax(ends), k)
+        if self.answerable:
+            pooled = jnp.einsum("bs,bsh->bh", jax.nn.softmax(start_logits), x)
+            hidden = _gelu(dense(512, "answerable_hidden")(jnp.concatenate([x[:, 0], pooled], -1)))
+            out["no_answer_logit"] = dense(1, "answerable")(hidden)[..., 0]
+        return out
+
+
 def init_params(model: Electra, rng: Array, seq_len: int, num_positions: int = 1) -> Any:
     """Initialise (boxed, logically partitioned) parameters from dummy inputs of the right shape."""
     ids = jnp.zeros((1, seq_len), jnp.int32)

@@ -25,9 +25,10 @@ from electra_jax import config as config_lib
 from electra_jax.checkpoint import Checkpoints
 from electra_jax.fs import host_tf
 from electra_jax.finetune import metrics as metrics_lib
-from electra_jax.finetune.tasks import (Examples, TaskError, TaskSpec, encode, label_names, read_conll,
+from electra_jax.finetune import qa
+from electra_jax.finetune.tasks import (TaskError, TaskSpec, encode, label_names, read_conll,
                                         read_table, read_tfds, task_spec, with_swapped_pairs)
-from electra_jax.model import Classifier
+from electra_jax.model import Classifier, SpanExtractor, answer_mask
 from electra_jax.optim import make_optimizer
 from electra_jax.pretrain import (TrainingError, check_finite, check_workdir, load_discriminator,
                                   load_workdir_config, write_config)
@@ -65,6 +66,30 @@ def classifier_loss(params, batch: dict, rng: jax.Array, *, model: Classifier, k
                   "accuracy": jnp.stack([jnp.sum(w * correct), total])}
 
 
+def span_loss(params, batch: dict, rng: jax.Array, *, model: SpanExtractor, no_answer_weight: float = 0.5,
+              deterministic: bool = False, reduction: str = "sum"):
+    """QA loss of the original (qa_tasks.py): (CE(start) + CE(end)) / 2 over the context and [CLS]
+    (elsewhere -1000), plus `no_answer_weight` x sigmoid CE of the no-answer logit (SQuAD 2.0), per
+    example; weighted and reduced as `classifier_loss`."""
+    out = model.apply({"params": params}, batch["input_ids"], batch["segment_ids"], batch["input_mask"],
+                      deterministic, batch["start_positions"] if model.head == "paper" else None,
+                      rngs=None if deterministic else {"dropout": rng})
+    off_context = 1000.0 * (answer_mask(batch["segment_ids"], batch["input_mask"]) - 1.0)
+    start_logits, end_logits = out["start_logits"], out["end_logits"]
+    if model.head == "hf":  # the paper head masks inside; HF's head is left as HF computes it
+        start_logits, end_logits = start_logits + off_context, end_logits + off_context
+    ce = optax.softmax_cross_entropy_with_integer_labels
+    per = (ce(start_logits, batch["start_positions"]) + ce(end_logits, batch["end_positions"])) / 2
+    if "no_answer_logit" in out:
+        per += no_answer_weight * optax.sigmoid_binary_cross_entropy(out["no_answer_logit"], batch["is_impossible"])
+    w = batch["weights"].astype(jnp.float32)
+    total = jnp.sum(w)
+    loss = jnp.sum(w * per) if reduction == "sum" else jnp.sum(w * per) / jnp.maximum(total, 1e-6)
+    correct = (jnp.argmax(start_logits, -1) == batch["start_positions"]).astype(jnp.float32)
+    return loss, {"loss": jnp.stack([jnp.sum(w * per), total]),
+                  "start_accuracy": jnp.stack([jnp.sum(w * correct), total])}
+
+
 def layer_depths(params, num_layers: int, convention: str) -> Any:
     """Depth of every parameter for layer-wise LR decay: 0 embeddings (and their projection), i+1 for
     layer_i, and the head on top. `original` puts the head at L+2, as `_get_layer_lrs` (the top layer
@@ -97,16 +122,22 @@ def load_init(init: str) -> tuple[dict, dict, dict, str]:
     return fields, tokens, backbone, tokenizer
 
 
-def load_task(config: ml_collections.ConfigDict) -> tuple[TaskSpec, Examples, dict[str, Examples]]:
+def load_task(config: ml_collections.ConfigDict):
+    """(spec, training split, {eval split: data}): `Examples`, or `qa.QAData` for question answering."""
     t = config.task
     spec = task_spec(t.name, t.text_a, t.text_b, t.label)
+    data_dir = t.tfds_data_dir or None
+    if spec.kind == "qa":
+        if spec.tfds:
+            read = functools.partial(qa.read_squad_tfds, spec.tfds, data_dir=data_dir, download=t.download)
+            return spec, read(split="train"), {"dev": read(split="validation")}
+        _need_files(t)
+        return spec, qa.read_squad(t.train), {"dev": qa.read_squad(t.dev)}
     if spec.tfds:
-        data_dir = t.tfds_data_dir or None
         train = read_tfds(spec, spec.train_split, data_dir, t.download)
         evals = {split: read_tfds(spec, split, data_dir, t.download) for split in spec.eval_splits}
     else:
-        if not t.train or not t.dev:
-            raise TaskError(f"task {t.name!r} reads local files: pass --train FILE and --dev FILE")
+        _need_files(t)
         read = read_conll if spec.kind == "tagging" else functools.partial(read_table, spec=spec)
         train, evals = read(t.train), {"dev": read(t.dev)}
     for examples in (train, *evals.values()):
@@ -117,22 +148,74 @@ def load_task(config: ml_collections.ConfigDict) -> tuple[TaskSpec, Examples, di
     return spec, train, evals
 
 
+def _need_files(t) -> None:
+    if not t.train or not t.dev:
+        raise TaskError(f"task {t.name!r} reads local files: pass --train FILE and --dev FILE")
+
+
+def encode_task(config, spec: TaskSpec, train_examples, eval_examples: dict, tokenizer, log=print):
+    """(training arrays, {split: (model inputs, outputs -> metrics)}, class names, QA's no-answer head?)"""
+    t, pad_id = config.task, config.tokens.pad_id
+    if spec.kind != "qa":
+        labels = label_names(train_examples, spec)
+        encode_split = functools.partial(encode, spec=spec, tokenizer=tokenizer, max_len=t.max_len,
+                                         labels=labels, pad_id=pad_id)
+        evals = {}
+        for split, examples in eval_examples.items():
+            data = encode_split(examples)
+            evals[split] = (data, functools.partial(score, spec, data=data, labels=labels))
+        return encode_split(train_examples), evals, labels, False
+
+    if not 1 <= t.max_query_len <= t.max_len - 4:
+        raise TaskError(f"task.max_query_len {t.max_query_len}: must be between 1 and task.max_len - 4 "
+                        f"({t.max_len - 4}), to leave room for the context")
+    answerable = spec.unanswerable if spec.unanswerable is not None else train_examples.has_unanswerable
+    windows = functools.partial(qa.featurize, tokenizer=tokenizer, max_len=t.max_len,
+                                max_query_len=t.max_query_len, doc_stride=t.doc_stride, pad_id=pad_id)
+    splits = {"train": train_examples, **eval_examples}
+    features = {split: windows(data, training=split == "train") for split, data in splits.items()}
+    for split, data in splits.items():  # what could not be used, counted and shown, never silent
+        problems = [f"{n} {what.replace('_', ' ')}" for what, n in features[split].counts.items() if n]
+        if data.misaligned:
+            problems.append(f"{len(data.misaligned)} answers whose answer_start does not match the context "
+                            f"(e.g. {'; '.join(data.misaligned[:3])})")
+        if problems:
+            log(f"{data.source}: " + ", ".join(problems) + (" (not trained on)" if split == "train" else ""))
+
+    def scorer(data, feats, outputs):
+        predictions, no_answer = qa.decode(outputs, feats, data, t.n_best, t.max_answer_len)
+        gold = {q.qid: list(q.answers) if not q.is_impossible else [] for q in data.questions}
+        return metrics_lib.squad_scores(gold, predictions, no_answer if answerable else None)
+
+    evals = {split: (features[split].arrays, functools.partial(scorer, data, features[split]))
+             for split, data in eval_examples.items()}
+    return features["train"].arrays, evals, [], answerable
+
+
 # ----------------------------------------------------------------------------- setup and loop
 
 
-def classifier_setup(config: ml_collections.ConfigDict, num_outputs: int, kind: str, devices=None) -> Setup:
+def classifier_setup(config: ml_collections.ConfigDict, num_outputs: int, kind: str, devices=None,
+                     answerable: bool = False) -> Setup:
+    """The sharded model, step and optimizer of a task: a `Classifier` (num_outputs classes, 1 for
+    regression) or, for kind "qa", a `SpanExtractor` (with a no-answer logit when `answerable`)."""
     devices = list(devices if devices is not None else jax.devices())
     config_lib.validate(config, num_devices=len(devices))
     spec = config_lib.model_spec(config)
-    model = Classifier(spec, num_outputs, "tokens" if kind == "tagging" else "cls", config.head)
     max_len = config.task.max_len
+    if kind == "qa":
+        model = SpanExtractor(spec, config.head, config.task.beam, answerable)
+        loss_fn = functools.partial(span_loss, model=model, no_answer_weight=config.task.no_answer_weight,
+                                    reduction=config.loss_reduction)
+    else:
+        model = Classifier(spec, num_outputs, "tokens" if kind == "tagging" else "cls", config.head)
+        loss_fn = functools.partial(classifier_loss, model=model, kind=kind, reduction=config.loss_reduction)
 
     def init_fn(rng):
         ids = jnp.zeros((1, max_len), jnp.int32)
         return model.init({"params": rng}, ids, ids, jnp.ones_like(ids))["params"]
 
     def grad_fn(params, batch, rng):
-        loss_fn = functools.partial(classifier_loss, model=model, kind=kind, reduction=config.loss_reduction)
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
         return grads, metrics
 
@@ -186,21 +269,24 @@ def _predictor(s: Setup):
         in_shardings=(s.state_shardings.params, s.batch_sharding), out_shardings=replicated(s.mesh))
 
 
-def predict(s: Setup, params, data: dict, batch_size: int, predictor=None) -> np.ndarray:
+def predict(s: Setup, params, data: dict, batch_size: int, predictor=None):
+    """The model's outputs (an array, or a dict of arrays for QA) on every row of `data`, in order."""
     predictor = predictor or _predictor(s)
     n = len(data["input_ids"])
-    outs = [np.asarray(jax.device_get(predictor(params, _put(b, s.batch_sharding))))
+    outs = [jax.device_get(predictor(params, _put(b, s.batch_sharding)))
             for b in _batches(data, batch_size, np.arange(n))]
-    return np.concatenate(outs)[:n]
+    return jax.tree.map(lambda *parts: np.concatenate(parts)[:n], *outs)
 
 
-def run_seed(config, spec: TaskSpec, train: dict, evals: dict[str, dict], labels: list[str],
-             backbone: dict | None, workdir: str, devices=None, progress: bool = True) -> dict:
+def run_seed(config, spec: TaskSpec, train: dict, evals: dict[str, tuple[dict, Any]], labels: list[str],
+             backbone: dict | None, workdir: str, devices=None, progress: bool = True,
+             answerable: bool = False) -> dict:
     """Fine-tune one seed and keep one checkpoint: the final epoch's (the original's, the default) or,
-    with model_selection="best", the epoch with the best dev score. Returns the kept epoch's metrics
+    with model_selection="best", the epoch with the best dev score. `evals`: split -> (model inputs,
+    a function of the model's outputs on them -> {metric: value}). Returns the kept epoch's metrics
     ("selected"), the final and the best epoch's, and every epoch's."""
     num_outputs = 1 if spec.kind == "regression" else len(labels)
-    s = classifier_setup(config, num_outputs, spec.kind, devices)
+    s = classifier_setup(config, num_outputs, spec.kind, devices, answerable)
     init_rng, train_rng = s.rngs()
     state = s.init(init_rng)
     if backbone is not None:
@@ -228,8 +314,8 @@ def run_seed(config, spec: TaskSpec, train: dict, evals: dict[str, dict], labels
                                   config.optim.skip_nonfinite)
             writer.write(step, "train", values)
             result = {"epoch": epoch + 1, "step": step}
-            for split, data in evals.items():
-                scores = score(spec, predict(s, state.params, data, bs, predictor), data, labels)
+            for split, (data, scorer) in evals.items():
+                scores = scorer(predict(s, state.params, data, bs, predictor))
                 result.update({f"{split}/{k}": v for k, v in scores.items()})
             writer.write(step, "eval", {k: v for k, v in result.items() if "/" in k})
             bar.update(step, epoch=str(epoch + 1), **{k.split("/")[-1]: f"{v:.3f}" for k, v in result.items()
@@ -256,16 +342,15 @@ def finetune(config: ml_collections.ConfigDict, init: str, workdir: str, *, seed
     config.model.update(fields)
     config.tokens.update(tokens)
     spec, train_examples, eval_examples = load_task(config)
-    labels = label_names(train_examples, spec)
-    tokenizer = load_tokenizer(tokenizer_path)
-    max_len = config.task.max_len
-    if not 4 <= max_len <= config.model.max_position_embeddings:
-        raise TaskError(f"task.max_len {max_len}: must be at least 4 ([CLS] A [SEP] B [SEP]) and at most the "
-                        f"model's {config.model.max_position_embeddings} positions")
-    encode_split = functools.partial(encode, spec=spec, tokenizer=tokenizer, max_len=max_len, labels=labels,
-                                     pad_id=tokens["pad_id"])
-    train = encode_split(train_examples)
-    evals = {split: encode_split(e) for split, e in eval_examples.items()}
+    positions = config.model.max_position_embeddings
+    if not config.task.max_len:
+        config.task.max_len = min(spec.max_len, positions)
+    if not 4 <= config.task.max_len <= positions:
+        raise TaskError(f"task.max_len {config.task.max_len}: must be at least 4 ([CLS] A [SEP] B [SEP]) and "
+                        f"at most the model's {positions} positions")
+    train, evals, labels, answerable = encode_task(config, spec, train_examples, eval_examples,
+                                                   load_tokenizer(tokenizer_path),
+                                                   log=print if jax.process_index() == 0 else lambda _: None)
     epochs = config.num_epochs or spec.epochs
     config.num_train_steps = epochs * math.ceil(len(train["input_ids"]) / config.batch_size)
     config.optim.warmup_steps = int(config.optim.warmup_fraction * config.num_train_steps)
@@ -274,6 +359,7 @@ def finetune(config: ml_collections.ConfigDict, init: str, workdir: str, *, seed
     config.task.tokenizer = tokenizer_path
     config.task.labels = labels
     config.task.random_init = random_init
+    config.task.answerable = answerable
     if jax.process_index() == 0:
         write_config(config, workdir)
 
@@ -282,7 +368,7 @@ def finetune(config: ml_collections.ConfigDict, init: str, workdir: str, *, seed
         seed_config = config.copy_and_resolve_references()
         seed_config.seed = config.seed + k
         runs.append(run_seed(seed_config, spec, train, evals, labels, None if random_init else backbone,
-                             os.path.join(workdir, f"seed_{seed_config.seed}"), devices, progress))
+                             os.path.join(workdir, f"seed_{seed_config.seed}"), devices, progress, answerable))
     names = [k for k in runs[0]["selected"] if "/" in k]  # split/metric
     median = lambda which: {k: float(np.median([r[which][k] for r in runs])) for k in names}
     results = {"task": spec.name, "init": init, "random_init": random_init, "seeds": seeds,
@@ -299,9 +385,9 @@ def finetune(config: ml_collections.ConfigDict, init: str, workdir: str, *, seed
 
 
 def export_finetuned(workdir: str, out: str, seed: int | None = None, dtype=np.float32) -> str:
-    """The best epoch of a fine-tuning run (of its best seed, or `seed`) -> one HF directory that
-    ElectraForSequenceClassification / ElectraForTokenClassification loads, with id2label."""
-    from electra_jax.hf import export_model
+    """The kept epoch of a fine-tuning run (of its best seed, or `seed`) -> one HF directory that
+    ElectraForSequenceClassification / TokenClassification (with id2label) / QuestionAnswering loads."""
+    from electra_jax.hf import ARCHITECTURES, export_model
 
     config = load_workdir_config(workdir)
     results_path = os.path.join(workdir, "results.json")
@@ -317,23 +403,22 @@ def export_finetuned(workdir: str, out: str, seed: int | None = None, dtype=np.f
     run = runs[seed] if seed is not None else max(results["runs"], key=lambda r: r[main])
     if spec.kind == "tagging":
         kind = "token_classifier"
-    elif config.head == "hf":
-        kind = "sequence_classifier"
+    elif config.head != "hf":
+        raise TrainingError(f"the paper head ({'the joint span head' if spec.kind == 'qa' else '[CLS] -> dense'}) "
+                            "has no exact Hugging Face class; fine-tune with --config.head=hf to export")
     else:
-        raise TrainingError("the paper head ([CLS] -> dense) has no exact Hugging Face class; fine-tune "
-                            "with --config.head=hf to export a sequence classifier")
+        kind = "question_answerer" if spec.kind == "qa" else "sequence_classifier"
     labels = list(config.task.labels)
-    num_outputs = 1 if spec.kind == "regression" else len(labels)
+    num_outputs = {"regression": 1, "qa": 2}.get(spec.kind, len(labels))
     config.mesh.update(data=-1, fsdp=1, tensor=1)
-    s = classifier_setup(config, num_outputs, spec.kind, jax.devices()[:1])
+    s = classifier_setup(config, num_outputs, spec.kind, jax.devices()[:1], config.task.answerable)
     checkpoints = Checkpoints(os.path.join(workdir, f"seed_{run['seed']}"), async_save=False)
     state = checkpoints.restore(run["step"], s.abstract_state())
     checkpoints.close()
     params = jax.tree.map(np.asarray, jax.device_get(state.params))
-    extra = {"architectures": [{"sequence_classifier": "ElectraForSequenceClassification",
-                                "token_classifier": "ElectraForTokenClassification"}[kind]],
-             "num_labels": num_outputs,
-             "problem_type": "regression" if spec.kind == "regression" else "single_label_classification"}
+    extra = {"architectures": [ARCHITECTURES[kind]], "num_labels": num_outputs}
+    if spec.kind != "qa":
+        extra["problem_type"] = "regression" if spec.kind == "regression" else "single_label_classification"
     if labels:
         extra.update(id2label=dict(enumerate(labels)), label2id={v: i for i, v in enumerate(labels)})
     scores = {k: v for k, v in run.items() if "/" in k}

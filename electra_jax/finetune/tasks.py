@@ -15,7 +15,7 @@ import numpy as np
 
 from electra_jax.fs import host_tf
 
-KINDS = ("classification", "regression", "tagging")
+KINDS = ("classification", "regression", "tagging", "qa")
 
 
 class TaskError(ValueError):
@@ -36,6 +36,8 @@ class TaskSpec:
     eval_splits: tuple[str, ...] = ("validation",)
     symmetric: bool = False  # the label does not depend on the order of the pair (MRPC, STS-B)
     label_scale: float = 1.0  # regression targets x this: STS-B's 0-5 -> 0-1, as the original's (x - 0) / 5
+    max_len: int = 128  # the original's max_seq_length: 128, and 512 for question answering
+    unanswerable: bool | None = False  # QA: SQuAD 2.0's no-answer questions (None: as the data has them)
 
 
 def _glue(name, metrics, a, b=None, epochs=3, kind="classification", eval_splits=("validation",),
@@ -57,12 +59,18 @@ GLUE = {
     "qnli": _glue("qnli", ("accuracy",), "question", "sentence"),
     "rte": _glue("rte", ("accuracy",), "sentence1", "sentence2", 10),
 }
+# Question answering as the original (2 epochs, 512 tokens); SQuAD's official metrics.
+QA = {
+    "squad1": TaskSpec("squad1", "qa", ("f1", "exact"), 2, tfds="squad/v1.1", max_len=512),
+    "squad2": TaskSpec("squad2", "qa", ("f1", "exact"), 2, tfds="squad/v2.0", max_len=512, unanswerable=True),
+}
 LOCAL = {
     "classification": TaskSpec("classification", "classification", ("accuracy", "f1", "mcc"), 3),
     "regression": TaskSpec("regression", "regression", ("spearman", "pearson"), 3),
     "tagging": TaskSpec("tagging", "tagging", ("entity_f1", "accuracy"), 3, text_a="tokens", label="tags"),
+    "qa": TaskSpec("qa", "qa", ("f1", "exact"), 2, max_len=512, unanswerable=None),  # SQuAD-format JSON
 }
-TASKS = {**GLUE, **LOCAL}
+TASKS = {**GLUE, **QA, **LOCAL}
 
 
 def task_spec(name: str, text_a: str = "", text_b: str = "", label: str = "") -> TaskSpec:
@@ -157,14 +165,14 @@ def read_conll(path: str) -> Examples:
     return Examples(path, sentences, None, tags)
 
 
-def read_tfds(spec: TaskSpec, split: str, data_dir: str | None, download: bool = False) -> Examples:
-    """A GLUE split through TensorFlow Datasets: prepared under data_dir, or downloaded when allowed
-    (offline, tfds would retry its download for minutes; we refuse at once instead)."""
+def prepared_builder(name: str, split: str, data_dir: str | None, download: bool = False):
+    """A TFDS builder prepared under data_dir, or downloaded when allowed (offline, tfds would retry
+    its download for minutes; we refuse at once instead)."""
     host_tf()  # first: it imports TensorFlow quietly and keeps it off the accelerators
     import tensorflow_datasets as tfds
 
-    source = f"tfds {spec.tfds}:{split}"
-    builder = tfds.builder(spec.tfds, data_dir=data_dir)
+    source = f"tfds {name}:{split}"
+    builder = tfds.builder(name, data_dir=data_dir)
     if not builder.is_prepared():
         if not download:
             raise TaskError(f"{source} is not prepared under {data_dir or '~/tensorflow_datasets'}; pass "
@@ -173,6 +181,15 @@ def read_tfds(spec: TaskSpec, split: str, data_dir: str | None, download: bool =
             builder.download_and_prepare()
         except Exception as e:  # tfds raises many kinds; all mean the same thing to the user
             raise TaskError(f"{source}: download failed ({type(e).__name__}: {str(e)[:200]})") from None
+    return builder
+
+
+def read_tfds(spec: TaskSpec, split: str, data_dir: str | None, download: bool = False) -> Examples:
+    """A GLUE split through TensorFlow Datasets."""
+    builder = prepared_builder(spec.tfds, split, data_dir, download)
+    import tensorflow_datasets as tfds
+
+    source = f"tfds {spec.tfds}:{split}"
     label = builder.info.features[spec.label]
     names = getattr(label, "names", None)
     a, b, labels = [], [] if spec.text_b else None, []
