@@ -237,6 +237,8 @@ def _parser() -> argparse.ArgumentParser:
                      "(the MLM baseline gets the same FLOPs)")
     exp.add_argument("--budgets", default="100,1000,all", help="pretraining-helps: training labels per task")
     exp.add_argument("--finetune-config", default="finetune/small", help="pretraining-helps: fine-tuning preset")
+    exp.add_argument("--finetune-max-len", type=int, default=64,
+                     help="pretraining-helps: fine-tuning sequence length (64: the grid fits an afternoon on 2 cores)")
     exp.add_argument("--min-steps", type=int, default=100,
                      help="pretraining-helps: fine-tuning steps at least (more epochs for small budgets)")
     exp.add_argument("--peer-mlm", choices=("per-slot", "per-position"), default="per-slot",
@@ -518,7 +520,8 @@ def _experiment_command(args, config) -> None:
             raise ConfigError(f"--budgets {args.budgets!r}: numbers or 'all', comma-separated") from None
         corpus = [resolve(p) for p in args.corpus] if args.corpus else [SAMPLE_CORPUS]
         pretraining_helps.run(config, out, corpus, tasks, steps=args.steps, budgets=budgets, seeds=args.seeds,
-                              finetune_config=args.finetune_config, min_steps=args.min_steps)
+                              finetune_config=args.finetune_config, min_steps=args.min_steps,
+                              finetune_overrides=(f"--config.task.max_len={args.finetune_max_len}",))
         return
     if args.seeds < 2 or args.window < 1:
         raise ConfigError("experiment needs --seeds >= 2 (the noise is the spread over seeds) and --window >= 1")

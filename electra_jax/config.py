@@ -370,6 +370,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     if "model_selection" in config:
         _check(config.model_selection in ("final", "best"), "model_selection",
                f"{config.model_selection!r} is not one of ('final', 'best')")
+        _check(config.eval_every_epoch or config.model_selection == "final", "eval_every_epoch",
+               "False needs model_selection=final (the best epoch is chosen by scoring every epoch)")
     if "loss_reduction" in config:
         _check(config.loss_reduction in ("sum", "mean"), "loss_reduction",
                f"{config.loss_reduction!r} is not one of ('sum', 'mean')")
@@ -498,6 +500,7 @@ def finetune_config() -> ml_collections.ConfigDict:
     c.head = "paper"  # "paper": [CLS] -> dropout -> dense; "hf": ElectraClassificationHead (exports)
     c.loss_reduction = "sum"  # the original sums per-example losses over the batch; "mean" divides
     c.model_selection = "final"  # the final epoch, as the paper; "best": the best dev epoch (optimistic)
+    c.eval_every_epoch = True  # False: score the dev set only after the last epoch (model_selection final)
     c.num_epochs = 0  # 0: the task's own (3; 10 for RTE and STS-B; 2 for QA)
     c.batch_size = 32
     c.optim.update(name="electra_adam", learning_rate=1e-4, weight_decay=0.01, layerwise_lr_decay=0.8,

@@ -81,6 +81,9 @@ def test_pretraining_helps_runs_in_short_form(tmp_path):
         (tmp_path / "corpus.txt").write_text("".join(line for _, line in zip(range(2500), f)))
     # One device and one layer: what is tested is the plumbing, and compiling is most of the time.
     env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=1"}
+    partial = tmp_path / "x" / "finetune" / "testament" / "16" / "electra" / "seed_0"
+    partial.mkdir(parents=True)  # a fine-tuning run killed before its results.json
+    (partial / "metrics.jsonl").write_text('{"step": 99, "split": "train"}\n')
     out = subprocess.run([sys.executable, "-m", "electra_jax.cli", "experiment", "pretraining-helps", "--out", "x",
                           "--corpus", "corpus.txt", "--task", f"testament={train},{test}", "--steps", "12",
                           "--budgets", "16", "--seeds", "1", "--min-steps", "4", "--config", "tiny",
@@ -104,6 +107,11 @@ def test_pretraining_helps_runs_in_short_form(tmp_path):
     table = (tmp_path / "x" / "results.md").read_text()
     assert table.startswith("| task | labels | random | mlm | electra |") and "| testament | 16 |" in table
     assert (tmp_path / "x" / "results.png").stat().st_size > 10_000
+    # The interrupted cell was started again from nothing; each cell is scored once, after its last epoch.
+    assert "testament/16/electra: unfinished, starting it again" in out.stdout
+    cell = json.loads((tmp_path / "x" / "finetune" / "testament" / "16" / "electra" / "results.json").read_text())
+    assert [[h["epoch"] for h in history] for history in cell["history"]] == [[cell["epochs"]]]
+    assert '"step": 99' not in (partial / "metrics.jsonl").read_text()
     assert sorted(os.listdir(tmp_path / "x" / "mlm" / "checkpoints")) == [str(results["pretrain_steps"]["mlm"])]
     # The label subset: 8 of each class, the same rows for every initialisation.
     rows = [{"text": str(i), "label": "ab"[i % 3 == 0]} for i in range(30)]

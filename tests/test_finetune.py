@@ -431,12 +431,16 @@ def test_bad_input_gets_a_clear_error(random_discriminator, tmp_path, capsys):
             str(tmp_path / "dev.csv"), "--workdir", str(tmp_path / "w2"), "--config.task.text_a=text"]
     capsys.readouterr()
     for argv, message in ((base + ["--init", generator], "is an ELECTRA generator"),
+                          (base + ["--init", random_discriminator, "--config.model_selection=best",
+                                   "--config.eval_every_epoch=False"],
+                           "eval_every_epoch: False needs model_selection=final"),
                           (base + ["--init", str(tmp_path)], "neither a Hugging Face ELECTRA discriminator directory"),
                           (["finetune", "--init", random_discriminator, "--task", "nope", "--workdir",
                             str(tmp_path / "w3")], "unknown task 'nope'")):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("electra-jax: error: ") and message in err, err
+    assert not (tmp_path / "w2").exists()  # refused before anything was written
 
 
 def test_mrpc_and_stsb_train_on_both_orders_of_each_pair(monkeypatch):

@@ -72,9 +72,29 @@ def test_answers_map_to_sub_tokens_through_offsets(tok, tmp_path):
     start, end = dev.offsets[0, 10, 0], dev.offsets[0, 12, 1]
     assert context[start:end] == "scarlet"
     assert (dev.offsets[0, :7] == -1).all() and dev.offsets[0, 7, 0] == 0  # the question has no context offsets
-    assert list(f.arrays["segment_ids"][0, :8]) == [0] * 7 + [1]
+    n_context = len(tok.encode(context, add_special_tokens=False).ids)  # 11: the . city was babylon .
+    assert list(f.arrays["segment_ids"][0]) == [0] * 7 + [1] * (n_context + 1) + [0] * (48 - 7 - n_context - 1)
+    assert list(f.arrays["input_mask"][0]) == [1] * (7 + n_context + 1) + [0] * (48 - 7 - n_context - 1)
     # The unanswerable question points at [CLS].
     assert (f.arrays["start_positions"][1], f.arrays["end_positions"][1], f.arrays["is_impossible"][1]) == (0, 0, 1)
+
+
+def test_an_answer_at_the_contexts_first_character_is_trained_on(tok, tmp_path):
+    context = "babylon was the city ."
+    path = _squad(tmp_path / "a.json", [(context, [("q", "which place ?", [("babylon", 0)], False)])])
+    f = qa.featurize(qa.read_squad(path), tok, 32, 64, 128, 0, training=True)
+    first = len(tok.encode("which place ?", add_special_tokens=False).ids) + 2
+    assert (f.arrays["start_positions"][0], f.arrays["end_positions"][0]) == (first, first)
+
+
+def test_answers_no_sub_token_covers_are_counted_and_not_trained_on(tok, tmp_path):
+    context = "the city was babylon \u0301 ."  # the tokenizer strips the lone accent: no token covers it
+    path = _squad(tmp_path / "a.json", [(context, [("q", "which mark ?", _answer(context, "\u0301"), False),
+                                                   ("r", "which place ?", _answer(context, "babylon"), False)])])
+    data = qa.read_squad(path)
+    assert data.misaligned == []  # the file is right; the tokenizer cannot represent the answer
+    f = qa.featurize(data, tok, 32, 64, 128, 0, training=True)
+    assert f.counts == {"truncated_questions": 0, "unaligned_answers": 1} and list(f.question) == [1]
 
 
 def test_a_span_crossing_a_window_edge_is_trained_only_where_it_is_whole(tok, tmp_path):
@@ -91,6 +111,18 @@ def test_a_span_crossing_a_window_edge_is_trained_only_where_it_is_whole(tok, tm
     assert list(f.question) == [0] * len(f.question) and len(f.question) == 4
     assert list(f.arrays["start_positions"]) == [0, 0, first + 1, 0]
     assert list(f.arrays["end_positions"]) == [0, 0, first + 3, 0]
+    # For decoding: each context token's max-context window, by the original's rule (the most context on
+    # the shorter side + 0.01 x the window's length), worked by hand for windows of 6 every 4 over 18
+    # tokens, A 0-5, B 4-9, C 8-13, D 12-17: token 4 is 1 from A's right end, 0 from B's left -> A;
+    # token 5: 0 in A, 1 in B -> B; 8 -> B (1 vs 0); 9 -> C; 12 -> C; 13 -> D.
+    dev = qa.featurize(data, tok, max_len=q_len + 3 + 6, max_query_len=64, doc_stride=4, pad_id=0, training=False)
+    assert len(context_tokens) == 18 and len(dev.question) == 4
+    windows = [(0, 6), (4, 6), (8, 6), (12, 6)]
+    expected = [0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 3]
+    for w, (start, length) in enumerate(windows):
+        got = dev.max_context[w, first:first + length]
+        assert list(got) == [expected[start + t] == w for t in range(length)], (w, list(got))
+        assert not dev.max_context[w, :first].any() and not dev.max_context[w, first + length:].any()
 
 
 def test_long_questions_are_truncated_and_counted(tok, tmp_path):
@@ -117,7 +149,7 @@ def test_decoding_picks_the_best_valid_span_from_hand_set_logits():
     context = "alpha beta gamma delta"
     # tokens: [CLS] q [SEP] alpha beta gamma delta [SEP]
     offsets = [[-1, -1], [-1, -1], [-1, -1], [0, 5], [6, 10], [11, 16], [17, 22], [-1, -1]]
-    data = qa.QAData("x", [qa.Question("q", "q", context, ("beta gamma",), 6)])
+    data = qa.QAData("x", [qa.Question("q", "q", context, ("beta gamma",), 6, False)])
     start = np.full((1, 8), -10.0)
     end = np.full((1, 8), -10.0)
     start[0, 1], end[0, 1] = 9.0, 9.0  # the best logits are in the question: invalid
@@ -131,6 +163,27 @@ def test_decoding_picks_the_best_valid_span_from_hand_set_logits():
     predictions, _ = qa.decode({"start_logits": start, "end_logits": end}, _features([offsets]), data,
                                max_answer_len=1)
     assert predictions == {"q": "delta"}
+    end[0, 7] = 7.0  # "beta" to the final [SEP] (5 + 7): the end outside the context, invalid
+    predictions, _ = qa.decode({"start_logits": start, "end_logits": end}, _features([offsets]), data)
+    assert predictions == {"q": "beta gamma"}
+
+
+def test_decoding_looks_at_the_n_best_starts_and_ends_only():
+    context = "alpha beta gamma delta"
+    offsets = [[-1, -1], [-1, -1], [-1, -1], [0, 5], [6, 10], [11, 16], [17, 22], [-1, -1]]
+    data = qa.QAData("x", [qa.Question("q", "q", context, ("alpha",), 0, False)])
+    start, end = np.full((1, 8), -10.0), np.full((1, 8), -10.0)
+    start[0, 3], start[0, 4] = 2.0, 1.0  # alpha, beta
+    end[0, 3], end[0, 6] = 1.0, 2.0  # alpha, delta
+    out = {"start_logits": start, "end_logits": end}
+    assert qa.decode(out, _features([offsets]), data)[0] == {"q": "alpha beta gamma delta"}  # 2 + 2
+    # The best start alone and the best two ends: alpha..delta again; the best end alone with the
+    # second start only exists with n_best 2. The first character of the context is a valid start.
+    assert qa.decode(out, _features([offsets]), data, n_best=1)[0] == {"q": "alpha beta gamma delta"}
+    end[0, 6] = -5.0
+    assert qa.decode(out, _features([offsets]), data, n_best=1)[0] == {"q": "alpha"}
+    start[0, 3] = -20.0  # alpha is no longer a top start: with n_best 1 the only start is beta (end alpha < it)
+    assert qa.decode(out, _features([offsets]), data, n_best=1)[0] == {"q": ""}
 
 
 def test_decoding_across_windows_uses_max_context_and_the_joint_heads_beam():
@@ -138,7 +191,7 @@ def test_decoding_across_windows_uses_max_context_and_the_joint_heads_beam():
     # Two windows over the same context; "beta" (6-10) is in both, its max context is window 1.
     offsets = [[[-1, -1], [0, 5], [6, 10], [-1, -1]], [[-1, -1], [6, 10], [11, 16], [-1, -1]]]
     max_context = [[False, True, False, False], [False, True, True, False]]
-    data = qa.QAData("x", [qa.Question("q", "q", context, ("beta",), 6)])
+    data = qa.QAData("x", [qa.Question("q", "q", context, ("beta",), 6, False)])
     out = {"start_top_index": np.array([[2, 1], [1, 2]]), "start_top_log_probs": np.array([[-0.1, -3.0], [-0.5, -1.0]]),
            "end_top_index": np.array([[[2, 1], [1, 2]], [[1, 2], [2, 1]]]),
            "end_top_log_probs": np.array([[[-0.1, -2.0], [-0.1, -2.0]], [[-0.2, -1.0], [-0.3, -2.0]]]),

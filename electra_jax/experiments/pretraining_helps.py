@@ -24,9 +24,11 @@ from __future__ import annotations
 import csv
 import dataclasses
 import gzip
+import itertools
 import json
 import math
 import os
+import shutil
 import time
 
 import numpy as np
@@ -113,24 +115,44 @@ def _finetune_one(out: str, init: str, random_init: bool, train: str, test: str,
     if os.path.exists(done):
         with open(done) as f:
             return json.load(f)
+    if os.path.exists(out):  # a run interrupted before its results: start it again, cleanly
+        log(f"    {out}: unfinished, starting it again")
+        shutil.rmtree(out)
     n = len(read_rows(train))
+    # Scored once, after the last epoch (the reported one): the test sets are larger than the training
+    # subsets, and scoring every epoch of a 100-label run took most of its time.
     c = load_config(finetune_config, ["--config.task.name=classification", f"--config.task.train={train}",
                                       f"--config.task.dev={test}", "--config.task.text_a=text",
-                                      "--config.task.label=label", *overrides])
+                                      "--config.task.label=label", "--config.eval_every_epoch=False",
+                                      *overrides])
     c.num_epochs = max(3, math.ceil(min_steps * c.batch_size / n))
     return finetune(c, init, out, seeds=seeds, random_init=random_init, progress=False)
 
 
-def _pretrain(config, workdir: str, log) -> None:
+def _pretrain(config, workdir: str, log) -> float:
+    """Pretrain (or resume) to config.num_train_steps; returns the seconds spent on it in all runs of
+    the experiment (kept in WORKDIR/experiment_seconds.json, so a resumed experiment reports the whole)."""
     from electra_jax.pretrain import TrainingError, pretrain
 
     start = time.perf_counter()
-    result = pretrain(config, workdir, progress=False)
+    spent_file = os.path.join(workdir, "experiment_seconds.json")
+    spent = 0.0
+    if os.path.exists(spent_file):
+        with open(spent_file) as f:
+            spent = json.load(f)["seconds"]
+    try:
+        result = pretrain(config, workdir, progress=False)
+    finally:
+        spent += time.perf_counter() - start
+        if os.path.isdir(workdir):
+            with open(spent_file, "w") as f:
+                json.dump({"seconds": round(spent, 1)}, f)
     if result["step"] < config.num_train_steps:  # SIGTERM or a preemption: saved, not finished
         raise TrainingError(f"{workdir} stopped at step {result['step']} of {config.num_train_steps} (saved); "
                             "rerun the same command to continue")
-    log(f"    {workdir}: step {result['step']} in {time.perf_counter() - start:.0f} s; eval "
+    log(f"    {workdir}: step {result['step']} in {spent:.0f} s; eval "
         + ", ".join(f"{k} {v:.3f}" for k, v in result["eval"].items()))
+    return spent
 
 
 def run(config, out: str, corpus: list[str], tasks: list[Task], *, steps: int | None = None,
@@ -177,37 +199,39 @@ def run(config, out: str, corpus: list[str], tasks: list[Task], *, steps: int | 
              for name, c in (("electra", config), ("mlm", mlm))}
     log(f"2/4 pretraining ELECTRA {config.num_train_steps} steps and MLM {mlm.num_train_steps} steps "
         f"({flops['electra']:.3g} and {flops['mlm']:.3g} FLOPs)")
-    seconds = {}
-    for name, c in (("electra", config), ("mlm", mlm)):
-        t0 = time.perf_counter()
-        _pretrain(c, os.path.join(out, name), log)
-        seconds[name] = round(time.perf_counter() - t0)
+    seconds = {name: round(_pretrain(c, os.path.join(out, name), log))
+               for name, c in (("electra", config), ("mlm", mlm))}
 
     log("3/4 fine-tuning")
     cells = []
-    for task in tasks:
-        train_rows = read_rows(task.train)
-        for budget in budgets:
-            subset = balanced_subset(train_rows, budget)
-            label = "all" if budget is None or budget >= len(train_rows) else str(budget)
-            train_file = os.path.join(out, "tasks", task.name, f"train-{label}.csv")
-            if not os.path.exists(train_file):
-                write_rows(train_file, subset)
-            for init in INITS:
-                source = os.path.join(out, "electra" if init == "random" else init)
-                result = _finetune_one(os.path.join(out, "finetune", task.name, label, init), source,
-                                       init == "random", train_file, task.test, seeds, finetune_config,
-                                       min_steps, list(finetune_overrides), log)
-                accuracy = [r["dev/accuracy"] for r in result["runs"]]  # the task's test file
-                cells.append({"task": task.name, "labels": label, "train_examples": len(subset), "init": init,
-                              "accuracy": accuracy, "median": float(np.median(accuracy)),
-                              "min": float(np.min(accuracy)), "max": float(np.max(accuracy))})
-                log(f"    {task.name:>10} {label:>5} labels {init:>8}: median {cells[-1]['median']:.3f} "
-                    f"[{cells[-1]['min']:.3f}, {cells[-1]['max']:.3f}]")
+    rows = {task.name: read_rows(task.train) for task in tasks}
+    # The smallest label budgets first, where pretraining matters most (and they cost least).
+    for budget, task in itertools.product(budgets, tasks):
+        train_rows = rows[task.name]
+        subset = balanced_subset(train_rows, budget)
+        label = "all" if budget is None or budget >= len(train_rows) else str(budget)
+        train_file = os.path.join(out, "tasks", task.name, f"train-{label}.csv")
+        if not os.path.exists(train_file):
+            write_rows(train_file, subset)
+        for init in INITS:
+            source = os.path.join(out, "electra" if init == "random" else init)
+            result = _finetune_one(os.path.join(out, "finetune", task.name, label, init), source,
+                                   init == "random", train_file, task.test, seeds, finetune_config,
+                                   min_steps, list(finetune_overrides), log)
+            accuracy = [r["dev/accuracy"] for r in result["runs"]]  # the task's test file
+            cells.append({"task": task.name, "labels": label, "train_examples": len(subset), "init": init,
+                          "accuracy": accuracy, "median": float(np.median(accuracy)),
+                          "min": float(np.min(accuracy)), "max": float(np.max(accuracy))})
+            log(f"    {task.name:>10} {label:>5} labels {init:>8}: median {cells[-1]['median']:.3f} "
+                f"[{cells[-1]['min']:.3f}, {cells[-1]['max']:.3f}]")
 
+    names = [task.name for task in tasks]
+    cells.sort(key=lambda c: names.index(c["task"]))  # the table by task (stable: budgets stay in order)
     results = {"config": config.to_dict(), "pretrain_steps": {"electra": config.num_train_steps,
                                                           "mlm": mlm.num_train_steps},
                "pretrain_flops": flops, "pretrain_seconds": seconds, "seeds": seeds,
+               "finetune": {"config": finetune_config, "overrides": list(finetune_overrides),
+                            "min_steps": min_steps},
                "corpus": corpus, "tasks": [dataclasses.asdict(t) for t in tasks], "cells": cells,
                "seconds": round(time.perf_counter() - start)}
     log("4/4 results")

@@ -29,8 +29,8 @@ class Question:
     question: str
     context: str
     answers: tuple[str, ...]  # every gold answer text (the metrics take the max over them)
-    answer_start: int = -1  # character offset of answers[0] in context, -1: none (unanswerable)
-    is_impossible: bool = False
+    answer_start: int  # character offset of answers[0] in context; -1: none, or not where the file says
+    is_impossible: bool
 
 
 @dataclasses.dataclass
@@ -54,6 +54,21 @@ def _need(obj, key: str, kind, where: str, path: str):
     if not isinstance(value, kind):
         raise TaskError(f"{path}: {where}.{key} is a {type(value).__name__}, expected {kind.__name__}")
     return value
+
+
+def _question(data: QAData, qid: str, question: str, context: str, texts: list[str], starts: list[int],
+              impossible: bool) -> Question:
+    """A Question; the first answer is trained on when `answer_start` points at its text, else it is
+    recorded in data.misaligned (and kept for scoring: the metrics read only the texts)."""
+    start = -1
+    if texts:
+        text, offset = texts[0], starts[0]
+        if context[offset:offset + len(text)] == text and text.strip():
+            start = offset
+        else:
+            data.misaligned.append(f"{qid}: answer_start {offset} points at "
+                                   f"{context[offset:offset + len(text)]!r}, not {text!r}")
+    return Question(qid, question, context, tuple(texts), start, impossible)
 
 
 def read_squad(path: str) -> QAData:
@@ -82,19 +97,11 @@ def read_squad(path: str) -> QAData:
                 qid = str(_need(qa, "id", (str, int), where_q, path))
                 question = _need(qa, "question", str, where_q, path)
                 answers = _need(qa, "answers", list, where_q, path)
+                texts = [_need(a, "text", str, f"{where_q}.answers[{i}]", path) for i, a in enumerate(answers)]
+                starts = [_need(a, "answer_start", int, f"{where_q}.answers[{i}]", path)
+                          for i, a in enumerate(answers)]
                 impossible = bool(qa.get("is_impossible", False)) or not answers
-                texts, start = [], -1
-                for i, answer in enumerate(answers):
-                    text = _need(answer, "text", str, f"{where_q}.answers[{i}]", path)
-                    offset = _need(answer, "answer_start", int, f"{where_q}.answers[{i}]", path)
-                    texts.append(text)
-                    if i == 0:
-                        if context[offset:offset + len(text)] == text and text.strip():
-                            start = offset
-                        else:
-                            data.misaligned.append(f"{qid}: answer_start {offset} points at "
-                                                   f"{context[offset:offset + len(text)]!r}, not {text!r}")
-                data.questions.append(Question(qid, question, context, tuple(texts), start, impossible))
+                data.questions.append(_question(data, qid, question, context, texts, starts, impossible))
     if not data.questions:
         raise TaskError(f"{path}: no questions")
     return data
@@ -110,14 +117,10 @@ def read_squad_tfds(name: str, split: str, data_dir: str | None, download: bool)
     data = QAData(f"tfds {name}:{split}", [])
     for row in tfds.as_numpy(builder.as_dataset(split=split)):
         text = lambda v: v.decode("utf-8")
-        context = text(row["context"])
         texts = [text(t) for t in row["answers"]["text"]]
-        starts = [int(s) for s in row["answers"]["answer_start"]]
-        start = starts[0] if texts and context[starts[0]:starts[0] + len(texts[0])] == texts[0] else -1
-        if texts and start < 0:
-            data.misaligned.append(f"{text(row['id'])}: answer_start {starts[0]} does not point at {texts[0]!r}")
-        data.questions.append(Question(text(row["id"]), text(row["question"]), context, tuple(texts), start,
-                                       bool(row.get("is_impossible", not texts))))
+        data.questions.append(_question(data, text(row["id"]), text(row["question"]), text(row["context"]), texts,
+                                        [int(s) for s in row["answers"]["answer_start"]],
+                                        bool(row.get("is_impossible", False)) or not texts))
     return data
 
 
@@ -260,6 +263,7 @@ def decode(out: dict, features: Features, data: QAData, n_best: int = 20,
     null: dict[int, float] = {}
     for f, q_index in enumerate(features.question):
         offsets, max_context = features.offsets[f], features.max_context[f]
+        in_context = offsets[:, 0] >= 0
         if "no_answer_logit" in out:
             window_null = float(out["no_answer_logit"][f])
         elif "start_logits" in out and "end_logits" in out:
@@ -268,8 +272,8 @@ def decode(out: dict, features: Features, data: QAData, n_best: int = 20,
             window_null = np.inf
         null[q_index] = min(null.get(q_index, np.inf), window_null)
         for start, end, score in _candidates(out, f, n_best):
-            if (offsets[start, 0] < 0 or offsets[end, 0] < 0 or not max_context[start] or end < start
-                    or end - start + 1 > max_answer_len):
+            if not (in_context[start] and in_context[end] and max_context[start]
+                    and start <= end < start + max_answer_len):
                 continue
             if q_index not in best or score > best[q_index][0]:
                 context = data.questions[q_index].context

@@ -313,6 +313,8 @@ def run_seed(config, spec: TaskSpec, train: dict, evals: dict[str, tuple[dict, A
             values = check_finite(jax.device_get(metrics), step, checkpoints.latest_step(),
                                   config.optim.skip_nonfinite)
             writer.write(step, "train", values)
+            if not config.eval_every_epoch and epoch + 1 < epochs:
+                continue  # scored (and saved) once, at the end: a large dev set costs more than an epoch
             result = {"epoch": epoch + 1, "step": step}
             for split, (data, scorer) in evals.items():
                 scores = scorer(predict(s, state.params, data, bs, predictor))
@@ -341,6 +343,7 @@ def finetune(config: ml_collections.ConfigDict, init: str, workdir: str, *, seed
     fields, tokens, backbone, tokenizer_path = load_init(init)
     config.model.update(fields)
     config.tokens.update(tokens)
+    config_lib.validate(config)  # before anything is read or written
     spec, train_examples, eval_examples = load_task(config)
     positions = config.model.max_position_embeddings
     if not config.task.max_len:

@@ -42,8 +42,8 @@ MODULES = {
                    "another_model or nan_stops or unwritable or export_loads'"),
     "reader": ("electra_jax/data/reader.py", "tests/test_reader.py"),
     "finetune": ("electra_jax/finetune/tasks.py", "tests/test_finetune.py -k 'not learns_a_task'"),
-    "qa": ("electra_jax/finetune/qa.py", "tests/test_qa.py -k 'not learns_to_answer and not joint_head "
-           "and not trains'"),
+    "qa": ("electra_jax/finetune/qa.py", "tests/test_qa.py -k 'windows or max_context or offsets or crossing "
+           "or truncated or decoding or no_valid or bad_squad or misaligned or tfds or first_character or no_sub_token'"),
 }
 
 KEPT_SWAPS = ("Add_Sub", "Sub_Add", "Mul_Div", "Div_Mul", "FloorDiv_Div", "Pow_Mul")
