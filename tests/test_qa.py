@@ -489,7 +489,7 @@ def test_squad2_with_the_papers_joint_head_trains_and_reports_has_and_no_answer(
     from electra_jax.cli import main
 
     monkeypatch.chdir(tmp_path)
-    _fact_file(tmp_path / "train.json", 400, 0, unanswerable=0.3)
+    _fact_file(tmp_path / "train.json", 320, 0, unanswerable=0.3)
     _, first_fact = _fact_file(tmp_path / "dev.json", 100, 1, unanswerable=0.3)
     init = _random_init(tmp_path)
     assert main(["finetune", "--init", init, "--task", "qa", "--train", "train.json", "--dev", "dev.json",
