@@ -55,6 +55,9 @@ def test_max_context_is_the_originals_example():
     best = qa._max_context([(0, 5), (3, 5), (6, 5)], 11)
     assert (best[7], best[5], best[3]) == (2, 1, 0)
     assert list(best) == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2]  # 4: 0 right in A, 1 left and 3 right in B
+    # A last, shorter window (room 10, stride 6, 11 tokens): 7 is 2 from A's end and 1 from B's start -> A;
+    # 8: 1 in A, 2 in B -> B. The 0.01 x length only breaks ties: 6 would be A's either way.
+    assert list(qa._max_context([(0, 10), (6, 5)], 11)) == [0] * 8 + [1] * 3
 
 
 def test_answers_map_to_sub_tokens_through_offsets(tok, tmp_path):
@@ -69,6 +72,9 @@ def test_answers_map_to_sub_tokens_through_offsets(tok, tmp_path):
     assert tok.id_to_token(int(ids[0])) == "[CLS]" and tok.id_to_token(int(ids[6])) == "[SEP]"
     assert (f.arrays["start_positions"][0], f.arrays["end_positions"][0]) == (10, 12)
     assert [tok.id_to_token(int(i)) for i in ids[10:13]] == ["sc", "##ar", "##let"]
+    assert {k: str(v.dtype) for k, v in f.arrays.items()} == {
+        "input_ids": "int32", "input_mask": "int32", "segment_ids": "int32", "start_positions": "int32",
+        "end_positions": "int32", "is_impossible": "float32"}
     start, end = dev.offsets[0, 10, 0], dev.offsets[0, 12, 1]
     assert context[start:end] == "scarlet"
     assert (dev.offsets[0, :7] == -1).all() and dev.offsets[0, 7, 0] == 0  # the question has no context offsets
@@ -81,7 +87,9 @@ def test_answers_map_to_sub_tokens_through_offsets(tok, tmp_path):
 
 def test_an_answer_at_the_contexts_first_character_is_trained_on(tok, tmp_path):
     context = "babylon was the city ."
-    path = _squad(tmp_path / "a.json", [(context, [("q", "which place ?", [("babylon", 0)], False)])])
+    # Two gold answers: the first is trained on, with its own length (the second only scores).
+    path = _squad(tmp_path / "a.json", [(context, [("q", "which place ?", [("babylon", 0), ("babylon was", 0)],
+                                                    False)])])
     f = qa.featurize(qa.read_squad(path), tok, 32, 64, 128, 0, training=True)
     first = len(tok.encode("which place ?", add_special_tokens=False).ids) + 2
     assert (f.arrays["start_positions"][0], f.arrays["end_positions"][0]) == (first, first)
@@ -132,6 +140,10 @@ def test_long_questions_are_truncated_and_counted(tok, tmp_path):
     f = qa.featurize(qa.read_squad(path), tok, max_len=32, max_query_len=8, doc_stride=128, pad_id=0,
                      training=True)
     assert f.counts["truncated_questions"] == 1
+    exact = " ".join(["what"] * 8)  # exactly max_query_len tokens: kept whole, not counted
+    path = _squad(tmp_path / "b.json", [(context, [("q", exact, _answer(context, "babylon"), False)])])
+    f = qa.featurize(qa.read_squad(path), tok, max_len=32, max_query_len=8, doc_stride=128, pad_id=0, training=True)
+    assert f.counts["truncated_questions"] == 0 and list(f.arrays["segment_ids"][0]).index(1) == 10
     assert list(f.arrays["segment_ids"][0]).index(1) == 10  # [CLS] + 8 question tokens + [SEP]
 
 
@@ -166,6 +178,16 @@ def test_decoding_picks_the_best_valid_span_from_hand_set_logits():
     end[0, 7] = 7.0  # "beta" to the final [SEP] (5 + 7): the end outside the context, invalid
     predictions, _ = qa.decode({"start_logits": start, "end_logits": end}, _features([offsets]), data)
     assert predictions == {"q": "beta gamma"}
+
+
+def test_equal_scores_keep_the_first_candidate_as_the_original():
+    # The original sorts candidates by score, stable: of equal scores the first (start-major) wins.
+    context = "alpha beta"
+    offsets = [[-1, -1], [0, 5], [6, 10], [-1, -1]]
+    data = qa.QAData("x", [qa.Question("q", "q", context, ("alpha",), 0, False)])
+    start, end = np.array([[-9.0, 1.0, 1.0, -9.0]]), np.array([[-9.0, 1.0, 1.0, -9.0]])
+    # alpha (1 + 1), alpha beta (1 + 1), beta (1 + 1): the starts by logit are [1, 2], ends [1, 2].
+    assert qa.decode({"start_logits": start, "end_logits": end}, _features([offsets]), data)[0] == {"q": "alpha"}
 
 
 def test_decoding_looks_at_the_n_best_starts_and_ends_only():
@@ -513,8 +535,12 @@ def test_squad_through_tfds_reads_its_features():
     with tfds.testing.mock_data(num_examples=5):
         with pytest.raises(TaskError, match=r"tfds squad/v1.1:train is not prepared .* pass --download"):
             qa.read_squad_tfds("squad/v1.1", "train", None, download=False)
+        v1 = qa.read_squad_tfds("squad/v1.1", "validation", None, download=True)
         data = qa.read_squad_tfds("squad/v2.0", "validation", None, download=True)
         rows = list(tfds.as_numpy(tfds.load("squad/v2.0", split="validation")))
+    # SQuAD 1.1 has no is_impossible feature: a question is unanswerable only when it has no answers.
+    assert any(q.answers for q in v1.questions)
+    assert [q.is_impossible for q in v1.questions] == [not q.answers for q in v1.questions]
     assert [q.qid for q in data.questions] == [r["id"].decode() for r in rows]
     assert [q.is_impossible for q in data.questions] == [bool(r["is_impossible"]) for r in rows]
     assert [list(q.answers) for q in data.questions] == [[t.decode() for t in r["answers"]["text"]] for r in rows]
