@@ -308,7 +308,7 @@ def test_joint_head_equals_numpy(rng=np.random.default_rng(0)):
 
     def end_given(b, k):
         both = np.concatenate([np.repeat(x[b, k][None], x.shape[1], 0), x[b]], -1)
-        hidden = _gelu(both @ h["end_hidden"]["kernel"] + h["end_hidden"]["bias"])
+        hidden = _gelu(both @ h["end_hidden_kernel"] + h["end_hidden_bias"])
         return hidden @ h["end"]["kernel"][:, 0] + h["end"]["bias"][0] + np.where(allowed[b], 0, -1000.0)
 
     for b, k in enumerate(starts):  # training: the end given the gold start

@@ -66,13 +66,14 @@ def entity_f1(pred: list[list[str]], gold: list[list[str]]) -> float:
 # ----------------------------------------------------------------------------- SQuAD (official v2.0 script)
 
 
+_PUNCTUATION = frozenset(string.punctuation)
+
+
 def normalize_answer(text: str) -> str:
     """SQuAD's normalisation: lower case, drop punctuation, drop the articles a/an/the, collapse spaces."""
     text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
     return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
 
-
-_PUNCTUATION = frozenset(string.punctuation)
 
 
 def squad_exact(gold: str, pred: str) -> float:

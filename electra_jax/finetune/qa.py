@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from electra_jax.finetune.tasks import TaskError
+from electra_jax.finetune.tasks import TaskError, prepared_builder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,8 +109,6 @@ def read_squad(path: str) -> QAData:
 
 def read_squad_tfds(name: str, split: str, data_dir: str | None, download: bool) -> QAData:
     """squad/v1.1 or squad/v2.0 through TensorFlow Datasets (prepared under data_dir, or --download)."""
-    from electra_jax.finetune.tasks import prepared_builder
-
     builder = prepared_builder(name, split, data_dir, download)  # first: it sets TensorFlow up
     import tensorflow_datasets as tfds
 
