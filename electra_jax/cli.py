@@ -239,8 +239,15 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--finetune-config", default="finetune/small", help="pretraining-helps: fine-tuning preset")
     exp.add_argument("--finetune-max-len", type=int, default=64,
                      help="pretraining-helps: fine-tuning sequence length (64: the grid fits an afternoon on 2 cores)")
-    exp.add_argument("--min-steps", type=int, default=100,
+    exp.add_argument("--min-steps", type=int, default=500,
                      help="pretraining-helps: fine-tuning steps at least (more epochs for small budgets)")
+    exp.add_argument("--choose", action="append", default=None, metavar="FIELD=VALUE,VALUE",
+                     help="pretraining-helps: a fine-tuning config field to choose per initialisation on a "
+                          "dev split of the training data (repeat; default: pooling=cls,mean; 'none': nothing)")
+    exp.add_argument("--dev-size", type=int, default=1000,
+                     help="pretraining-helps: training rows held out per task to choose on (at most a fifth)")
+    exp.add_argument("--dev-budget", type=int, default=1000,
+                     help="pretraining-helps: labels each setting is fine-tuned on when choosing")
     exp.add_argument("--peer-mlm", choices=("per-slot", "per-position"), default="per-slot",
                      help="the PyTorch side's MLM mean: over the masking slots, a position drawn twice "
                           "counted twice (the original's, and ours), or over distinct positions (the "
@@ -518,10 +525,18 @@ def _experiment_command(args, config) -> None:
             budgets = tuple(None if b == "all" else int(b) for b in args.budgets.split(","))
         except ValueError:
             raise ConfigError(f"--budgets {args.budgets!r}: numbers or 'all', comma-separated") from None
+        if args.dev_size < 1 or args.dev_budget < 1 or args.min_steps < 1:
+            raise ConfigError("--dev-size, --dev-budget and --min-steps must be >= 1")
+        choose = None
+        if args.choose == ["none"]:
+            choose = {}
+        elif args.choose:
+            choose = pretraining_helps.parse_choices(args.choose)
         corpus = [resolve(p) for p in args.corpus] if args.corpus else [SAMPLE_CORPUS]
         pretraining_helps.run(config, out, corpus, tasks, steps=args.steps, budgets=budgets, seeds=args.seeds,
                               finetune_config=args.finetune_config, min_steps=args.min_steps,
-                              finetune_overrides=(f"--config.task.max_len={args.finetune_max_len}",))
+                              finetune_overrides=(f"--config.task.max_len={args.finetune_max_len}",),
+                              choose=choose, dev_size=args.dev_size, dev_budget=args.dev_budget)
         return
     if args.seeds < 2 or args.window < 1:
         raise ConfigError("experiment needs --seeds >= 2 (the noise is the spread over seeds) and --window >= 1")

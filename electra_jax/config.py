@@ -23,6 +23,7 @@ OBJECTIVES = ("electra", "mlm")
 MESH_AXES = ("data", "fsdp", "tensor")
 LAYERWISE_DEPTHS = ("original", "consecutive")
 HEADS = ("paper", "hf")
+POOLINGS = ("cls", "mean")
 
 # Logical axis names carried by every parameter (see model.py), mapped onto mesh axes. Flax assigns
 # rules in order and skips a mesh axis that a dimension of the same array already uses.
@@ -367,6 +368,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
            f"{p.layerwise_depth!r} is not one of {LAYERWISE_DEPTHS}")
     if "head" in config:
         _check(config.head in HEADS, "head", f"{config.head!r} is not one of {HEADS}")
+    if "pooling" in config:
+        _check(config.pooling in POOLINGS, "pooling", f"{config.pooling!r} is not one of {POOLINGS}")
     if "model_selection" in config:
         _check(config.model_selection in ("final", "best"), "model_selection",
                f"{config.model_selection!r} is not one of ('final', 'best')")
@@ -498,6 +501,9 @@ def finetune_config() -> ml_collections.ConfigDict:
     t.random_init = False
     t.answerable = False  # QA: the model has a no-answer head (SQuAD 2.0, or a file with unanswerable questions)
     c.head = "paper"  # "paper": [CLS] -> dropout -> dense; "hf": ElectraClassificationHead (exports)
+    # Sentence-level tasks: the head reads [CLS] ("cls", the original's) or the mean of the non-padding
+    # token vectors ("mean": no Hugging Face class has it, so such a model does not export).
+    c.pooling = "cls"
     c.loss_reduction = "sum"  # the original sums per-example losses over the batch; "mean" divides
     c.model_selection = "final"  # the final epoch, as the paper; "best": the best dev epoch (optimistic)
     c.eval_every_epoch = True  # False: score the dev set only after the last epoch (model_selection final)

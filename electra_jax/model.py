@@ -283,7 +283,8 @@ class _Head(nn.Module):
 
 class Classifier(nn.Module):
     """Fine-tuning model: the shared embeddings and the discriminator's encoder (pretrained parameters
-    drop in by name), then a head on [CLS] (`pooling="cls"`) or on every token (`"tokens"`).
+    drop in by name), then a head on [CLS] (`pooling="cls"`, the original's), on the mean of the
+    non-padding tokens (`"mean"`), or on every token (`"tokens"`).
 
     head "paper": dropout -> dense(outputs), the original's. "hf": dropout -> dense(H) -> GELU ->
     dropout -> out_proj, Hugging Face's ElectraClassificationHead, so the model exports exactly.
@@ -301,6 +302,9 @@ class Classifier(nn.Module):
         x = _DiscriminatorEncoder(s, name="discriminator")(embedded, input_mask, deterministic)
         if self.pooling == "cls":
             x = x[:, 0]
+        elif self.pooling == "mean":
+            mask = input_mask[..., None].astype(x.dtype)
+            x = (x * mask).sum(1) / jnp.maximum(mask.sum(1), 1)
         return _Head(s, self.num_outputs, self.head, name="head")(x, deterministic)
 
 

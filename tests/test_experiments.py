@@ -74,6 +74,7 @@ def _testament_task(tmp_path):
 def test_pretraining_helps_runs_in_short_form(tmp_path):
     """The whole experiment at a toy budget: vocabulary, examples, ELECTRA and the MLM baseline at equal
     FLOPs, fine-tuning from random / MLM / ELECTRA on a class-balanced label subset, table and plot."""
+    from electra_jax.experiments import pretraining_helps
     from electra_jax.experiments.pretraining_helps import balanced_subset
 
     train, test = _testament_task(tmp_path)
@@ -87,6 +88,7 @@ def test_pretraining_helps_runs_in_short_form(tmp_path):
     out = subprocess.run([sys.executable, "-m", "electra_jax.cli", "experiment", "pretraining-helps", "--out", "x",
                           "--corpus", "corpus.txt", "--task", f"testament={train},{test}", "--steps", "12",
                           "--budgets", "16", "--seeds", "1", "--min-steps", "4", "--config", "tiny",
+                          "--dev-size", "30", "--dev-budget", "16",
                           "--config.model.vocab_size=512", "--config.model.num_layers=1",
                           "--config.train.eval_batches=2", "--config.train.log_every=4"],
                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
@@ -113,6 +115,20 @@ def test_pretraining_helps_runs_in_short_form(tmp_path):
     assert [[h["epoch"] for h in history] for history in cell["history"]] == [[cell["epochs"]]]
     assert '"step": 99' not in (partial / "metrics.jsonl").read_text()
     assert sorted(os.listdir(tmp_path / "x" / "mlm" / "checkpoints")) == [str(results["pretrain_steps"]["mlm"])]
+    # The pooling was chosen per initialisation on 30 training rows held out (never on the test file):
+    # each cell uses the setting with the best dev accuracy, and the budget's rows exclude the dev rows.
+    assert results["finetune"]["choose"] == {"pooling": ["cls", "mean"]}
+    for init, c in cells.items():
+        scores = results["dev"]["testament"][init]
+        assert scores.keys() == {"pooling=cls", "pooling=mean"} and all(0 <= a <= 1 for a in scores.values())
+        assert c["settings"] == max(scores, key=scores.get)
+        dev_run = json.loads((tmp_path / "x" / "dev" / "testament" / init / c["settings"] / "results.json").read_text())
+        assert dev_run["runs"][0]["dev/accuracy"] == scores[c["settings"]]
+    read = lambda p: [r["text"] for r in pretraining_helps.read_rows(str(p))]
+    dev, train16, test_rows = read(tmp_path / "x/tasks/testament/dev.csv"), read(tmp_path / "x/tasks/testament/train-16.csv"), read(test)
+    assert len(dev) == 30 and len(train16) == 16 and not set(dev) & set(train16) and not set(dev) & set(test_rows)
+    assert set(dev) <= set(read(train))
+    assert "Dev split (held out of the training rows" in table
     # The label subset: 8 of each class, the same rows for every initialisation.
     rows = [{"text": str(i), "label": "ab"[i % 3 == 0]} for i in range(30)]
     subset = balanced_subset(rows, 6)
@@ -160,10 +176,16 @@ def test_pretraining_helps_stops_when_a_pretraining_run_was_interrupted(tiny_con
 
 def test_pretraining_helps_refuses_bad_task_files_before_pretraining(tmp_path):
     (tmp_path / "bad.csv").write_text("sentence,y\nhello,1\n")
+    (tmp_path / "good.csv").write_text("text,label\n" + "hello,1\n" * 10)
+    (tmp_path / "one.csv").write_text("text,label\nhello,1\n")
     for task, message in (("t=missing.csv,bad.csv", "missing.csv: no such task file"),
                           ("t=bad.csv,bad.csv", "bad.csv: expected a CSV with a header and columns text,label"),
-                          ("t=bad.csv", "expected NAME=TRAIN.csv,TEST.csv")):
+                          ("t=bad.csv", "expected NAME=TRAIN.csv,TEST.csv"),
+                          ("t=good.csv,good.csv --choose pooling=cls,max", "pooling: 'max' is not one of ('cls', 'mean')"),
+                          ("t=good.csv,good.csv --choose pooling", "--choose 'pooling': expected FIELD=VALUE,VALUE"),
+                          ("t=good.csv,good.csv --choose poolng=cls", "has no field 'poolng'; did you mean --config.pooling"),
+                          ("t=one.csv,good.csv", "one.csv: 1 rows; choosing fine-tuning settings holds a fifth")):
         out = subprocess.run([sys.executable, "-m", "electra_jax.cli", "experiment", "pretraining-helps", "--out",
-                              "x", "--task", task], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+                              "x", "--task", *task.split()], capture_output=True, text=True, cwd=tmp_path, timeout=300)
         assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
         assert not (tmp_path / "x").exists()  # nothing started

@@ -39,11 +39,12 @@ def _log_softmax(x):
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
-@pytest.mark.parametrize("kind", ["classification", "regression", "tagging"])
-def test_head_and_loss_equal_numpy(kind):
+@pytest.mark.parametrize("kind,pooling", [("classification", "cls"), ("classification", "mean"),
+                                          ("regression", "cls"), ("tagging", "tokens")])
+def test_head_and_loss_equal_numpy(kind, pooling):
     spec, rng = _spec(), np.random.default_rng(0)
     outputs = 1 if kind == "regression" else 3
-    model = Classifier(spec, outputs, "tokens" if kind == "tagging" else "cls", "paper")
+    model = Classifier(spec, outputs, pooling, "paper")
     batch = _batch(rng)
     params = nn.unbox(model.init(jax.random.key(0), batch["input_ids"], batch["segment_ids"],
                                  batch["input_mask"])["params"])
@@ -62,7 +63,8 @@ def test_head_and_loss_equal_numpy(kind):
                            True, capture_intermediates=lambda m, _: m.name == "discriminator",
                            mutable=["intermediates"])
     hidden = np.asarray(state["intermediates"]["discriminator"]["__call__"][0], np.float64)
-    x = hidden if kind == "tagging" else hidden[:, 0]
+    m = batch["input_mask"][..., None]
+    x = {"tokens": hidden, "cls": hidden[:, 0], "mean": (hidden * m).sum(1) / m.sum(1)}[pooling]
     w_out, b_out = params["head"]["out_proj"]["kernel"], params["head"]["out_proj"]["bias"]
     logits = x @ w_out + b_out
     w = batch["weights"]
@@ -216,7 +218,7 @@ def _lord_or_other(tmp_path, n_train, n_dev, *overrides):
         f"--config.task.dev={tmp_path / 'dev.csv'}", "--config.head=hf", *overrides])
 
 
-def test_tiny_model_learns_a_task_and_exports_exactly(random_discriminator, tmp_path):
+def test_tiny_model_learns_a_task_and_exports_exactly(random_discriminator, tmp_path, capsys):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from electra_jax.cli import main
@@ -244,6 +246,14 @@ def test_tiny_model_learns_a_task_and_exports_exactly(random_discriminator, tmp_
     ours = _our_logits(tmp_path / "run", best, "classification", enc)
     np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=1e-5)
     assert (theirs.argmax(-1) == np.array([0 if " lord" in t.lower() else 1 for t in texts])).mean() > 0.8
+
+    # Mean pooling has no Hugging Face class: such a run is refused at export, not exported wrong.
+    saved["pooling"] = "mean"
+    (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
+    capsys.readouterr()
+    assert main(["export", "--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "hf_mean")]) == 2
+    assert "pooling 'mean' has no Hugging Face class" in capsys.readouterr().err
+    assert not (tmp_path / "hf_mean").exists()
 
 
 def test_fine_tuning_starts_from_the_init_weights(random_discriminator, tmp_path):
@@ -434,6 +444,8 @@ def test_bad_input_gets_a_clear_error(random_discriminator, tmp_path, capsys):
                           (base + ["--init", random_discriminator, "--config.model_selection=best",
                                    "--config.eval_every_epoch=False"],
                            "eval_every_epoch: False needs model_selection=final"),
+                          (base + ["--init", random_discriminator, "--config.pooling=max"],
+                           "pooling: 'max' is not one of ('cls', 'mean')"),
                           (base + ["--init", str(tmp_path)], "neither a Hugging Face ELECTRA discriminator directory"),
                           (["finetune", "--init", random_discriminator, "--task", "nope", "--workdir",
                             str(tmp_path / "w3")], "unknown task 'nope'")):

@@ -9,14 +9,18 @@ Steps, each skipped when its output already exists (so a stopped run continues):
   1. a WordPiece vocabulary trained on the corpus (OUT/tokenizer), the examples (OUT/data)
   2. ELECTRA pretrained for `--steps` (OUT/electra), then the MLM baseline for as many steps as give
      the same pretraining FLOPs (`flops.py`; OUT/mlm)
-  3. per task, label budget and initialisation (random / mlm / electra): `finetune` with `--seeds`
-     seeds on the budget's training rows (a class-balanced subset, the same for every initialisation),
-     evaluated on the task's test file, which nothing here ever chooses anything on
-  4. OUT/results.json, OUT/results.md (median [min, max] over seeds) and OUT/results.png
+  3. per task, a dev split held out of its *training* rows (at most `dev_size`, at most a fifth); per
+     initialisation (random / mlm / electra), each combination of the `--choose` settings (e.g. the
+     pooling) fine-tuned once on `dev_budget` labels and scored on the dev split; the best is kept
+  4. per task, label budget and initialisation: `finetune` with its chosen settings and `--seeds` seeds
+     on the budget's rows (a class-balanced subset of the training rows left after the dev split, the
+     same for every initialisation), evaluated on the task's test file, which nothing here ever
+     chooses anything on
+  5. OUT/results.json, OUT/results.md (median [min, max] over seeds, and the dev scores) and OUT/results.png
 
-Task files are CSV with a `text` and a `label` column. Fine-tuning hyperparameters are fixed in
-advance (the fine-tuning preset for the model's size; at least `--min-steps` optimizer steps, so that
-100 labels get more than 3 epochs) and are the same for every initialisation.
+Task files are CSV with a `text` and a `label` column. The rest of fine-tuning is fixed in advance (the
+fine-tuning preset for the model's size; at least `--min-steps` optimizer steps, so that 100 labels get
+more than 3 epochs) and is the same for every initialisation.
 """
 
 from __future__ import annotations
@@ -93,6 +97,36 @@ def balanced_subset(rows: list[dict], n: int | None, seed: int = 0) -> list[dict
     return out
 
 
+def dev_split(rows: list[dict], size: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """(dev, rest): `size` rows, at most a fifth, held out of a task's training rows (a fixed shuffle) to
+    choose fine-tuning settings on; the label budgets are drawn from the rest."""
+    n = min(size, len(rows) // 5)
+    order = np.random.default_rng(seed).permutation(len(rows))
+    return [rows[i] for i in order[:n]], [rows[i] for i in order[n:]]
+
+
+def parse_choices(texts: list[str]) -> dict[str, list[str]]:
+    """["pooling=cls,mean", "optim.learning_rate=3e-4,1e-3"] -> {field: [values]}."""
+    from electra_jax.config import ConfigError
+
+    choose = {}
+    for text in texts:
+        field, _, values = text.partition("=")
+        if not field or not values or any(not v for v in values.split(",")):
+            raise ConfigError(f"--choose {text!r}: expected FIELD=VALUE,VALUE,... (a fine-tuning config field)")
+        choose[field] = values.split(",")
+    return choose
+
+
+def candidates(choose: dict[str, list[str]]) -> list[tuple[str, ...]]:
+    """Every combination of the choices, as --config overrides (one empty candidate when none)."""
+    return [tuple(f"--config.{f}={v}" for f, v in zip(choose, values)) for values in itertools.product(*choose.values())]
+
+
+def candidate_name(overrides: tuple[str, ...]) -> str:
+    return ",".join(o.removeprefix("--config.") for o in overrides) or "preset"
+
+
 def equal_flops_steps(config, electra_steps: int) -> int:
     """MLM steps with the pretraining FLOPs of `electra_steps` ELECTRA steps (same batch and length)."""
     from electra_jax import config as config_lib
@@ -157,17 +191,27 @@ def _pretrain(config, workdir: str, log) -> float:
 
 def run(config, out: str, corpus: list[str], tasks: list[Task], *, steps: int | None = None,
         budgets: tuple[int | None, ...] = (100, 1000, None), seeds: int = 3,
-        finetune_config: str = "finetune/small", min_steps: int = 100,
-        finetune_overrides: tuple[str, ...] = (), log=print) -> dict:
-    """`config`: the pretraining recipe (its vocab_size is the vocabulary trained on `corpus`)."""
-    from electra_jax.config import max_predictions_per_seq, model_spec
+        finetune_config: str = "finetune/small", min_steps: int = 500,
+        finetune_overrides: tuple[str, ...] = (), choose: dict[str, list[str]] | None = None,
+        dev_size: int = 1000, dev_budget: int = 1000, log=print) -> dict:
+    """`config`: the pretraining recipe (its vocab_size is the vocabulary trained on `corpus`); `choose`:
+    fine-tuning config fields and the values to choose among on each task's dev split, per
+    initialisation (default: the pooling, [CLS] or mean)."""
+    from electra_jax.config import ConfigError, load_config, max_predictions_per_seq, model_spec, validate
     from electra_jax.data.builder import BuildArgs, build, read_manifest
     from electra_jax.data.tokenizer import save_tokenizer, train_tokenizer
     from electra_jax.flops import train_flops_per_sequence
 
     start = time.perf_counter()
+    choose = {"pooling": ["cls", "mean"]} if choose is None else choose
+    options = candidates(choose)
     for task in tasks:  # bad task files fail now, not after an hour of pretraining
-        read_rows(task.train), read_rows(task.test)
+        n, _ = len(read_rows(task.train)), read_rows(task.test)
+        if len(options) > 1 and n < 10:
+            raise ConfigError(f"{task.train}: {n} rows; choosing fine-tuning settings holds a fifth of them out "
+                              "as a dev split, so it needs at least 10 (or --choose none)")
+    for option in options:  # and so do bad --choose fields or values
+        validate(load_config(finetune_config, [*finetune_overrides, *option]))
     config = config.copy_and_resolve_references()
     if steps:
         config.num_train_steps = steps
@@ -202,25 +246,43 @@ def run(config, out: str, corpus: list[str], tasks: list[Task], *, steps: int | 
     seconds = {name: round(_pretrain(c, os.path.join(out, name), log))
                for name, c in (("electra", config), ("mlm", mlm))}
 
-    log("3/4 fine-tuning")
+    rows, chosen, dev_scores = {}, {}, {}
+    log(f"3/5 choosing {', '.join(choose) or 'nothing'} per initialisation on dev splits of the training data")
+    for task in tasks:
+        dev, rows[task.name] = dev_split(read_rows(task.train), dev_size)
+        dev_file = os.path.join(out, "tasks", task.name, "dev.csv")
+        if not os.path.exists(dev_file):
+            write_rows(dev_file, dev)
+        if len(options) == 1:
+            chosen[task.name] = {init: options[0] for init in INITS}
+            continue
+        train_file, label, _ = _budget_file(out, task.name, rows[task.name], dev_budget)
+        for init in INITS:
+            scores = {}
+            for option in options:
+                result = _finetune_one(os.path.join(out, "dev", task.name, init, candidate_name(option)),
+                                       _source(out, init), init == "random", train_file, dev_file, 1,
+                                       finetune_config, min_steps, [*finetune_overrides, *option], log)
+                scores[option] = result["runs"][0]["dev/accuracy"]
+            chosen.setdefault(task.name, {})[init] = max(options, key=scores.get)  # ties: the first listed
+            dev_scores.setdefault(task.name, {})[init] = {candidate_name(o): a for o, a in scores.items()}
+            log(f"    {task.name:>10} {init:>8}: " + ", ".join(f"{candidate_name(o)} {a:.3f}" for o, a in scores.items())
+                + f" (dev, {label} labels) -> {candidate_name(chosen[task.name][init])}")
+
+    log("4/5 fine-tuning")
     cells = []
-    rows = {task.name: read_rows(task.train) for task in tasks}
     # The smallest label budgets first, where pretraining matters most (and they cost least).
     for budget, task in itertools.product(budgets, tasks):
-        train_rows = rows[task.name]
-        subset = balanced_subset(train_rows, budget)
-        label = "all" if budget is None or budget >= len(train_rows) else str(budget)
-        train_file = os.path.join(out, "tasks", task.name, f"train-{label}.csv")
-        if not os.path.exists(train_file):
-            write_rows(train_file, subset)
+        train_file, label, n = _budget_file(out, task.name, rows[task.name], budget)
         for init in INITS:
-            source = os.path.join(out, "electra" if init == "random" else init)
-            result = _finetune_one(os.path.join(out, "finetune", task.name, label, init), source,
+            option = chosen[task.name][init]
+            result = _finetune_one(os.path.join(out, "finetune", task.name, label, init), _source(out, init),
                                    init == "random", train_file, task.test, seeds, finetune_config,
-                                   min_steps, list(finetune_overrides), log)
+                                   min_steps, [*finetune_overrides, *option], log)
             accuracy = [r["dev/accuracy"] for r in result["runs"]]  # the task's test file
-            cells.append({"task": task.name, "labels": label, "train_examples": len(subset), "init": init,
-                          "accuracy": accuracy, "median": float(np.median(accuracy)),
+            cells.append({"task": task.name, "labels": label, "train_examples": n, "init": init,
+                          "settings": candidate_name(option), "accuracy": accuracy,
+                          "median": float(np.median(accuracy)),
                           "min": float(np.min(accuracy)), "max": float(np.max(accuracy))})
             log(f"    {task.name:>10} {label:>5} labels {init:>8}: median {cells[-1]['median']:.3f} "
                 f"[{cells[-1]['min']:.3f}, {cells[-1]['max']:.3f}]")
@@ -231,18 +293,48 @@ def run(config, out: str, corpus: list[str], tasks: list[Task], *, steps: int | 
                                                           "mlm": mlm.num_train_steps},
                "pretrain_flops": flops, "pretrain_seconds": seconds, "seeds": seeds,
                "finetune": {"config": finetune_config, "overrides": list(finetune_overrides),
-                            "min_steps": min_steps},
+                            "min_steps": min_steps, "choose": choose, "dev_size": dev_size,
+                            "dev_budget": dev_budget},
+               "dev": dev_scores,
                "corpus": corpus, "tasks": [dataclasses.asdict(t) for t in tasks], "cells": cells,
                "seconds": round(time.perf_counter() - start)}
-    log("4/4 results")
+    log("5/5 results")
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
-    table = markdown(cells)
+    table = markdown(cells) + dev_markdown(dev_scores)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(table + "\n")
     plot(results, out)
     log(table)
     return results
+
+
+def _source(out: str, init: str) -> str:
+    """The workdir a fine-tuning run starts from (random: ELECTRA's, for its shapes and vocabulary)."""
+    return os.path.join(out, "electra" if init == "random" else init)
+
+
+def _budget_file(out: str, task: str, rows: list[dict], budget: int | None) -> tuple[str, str, int]:
+    """(CSV of the budget's class-balanced subset of `rows`, its label, its size), written once."""
+    subset = balanced_subset(rows, budget)
+    label = "all" if budget is None or budget >= len(rows) else str(budget)
+    path = os.path.join(out, "tasks", task, f"train-{label}.csv")
+    if not os.path.exists(path):
+        write_rows(path, subset)
+    return path, label, len(subset)
+
+
+def dev_markdown(dev_scores: dict) -> str:
+    """The dev-split accuracy of each setting tried, per task and initialisation ("" when none chosen)."""
+    if not dev_scores:
+        return ""
+    lines = ["", "Dev split (held out of the training rows; chooses the settings above):", ""]
+    for task, by_init in dev_scores.items():
+        for init, scores in by_init.items():
+            best = max(scores, key=scores.get)
+            lines.append(f"- {task} {init}: " + ", ".join(f"**{k} {v:.3f}**" if k == best else f"{k} {v:.3f}"
+                                                          for k, v in scores.items()))
+    return "\n".join(lines)
 
 
 def markdown(cells: list[dict]) -> str:

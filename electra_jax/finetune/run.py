@@ -208,7 +208,7 @@ def classifier_setup(config: ml_collections.ConfigDict, num_outputs: int, kind: 
         loss_fn = functools.partial(span_loss, model=model, no_answer_weight=config.task.no_answer_weight,
                                     reduction=config.loss_reduction)
     else:
-        model = Classifier(spec, num_outputs, "tokens" if kind == "tagging" else "cls", config.head)
+        model = Classifier(spec, num_outputs, "tokens" if kind == "tagging" else config.pooling, config.head)
         loss_fn = functools.partial(classifier_loss, model=model, kind=kind, reduction=config.loss_reduction)
 
     def init_fn(rng):
@@ -406,6 +406,9 @@ def export_finetuned(workdir: str, out: str, seed: int | None = None, dtype=np.f
     run = runs[seed] if seed is not None else max(results["runs"], key=lambda r: r[main])
     if spec.kind == "tagging":
         kind = "token_classifier"
+    elif spec.kind != "qa" and config.pooling != "cls":
+        raise TrainingError(f"pooling {config.pooling!r} has no Hugging Face class (ElectraForSequenceClassification "
+                            "reads [CLS]); fine-tune with --config.pooling=cls --config.head=hf to export")
     elif config.head != "hf":
         raise TrainingError(f"the paper head ({'the joint span head' if spec.kind == 'qa' else '[CLS] -> dense'}) "
                             "has no exact Hugging Face class; fine-tune with --config.head=hf to export")
