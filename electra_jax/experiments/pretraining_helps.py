@@ -218,7 +218,7 @@ def run(config, out: str, corpus: list[str], tasks: list[Task], *, steps: int | 
     vocab_size = config.model.vocab_size
     tok_dir, data = os.path.join(out, "tokenizer"), os.path.join(out, "data")
     if not os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
-        log(f"1/4 a {vocab_size}-token vocabulary from {len(corpus)} corpus file(s) -> {tok_dir}")
+        log(f"1/5 a {vocab_size}-token vocabulary from {len(corpus)} corpus file(s) -> {tok_dir}")
 
         def lines():
             for path in corpus:
@@ -241,7 +241,7 @@ def run(config, out: str, corpus: list[str], tasks: list[Task], *, steps: int | 
     n, seq = max_predictions_per_seq(config), config.data.seq_len
     flops = {name: c.num_train_steps * c.batch_size * train_flops_per_sequence(model_spec(c), seq, n)
              for name, c in (("electra", config), ("mlm", mlm))}
-    log(f"2/4 pretraining ELECTRA {config.num_train_steps} steps and MLM {mlm.num_train_steps} steps "
+    log(f"2/5 pretraining ELECTRA {config.num_train_steps} steps and MLM {mlm.num_train_steps} steps "
         f"({flops['electra']:.3g} and {flops['mlm']:.3g} FLOPs)")
     seconds = {name: round(_pretrain(c, os.path.join(out, name), log))
                for name, c in (("electra", config), ("mlm", mlm))}
