@@ -303,8 +303,9 @@ class Classifier(nn.Module):
         if self.pooling == "cls":
             x = x[:, 0]
         elif self.pooling == "mean":
-            mask = input_mask[..., None].astype(x.dtype)
-            x = (x * mask).sum(1) / jnp.maximum(mask.sum(1), 1)
+            # Summed in float32: hundreds of bf16 token vectors would lose the small ones.
+            mask = input_mask[..., None].astype(jnp.float32)
+            x = ((x.astype(jnp.float32) * mask).sum(1) / jnp.maximum(mask.sum(1), 1)).astype(x.dtype)
         return _Head(s, self.num_outputs, self.head, name="head")(x, deterministic)
 
 
