@@ -243,7 +243,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="pretraining-helps: fine-tuning steps at least (more epochs for small budgets)")
     exp.add_argument("--choose", action="append", default=None, metavar="FIELD=VALUE,VALUE",
                      help="pretraining-helps: a fine-tuning config field to choose per initialisation on a "
-                          "dev split of the training data (repeat; default: pooling=cls,mean; 'none': nothing)")
+                          "dev split of the training data (repeat; default: pooling=cls,mean and "
+                          "optim.learning_rate=3e-4,1e-3; 'none': nothing)")
     exp.add_argument("--dev-size", type=int, default=1000,
                      help="pretraining-helps: training rows held out per task to choose on (at most a fifth)")
     exp.add_argument("--dev-budget", type=int, default=1000,
