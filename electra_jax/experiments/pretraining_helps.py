@@ -209,8 +209,14 @@ def _pretrain(config, workdir: str, log) -> float:
     if result["step"] < config.num_train_steps:  # SIGTERM or a preemption: saved, not finished
         raise TrainingError(f"{workdir} stopped at step {result['step']} of {config.num_train_steps} (saved); "
                             "rerun the same command to continue")
+    evals = result["eval"]
+    if not evals:  # finished in an earlier run of the experiment: its last eval is in the metrics
+        from electra_jax.writers import read_metrics
+
+        evals = next((r for r in reversed(read_metrics(workdir)) if r.get("split") == "eval"), {})
+        evals = {k: v for k, v in evals.items() if k not in ("step", "split")}
     log(f"    {workdir}: step {result['step']} in {spent:.0f} s; eval "
-        + ", ".join(f"{k} {v:.3f}" for k, v in result["eval"].items()))
+        + ", ".join(f"{k} {v:.3f}" for k, v in evals.items()))
     return spent
 
 
