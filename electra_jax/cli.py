@@ -537,7 +537,7 @@ def _experiment_command(args, config) -> None:
         pretraining_helps.run(config, out, corpus, tasks, steps=args.steps, budgets=budgets, seeds=args.seeds,
                               finetune_config=args.finetune_config, min_steps=args.min_steps,
                               finetune_overrides=(f"--config.task.max_len={args.finetune_max_len}",),
-                              choose=choose, dev_size=args.dev_size, dev_budget=args.dev_budget)
+                              probe_max_len=args.finetune_max_len, choose=choose, dev_size=args.dev_size, dev_budget=args.dev_budget)
         return
     if args.seeds < 2 or args.window < 1:
         raise ConfigError("experiment needs --seeds >= 2 (the noise is the spread over seeds) and --window >= 1")

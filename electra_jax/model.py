@@ -300,13 +300,28 @@ class Classifier(nn.Module):
         s = self.spec
         embedded = Embeddings(s, name="embeddings")(input_ids, segment_ids)
         x = _DiscriminatorEncoder(s, name="discriminator")(embedded, input_mask, deterministic)
-        if self.pooling == "cls":
-            x = x[:, 0]
-        elif self.pooling == "mean":
-            # Summed in float32: hundreds of bf16 token vectors would lose the small ones.
-            mask = input_mask[..., None].astype(jnp.float32)
-            x = ((x.astype(jnp.float32) * mask).sum(1) / jnp.maximum(mask.sum(1), 1)).astype(x.dtype)
-        return _Head(s, self.num_outputs, self.head, name="head")(x, deterministic)
+        return _Head(s, self.num_outputs, self.head, name="head")(pool(x, input_mask, self.pooling), deterministic)
+
+
+def pool(x: Array, input_mask: Array, pooling: str) -> Array:
+    """[B, S, H] -> [B, H]: the [CLS] vector ("cls") or the mean of the non-padding ones ("mean");
+    "tokens" keeps every token."""
+    if pooling == "cls":
+        return x[:, 0]
+    if pooling == "mean":
+        # Summed in float32: hundreds of bf16 token vectors would lose the small ones.
+        mask = input_mask[..., None].astype(jnp.float32)
+        return ((x.astype(jnp.float32) * mask).sum(1) / jnp.maximum(mask.sum(1), 1)).astype(x.dtype)
+    return x
+
+
+def frozen_features(spec: ModelSpec, backbone: dict, input_ids: Array, segment_ids: Array, input_mask: Array,
+                    pooling: str = "mean") -> Array:
+    """A fine-tuning backbone's ({embeddings, discriminator: {encoder}}, as `Classifier` names them)
+    pooled last-layer vectors, without dropout: the features a linear probe reads."""
+    embedded = Embeddings(spec).apply({"params": backbone["embeddings"]}, input_ids, segment_ids)
+    x = _DiscriminatorEncoder(spec).apply({"params": backbone["discriminator"]}, embedded, input_mask, True)
+    return pool(x, input_mask, pooling)
 
 
 def answer_mask(segment_ids, input_mask) -> Array:

@@ -129,6 +129,10 @@ def test_pretraining_helps_runs_in_short_form(tmp_path):
     assert len(dev) == 30 and len(train16) == 16 and not set(dev) & set(train16) and not set(dev) & set(test_rows)
     assert set(dev) <= set(read(train))
     assert "Dev split (held out of the training rows" in table
+    # A linear probe per initialisation on the same 16 rows, reported beside the fine-tuned cells.
+    assert [(p["init"], p["labels"], p["train_examples"]) for p in results["probe"]] == [
+        (init, "16", 16) for init in ("random", "mlm", "electra")]
+    assert all(0 <= p["accuracy"] <= 1 for p in results["probe"]) and "Linear probe on the frozen encoders" in table
     # The label subset: 8 of each class, the same rows for every initialisation.
     rows = [{"text": str(i), "label": "ab"[i % 3 == 0]} for i in range(30)]
     subset = balanced_subset(rows, 6)

@@ -18,7 +18,7 @@ from electra_jax.data import SAMPLE_CORPUS, SAMPLE_TOKENIZER
 from electra_jax.finetune import metrics
 from electra_jax.finetune.run import classifier_loss, finetune, layer_depths
 from electra_jax.finetune.tasks import GLUE, TaskError, encode, label_names, read_tfds, task_spec
-from electra_jax.model import Classifier, Electra, init_params
+from electra_jax.model import Classifier, Electra, frozen_features, init_params
 from electra_jax.optim import layerwise_lr_decay
 
 
@@ -65,6 +65,9 @@ def test_head_and_loss_equal_numpy(kind, pooling):
     hidden = np.asarray(state["intermediates"]["discriminator"]["__call__"][0], np.float64)
     m = batch["input_mask"][..., None]
     x = {"tokens": hidden, "cls": hidden[:, 0], "mean": (hidden * m).sum(1) / m.sum(1)}[pooling]
+    # The linear probe's features are the same pooled vectors, read from the backbone alone.
+    features = frozen_features(spec, params, batch["input_ids"], batch["segment_ids"], batch["input_mask"], pooling)
+    np.testing.assert_allclose(np.asarray(features), x, rtol=1e-5, atol=1e-6)
     w_out, b_out = params["head"]["out_proj"]["kernel"], params["head"]["out_proj"]["bias"]
     logits = x @ w_out + b_out
     w = batch["weights"]
@@ -540,3 +543,19 @@ def test_a_regression_label_that_is_not_a_number_is_a_clear_error(tmp_path):
     path.write_text("sentence,label\ngood,4.5\nbad,high\n")
     with pytest.raises(TaskError, match=r"scores.csv: row 2: label 'high' is not a number"):
         read_table(str(path), task_spec("regression"))
+
+
+def test_the_linear_probe_reads_what_the_frozen_features_hold(random_discriminator, tmp_path):
+    """pretraining-helps' probe: a logistic regression on a frozen (here random) encoder's mean-pooled
+    vectors separates two word lists perfectly, and is wrong on every row when the test labels are swapped."""
+    from electra_jax.experiments.pretraining_helps import linear_probe
+
+    rng = random.Random(0)
+    words = {"a": "water fire stone river mountain".split(), "b": "king queen prince lord servant".split()}
+    rows = [(" ".join(rng.choices(words[label], k=8)), label) for label in "ab" * 60]
+    _write_csv(tmp_path / "train.csv", rows[:80], ("text", "label"))
+    _write_csv(tmp_path / "test.csv", rows[80:], ("text", "label"))
+    _write_csv(tmp_path / "swapped.csv", [(text, "ab"[label == "a"]) for text, label in rows[80:]], ("text", "label"))
+    probe = lambda test: linear_probe(random_discriminator, False, str(tmp_path / "train.csv"), str(test), 16)
+    assert probe(tmp_path / "test.csv") == 1.0
+    assert probe(tmp_path / "swapped.csv") == 0.0

@@ -16,7 +16,9 @@ Steps, each skipped when its output already exists (so a stopped run continues):
      on the budget's rows (a class-balanced subset of the training rows left after the dev split, the
      same for every initialisation), evaluated on the task's test file, which nothing here ever
      chooses anything on
-  5. OUT/results.json, OUT/results.md (median [min, max] over seeds, and the dev scores) and OUT/results.png
+  5. per task, label budget and initialisation, a linear probe on the frozen encoder (no choices made)
+  6. OUT/results.json, OUT/results.md (median [min, max] over seeds, the dev scores, the probes) and
+     OUT/results.png
 
 Task files are CSV with a `text` and a `label` column. The rest of fine-tuning is fixed in advance (the
 fine-tuning preset for the model's size; at least `--min-steps` optimizer steps, so that 100 labels get
@@ -188,6 +190,64 @@ def _changed_settings(saved_config: str, config, overrides: list[str]) -> list[s
     return [f for f in fields if get(saved, f) != get(now, f)]
 
 
+def linear_probe(init: str, random_init: bool, train: str, test: str, max_len: int, steps: int = 400,
+                 l2: float = 1e-3, batch: int = 256) -> float:
+    """Test accuracy of a logistic regression on the encoder's frozen mean-pooled last-layer vectors
+    (standardised on the training rows; full-batch Adam at 1e-2, `steps` steps, L2 `l2`: fixed in
+    advance, the same for every initialisation). What pretraining put into the features, before
+    fine-tuning changes them; `random_init`: the same shapes, initialised as fine-tuning does."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from electra_jax import config as config_lib
+    from electra_jax.data.tokenizer import load_tokenizer
+    from electra_jax.finetune.run import load_init
+    from electra_jax.finetune.tasks import encode, label_names, read_table, task_spec
+    from electra_jax.model import Classifier, frozen_features
+
+    fields, tokens, backbone, tokenizer_path = load_init(init)
+    c = config_lib.finetune_config()
+    c.model.update(fields)
+    c.model.dtype = "float32"
+    spec = config_lib.model_spec(c)
+    if random_init:
+        ids = jnp.zeros((1, max_len), jnp.int32)
+        backbone = Classifier(spec, 2).init({"params": jax.random.key(0)}, ids, ids, jnp.ones_like(ids))["params"]
+    task = task_spec("classification", text_a="text", label="label")
+    examples = {name: read_table(path, task) for name, path in (("train", train), ("test", test))}
+    labels = label_names(examples["train"], task)
+    tokenizer = load_tokenizer(tokenizer_path)
+    features = jax.jit(lambda ids, mask: frozen_features(spec, backbone, ids, jnp.zeros_like(ids), mask))
+    x, y = {}, {}
+    for name, ex in examples.items():
+        data = encode(ex, task, tokenizer, max_len, labels, tokens["pad_id"])
+        x[name] = np.concatenate([np.asarray(features(data["input_ids"][i:i + batch], data["input_mask"][i:i + batch]))
+                                  for i in range(0, len(data["input_ids"]), batch)])
+        y[name] = data["labels"]
+    mean, std = x["train"].mean(0), x["train"].std(0) + 1e-6
+    x = {k: (v - mean) / std for k, v in x.items()}
+
+    def loss(w):
+        logits = x["train"] @ w["w"] + w["b"]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y["train"]).mean() + l2 * jnp.sum(w["w"] ** 2)
+
+    opt = optax.adam(1e-2)
+
+    @jax.jit
+    def fit(w):
+        def step(carry, _):
+            w, state = carry
+            updates, state = opt.update(jax.grad(loss)(w), state)
+            return (optax.apply_updates(w, updates), state), None
+
+        (w, _), _ = jax.lax.scan(step, (w, opt.init(w)), None, length=steps)
+        return w
+
+    w = fit({"w": jnp.zeros((x["train"].shape[1], len(labels))), "b": jnp.zeros(len(labels))})
+    return float(np.mean(np.asarray(x["test"] @ w["w"] + w["b"]).argmax(1) == y["test"]))
+
+
 def _pretrain(config, workdir: str, log) -> float:
     """Pretrain (or resume) to config.num_train_steps; returns the seconds spent on it in all runs of
     the experiment (kept in WORKDIR/experiment_seconds.json, so a resumed experiment reports the whole)."""
@@ -224,7 +284,7 @@ def run(config, out: str, corpus: list[str], tasks: list[Task], *, steps: int | 
         budgets: tuple[int | None, ...] = (100, 1000, None), seeds: int = 3,
         finetune_config: str = "finetune/small", min_steps: int = 500,
         finetune_overrides: tuple[str, ...] = (), choose: dict[str, list[str]] | None = None,
-        dev_size: int = 1000, dev_budget: int = 1000, log=print) -> dict:
+        dev_size: int = 1000, dev_budget: int = 1000, probe_max_len: int = 64, log=print) -> dict:
     """`config`: the pretraining recipe (its vocab_size is the vocabulary trained on `corpus`); `choose`:
     fine-tuning config fields and the values to choose among on each task's dev split, per
     initialisation (default: DEFAULT_CHOOSE)."""
@@ -249,7 +309,7 @@ def run(config, out: str, corpus: list[str], tasks: list[Task], *, steps: int | 
     vocab_size = config.model.vocab_size
     tok_dir, data = os.path.join(out, "tokenizer"), os.path.join(out, "data")
     if not os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
-        log(f"1/5 a {vocab_size}-token vocabulary from {len(corpus)} corpus file(s) -> {tok_dir}")
+        log(f"1/6 a {vocab_size}-token vocabulary from {len(corpus)} corpus file(s) -> {tok_dir}")
 
         def lines():
             for path in corpus:
@@ -272,13 +332,13 @@ def run(config, out: str, corpus: list[str], tasks: list[Task], *, steps: int | 
     n, seq = max_predictions_per_seq(config), config.data.seq_len
     flops = {name: c.num_train_steps * c.batch_size * train_flops_per_sequence(model_spec(c), seq, n)
              for name, c in (("electra", config), ("mlm", mlm))}
-    log(f"2/5 pretraining ELECTRA {config.num_train_steps} steps and MLM {mlm.num_train_steps} steps "
+    log(f"2/6 pretraining ELECTRA {config.num_train_steps} steps and MLM {mlm.num_train_steps} steps "
         f"({flops['electra']:.3g} and {flops['mlm']:.3g} FLOPs)")
     seconds = {name: round(_pretrain(c, os.path.join(out, name), log))
                for name, c in (("electra", config), ("mlm", mlm))}
 
     rows, chosen, dev_scores = {}, {}, {}
-    log(f"3/5 choosing {', '.join(choose) or 'nothing'} per initialisation on dev splits of the training data")
+    log(f"3/6 choosing {', '.join(choose) or 'nothing'} per initialisation on dev splits of the training data")
     for task in tasks:
         dev, rows[task.name] = dev_split(read_rows(task.train), dev_size)
         dev_file = os.path.join(out, "tasks", task.name, "dev.csv")
@@ -300,7 +360,7 @@ def run(config, out: str, corpus: list[str], tasks: list[Task], *, steps: int | 
             log(f"    {task.name:>10} {init:>8}: " + ", ".join(f"{candidate_name(o)} {a:.3f}" for o, a in scores.items())
                 + f" (dev, {label} labels) -> {candidate_name(chosen[task.name][init])}")
 
-    log("4/5 fine-tuning")
+    log("4/6 fine-tuning")
     cells = []
     # The smallest label budgets first, where pretraining matters most (and they cost least).
     for budget, task in itertools.product(budgets, tasks):
@@ -318,21 +378,38 @@ def run(config, out: str, corpus: list[str], tasks: list[Task], *, steps: int | 
             log(f"    {task.name:>10} {label:>5} labels {init:>8}: median {cells[-1]['median']:.3f} "
                 f"[{cells[-1]['min']:.3f}, {cells[-1]['max']:.3f}]")
 
+    log("5/6 linear probes on the frozen encoders (the same label subsets)")
+    probes = []
+    for budget, task in itertools.product(budgets, tasks):
+        train_file, label, n = _budget_file(out, task.name, rows[task.name], budget)
+        for init in INITS:
+            path = os.path.join(out, "probe", task.name, label, f"{init}.json")
+            if not os.path.exists(path):
+                accuracy = linear_probe(_source(out, init), init == "random", train_file, task.test, probe_max_len)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path + ".tmp", "w") as f:
+                    json.dump({"accuracy": accuracy, "max_len": probe_max_len}, f)
+                os.replace(path + ".tmp", path)
+            with open(path) as f:
+                probes.append({"task": task.name, "labels": label, "train_examples": n, "init": init,
+                               "accuracy": json.load(f)["accuracy"]})
+
     names = [task.name for task in tasks]
     cells.sort(key=lambda c: names.index(c["task"]))  # the table by task (stable: budgets stay in order)
+    probes.sort(key=lambda c: names.index(c["task"]))
     results = {"config": config.to_dict(), "pretrain_steps": {"electra": config.num_train_steps,
                                                           "mlm": mlm.num_train_steps},
                "pretrain_flops": flops, "pretrain_seconds": seconds, "seeds": seeds,
                "finetune": {"config": finetune_config, "overrides": list(finetune_overrides),
                             "min_steps": min_steps, "choose": choose, "dev_size": dev_size,
                             "dev_budget": dev_budget},
-               "dev": dev_scores,
+               "dev": dev_scores, "probe": probes,
                "corpus": corpus, "tasks": [dataclasses.asdict(t) for t in tasks], "cells": cells,
                "seconds": round(time.perf_counter() - start)}
-    log("5/5 results")
+    log("6/6 results")
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
-    table = markdown(cells) + dev_markdown(dev_scores)
+    table = markdown(cells) + dev_markdown(dev_scores) + probe_markdown(probes)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(table + "\n")
     plot(results, out)
@@ -368,6 +445,22 @@ def dev_markdown(dev_scores: dict) -> str:
     return "\n".join(lines)
 
 
+def probe_markdown(probes: list[dict]) -> str:
+    """Linear-probe test accuracy per task, label budget and initialisation ("" when none)."""
+    if not probes:
+        return ""
+    lines = ["", "Linear probe on the frozen encoders (mean-pooled last layer, logistic regression fixed in "
+             "advance; test accuracy):", "", "| task | labels | " + " | ".join(INITS) + " |",
+             "|---|---|" + "---|" * len(INITS)]
+    rows: dict[tuple[str, str], dict] = {}
+    for p in probes:
+        rows.setdefault((p["task"], p["labels"]), {})[p["init"]] = p["accuracy"]
+    for (task, labels), by_init in rows.items():
+        lines.append(f"| {task} | {labels} | " + " | ".join(f"{by_init[i]:.3f}" if i in by_init else "" for i in INITS)
+                     + " |")
+    return "\n".join(lines)
+
+
 def markdown(cells: list[dict]) -> str:
     """One row per task and label budget: each initialisation's median accuracy [min, max] over seeds."""
     lines = ["| task | labels | " + " | ".join(INITS) + " |", "|---|---|" + "---|" * len(INITS)]
@@ -399,6 +492,10 @@ def plot(results: dict, out: str) -> None:
             ax.errorbar(x, [c["median"] for c in cells],
                         yerr=[[c["median"] - c["min"] for c in cells], [c["max"] - c["median"] for c in cells]],
                         label=init, color=color, marker="o", capsize=3)
+            probes = [p for p in results.get("probe", []) if p["task"] == task and p["init"] == init]
+            if probes:
+                ax.plot([p["train_examples"] for p in probes], [p["accuracy"] for p in probes], color=color,
+                        linestyle="--", marker=".", label=f"{init}, linear probe")
         ax.set_xscale("log")
         ax.set_title(f"{task}: test accuracy")
         ax.set_xlabel("training labels")
