@@ -384,7 +384,8 @@ def run(config, out: str, corpus: list[str], tasks: list[Task], *, steps: int | 
         train_file, label, n = _budget_file(out, task.name, rows[task.name], budget)
         for init in INITS:
             path = os.path.join(out, "probe", task.name, label, f"{init}.json")
-            if not os.path.exists(path):
+            stale = os.path.exists(path) and json.load(open(path)).get("max_len") != probe_max_len
+            if stale or not os.path.exists(path):  # (a probe at another length is not this one)
                 accuracy = linear_probe(_source(out, init), init == "random", train_file, task.test, probe_max_len)
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 with open(path + ".tmp", "w") as f:
