@@ -77,6 +77,20 @@ def test_inverse_cdf_sampling_matches_numpy():
                                   _np_inverse_cdf(rng, logits.astype(np.float64) / 0.5))
 
 
+# (u_block, u_token) -> the token: u at the very top of its range (which rounding of u x total can
+# reach) must still pick a token of the chosen block, and the last block's last real token, never an id
+# of the next block or past the vocabulary (300 ids: blocks 0-255 and 256-299 + 212 padding).
+@pytest.mark.parametrize("u, token", [((0.0, 1.0), 255), ((1.0, 0.0), 256), ((1.0, 1.0), 299), ((0.0, 0.0), 0)])
+def test_inverse_cdf_stays_in_its_block_and_vocabulary_at_the_top_of_u(monkeypatch, u, token):
+    def top_of_range(rng, shape, dtype=jnp.float32):
+        assert shape == (2, 1, 1)  # one uniform for the block, one inside it
+        return jnp.asarray(u, dtype).reshape(shape)
+
+    monkeypatch.setattr(jax.random, "uniform", top_of_range)
+    got = sample_tokens(jax.random.key(0), jnp.zeros((1, 300)), sampler="inverse_cdf")
+    assert got.tolist() == [token]
+
+
 @pytest.mark.parametrize("sampler", ["gumbel", "inverse_cdf"])
 def test_samplers_draw_from_the_tempered_softmax(sampler):
     """100,000 draws from 300 entries of which 296 have probability 0, at temperature 2 (logits are
