@@ -171,6 +171,8 @@ def test_shared_embeddings_get_gradient_from_both_losses(loss_grads):
 def test_electra_loss_matches_numpy_recomputation(tiny_config):
     """Rebuild the loss from the model's logits with numpy: masking, labels and both losses."""
     model, ospec, params, batch = _tiny(tiny_config)
+    batch = {k: v.copy() for k, v in batch.items()}
+    batch["input_ids"][1, 39], batch["input_ids"][1, 40:], batch["input_mask"][1, 40:] = 3, 0, 0  # padding
     rng = jax.random.key(3)
     loss, metrics = jax.jit(functools.partial(electra_loss, model=model, spec=ospec, deterministic=True))(
         params, batch, rng)
@@ -186,9 +188,10 @@ def test_electra_loss_matches_numpy_recomputation(tiny_config):
     gen_logits = np.asarray(model.apply({"params": params}, m.input_ids, seg, mask, m.positions,
                                         method=Electra.generator_logits), np.float64)
     w, targets, pos = np.asarray(m.weights), np.asarray(m.original_ids), np.asarray(m.positions)
-    # k = min(round(0.15 x 64 real tokens) = 10, N = int(0.155 x 64) = 9 slots) = 9 per row.
+    # k = min(round(0.15 x 64 real tokens) = 10, N = int(0.155 x 64) = 9 slots) = 9 per full row; the
+    # padded row has 40 real tokens: round(6.0) = 6.
     assert ospec.max_predictions == 9
-    np.testing.assert_array_equal(w.sum(1), [9] * 4)
+    np.testing.assert_array_equal(w.sum(1), [9, 6, 9, 9])
     np.testing.assert_array_equal(targets[w > 0], np.take_along_axis(ids, pos, 1)[w > 0])
     nll = -np.take_along_axis(_np_log_softmax(gen_logits), targets[..., None], -1)[..., 0]
     mlm = (w * nll).sum() / (w.sum() + 1e-6)
@@ -225,6 +228,27 @@ def test_electra_loss_matches_numpy_recomputation(tiny_config):
     for name, value in {"loss": mlm + 50 * disc, "mlm_loss": mlm, "disc_loss": disc,
                         "sampled_accuracy": expected["sampled_accuracy"][0] / expected["sampled_accuracy"][1]}.items():
         np.testing.assert_allclose(logged[name], value, rtol=1e-5, err_msg=name)
+
+
+def test_a_discriminator_at_exactly_zero_predicts_nothing_replaced(tiny_config):
+    """The original predicts round((sign(logit) + 1) / 2), and tf.round(0.5) = 0 (half to even): a logit of
+    exactly 0 says "original". With nothing predicted replaced, precision is 0 (tf.metrics' safe
+    division), in the training metrics and in eval."""
+    from electra_jax.objective import eval_metrics, eval_statistics
+
+    model, ospec, params, batch = _tiny(tiny_config)
+    params = {**params, "discriminator": {**params["discriminator"],
+                                          "dense_prediction": jax.tree.map(jnp.zeros_like, params["discriminator"]["dense_prediction"])}}
+    rng = jax.random.key(3)
+    _, metrics = electra_loss(params, batch, rng, model=model, spec=ospec, deterministic=True)
+    replaced = float(metrics["replaced_fraction"][0])
+    assert replaced > 0
+    np.testing.assert_array_equal(metrics["disc_precision"], [0, 0])
+    np.testing.assert_array_equal(metrics["disc_recall"], [0, replaced])
+    np.testing.assert_allclose(summarize(metrics)["disc_precision"], 0.0)
+    got = eval_metrics(eval_statistics(params, batch, rng, model=model, spec=ospec))
+    assert got["disc_precision"] == 0.0 and got["disc_recall"] == 0.0
+    np.testing.assert_allclose(got["disc_accuracy"], 1 - replaced / batch["input_mask"].sum(), rtol=1e-6)
 
 
 def _exact_auc(labels, scores):

@@ -12,6 +12,11 @@ fresh process per mutant (the module is imported and its functions traced), whic
 cosmic-ray (mutate on disk, run a command) rather than mutmut (trampolines in forked workers, which
 fork after XLA has started its threads). Sessions resume: rerunning continues the pending mutants.
 
+Each run (and `--report`) also writes tests/mutation/results/MODULE.json, committed: the outcome of every
+mutant run so far, keyed by operator and occurrence, with the source's sha256. A new session on another
+checkout of the same source takes the killed mutants from it and runs only the rest (survivors are run
+again: a test added since may kill them), so a module too slow for one sitting is finished in several.
+
 Binary-operator swaps are limited to the natural partners (+ <-> -, * <-> /, // -> /, ** -> *): the
 other eight replacements per operator (<<, |, %, ...) fail at trace time and only cost minutes. A line
 marked `# pragma: no mutate` is skipped: use it only for a proven-equivalent mutant, with the reason.
@@ -29,6 +34,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORK = os.path.join(ROOT, ".mutation")
+RESULTS = os.path.join(ROOT, "tests", "mutation", "results")
 
 # module -> (source file, the tests that guard it: fast ones only)
 MODULES = {
@@ -100,7 +106,54 @@ def _sample(session: str, keep: int) -> None:
             db.set_result(item.job_id, WorkResult(output="unsampled", worker_outcome=WorkerOutcome.SKIPPED))
 
 
-def run(module: str, sample: int | None = None) -> None:
+def _sha256(path: str) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _key(mutation: dict) -> str:
+    """A mutant's name, the same in every session on the same source: operator and occurrence."""
+    return f"{mutation['operator_name']}#{mutation['occurrence']}"
+
+
+def _reuse_killed(module: str, session: str, source: str) -> int:
+    """Mark the pending mutants that RESULTS/MODULE.json records as killed on this very source; returns
+    how many."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+
+    path = os.path.join(RESULTS, f"{module}.json")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        saved = json.load(f)
+    if saved["sha256"] != _sha256(source):
+        print(f"{module}: {path} is for another version of {MODULES[module][0]}; running every mutant")
+        return 0
+    killed = {k for k, r in saved["mutants"].items() if r["outcome"] == "killed"}
+    n = 0
+    with use_db(session, WorkDB.Mode.open) as db:
+        for item in list(db.pending_work_items):
+            if _key({"operator_name": item.mutations[0].operator_name,
+                     "occurrence": item.mutations[0].occurrence}) in killed:
+                db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.NORMAL,
+                                                      test_outcome=TestOutcome.KILLED,
+                                                      output=f"killed in an earlier session ({path})"))
+                n += 1
+    return n
+
+
+def _retry_survivors(session: str) -> int:
+    """Make the survivors pending again (to be judged by tests added since); returns how many."""
+    import sqlite3
+
+    with sqlite3.connect(session) as db:
+        return db.execute("DELETE FROM work_results WHERE worker_outcome = 'normal' AND test_outcome = 'survived'").rowcount
+
+
+def run(module: str, sample: int | None = None, retry_survivors: bool = False) -> None:
     copy = os.path.join(WORK, module, "repo")
     session = os.path.join(WORK, module, "session.sqlite")
     if not os.path.exists(session):  # a new session on the current sources
@@ -110,11 +163,19 @@ def run(module: str, sample: int | None = None) -> None:
         subprocess.run([_tool("cosmic-ray"), "init", config, session], cwd=copy, check=True)
         subprocess.run([_tool("cr-filter-operators"), session, config], cwd=copy, check=True)
         subprocess.run([_tool("cr-filter-pragma"), session], cwd=copy, check=True)
+        reused = _reuse_killed(module, session, os.path.join(copy, MODULES[module][0]))
+        if reused:
+            print(f"{module}: {reused} mutants killed in an earlier session on this source (not run again)")
         if sample:
             _sample(session, sample)
         shutil.copy2(os.path.join(copy, MODULES[module][0]), os.path.join(WORK, module, "pristine.py"))
     # An interrupted exec can leave its last mutant on disk: start again from the pristine source.
     shutil.copy2(os.path.join(WORK, module, "pristine.py"), os.path.join(copy, MODULES[module][0]))
+    # The pending mutants are judged by today's tests (the source stays the session's).
+    shutil.copytree(os.path.join(ROOT, "tests"), os.path.join(copy, "tests"), dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "results"))
+    if retry_survivors:
+        print(f"{module}: {_retry_survivors(session)} survivors to run again")
     config = os.path.join(WORK, module, "config.toml")
     subprocess.run([_tool("cosmic-ray"), "exec", config, session], cwd=copy, check=True)
 
@@ -126,24 +187,49 @@ def report(module: str) -> dict | None:
         return None
     dump = subprocess.run([_tool("cosmic-ray"), "dump", session], capture_output=True, text=True, check=True)
     counts = {"killed": 0, "survived": 0, "pending": 0, "skipped": 0, "unsampled": 0}
-    survivors = []
+    survivors, outcomes = [], {}
     for line in dump.stdout.splitlines():
         item, result = json.loads(line)
+        m = item["mutations"][0]
         if result is None:
             counts["pending"] += 1
         elif result["worker_outcome"] == "skipped":
             counts["unsampled" if result.get("output") == "unsampled" else "skipped"] += 1
         elif result["worker_outcome"] != "normal" or result["test_outcome"] != "survived":
             counts["killed"] += 1  # a test failed, timed out, or the mutant could not even be imported
+            outcomes[_key(m)] = {"line": m["start_pos"][0], "outcome": "killed"}
         else:
             counts["survived"] += 1
-            m = item["mutations"][0]
             survivors.append({"line": m["start_pos"][0], "operator": m["operator_name"].split("/")[-1],
                               "diff": "".join(l for l in (result.get("diff") or "").splitlines(True)
                                               if l[:1] in "+-" and l[:3] not in ("+++", "---")).strip()})
+            outcomes[_key(m)] = {"line": m["start_pos"][0], "outcome": "survived", "diff": survivors[-1]["diff"]}
+    _save_results(module, outcomes)
     done = counts["killed"] + counts["survived"]
     return {"module": module, "mutants": done, **counts,
             "score": round(counts["killed"] / done, 3) if done else None, "survivors": survivors}
+
+
+def _save_results(module: str, outcomes: dict) -> None:
+    """RESULTS/MODULE.json: this session's outcomes merged into those already recorded for the same source
+    (written whole, then renamed)."""
+    source = os.path.join(WORK, module, "pristine.py")
+    if not outcomes or not os.path.exists(source):
+        return
+    path, sha = os.path.join(RESULTS, f"{module}.json"), _sha256(source)
+    mutants = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if saved["sha256"] == sha:
+            mutants = saved["mutants"]
+    mutants.update(outcomes)
+    os.makedirs(RESULTS, exist_ok=True)
+    head = json.dumps({"source": MODULES[module][0], "sha256": sha, "tests": MODULES[module][1]})[:-1]
+    lines = [f"{json.dumps(k)}: {json.dumps(v)}" for k, v in sorted(mutants.items(), key=lambda kv: (kv[1]["line"], kv[0]))]
+    with open(path + ".tmp", "w") as f:  # a mutant a line, so that a rerun's changes read as a diff
+        f.write(head + ', "mutants": {\n' + ",\n".join(lines) + "\n}}\n")
+    os.replace(path + ".tmp", path)
 
 
 def main() -> int:
@@ -153,6 +239,8 @@ def main() -> int:
     parser.add_argument("--sample", type=int, default=None, metavar="N",
                         help="a new session runs only N mutants drawn at random (seed 0): an estimate of the "
                         "score in less time")
+    parser.add_argument("--retry-survivors", action="store_true",
+                        help="run the survivors again, with the tests as they are now (after adding tests for them)")
     parser.add_argument("--list", action="store_true", help="the modules and their tests")
     args = parser.parse_args()
     if args.list:
@@ -165,7 +253,7 @@ def main() -> int:
         parser.error(f"name modules from {', '.join(MODULES)} (or all); got {unknown or 'none'}")
     for module in modules:
         if not args.report:
-            run(module, args.sample)
+            run(module, args.sample, args.retry_survivors)
         r = report(module)
         if r is None:
             print(f"{module}: no session yet")
