@@ -316,6 +316,10 @@ def test_hf_configs_of_a_pair_are_checked_and_exports_are_laid_out(tiny_config, 
         model_fields_from_hf({**disc, "hidden_act": "relu"}, gen)
     with pytest.raises(HFFormatError, match="is not the one electra-jax derives"):
         model_fields_from_hf(disc, {**gen, "num_attention_heads": 2, "intermediate_size": 64})
+    for d_vocab, g_vocab in ((2048, 1024), (1024, 2048)):  # either one larger
+        with pytest.raises(HFFormatError, match=rf"cannot share embeddings \(vocab_size: discriminator {d_vocab}, "
+                           rf"generator {g_vocab}\)"):
+            model_fields_from_hf({**disc, "vocab_size": d_vocab}, {**gen, "vocab_size": g_vocab})
 
     params = nn.unbox(init_params(Electra(spec), jax.random.key(0), 8, 4))
     written = export_pretrained(params, spec, str(tmp_path / "electra"), SAMPLE_TOKENIZER, "card",
