@@ -336,3 +336,33 @@ def test_hf_configs_of_a_pair_are_checked_and_exports_are_laid_out(tiny_config, 
     assert sorted(written) == ["mlm"] and os.listdir(tmp_path / "bert") == ["mlm"]
     config = json.loads((tmp_path / "bert" / "mlm" / "config.json").read_text())
     assert config[MLM_MARK] == "mlm" and config["hidden_size"] == 64 and config["dtype"] == "float32"
+
+
+@pytest.mark.parametrize("kind,pooling,head,hf_class", [
+    ("sequence_classifier", "cls", "hf", "ElectraForSequenceClassification"),
+    ("token_classifier", "tokens", "paper", "ElectraForTokenClassification"),
+])
+def test_fine_tuned_heads_export_exactly(tiny_config, tmp_path, kind, pooling, head, hf_class):
+    """Every weight of a classifier's head is mapped: transformers loads the export with no missing or
+    unexpected keys and computes our logits (the heads' weights perturbed, so none is left at init)."""
+    from electra_jax.data import SAMPLE_TOKENIZER
+    from electra_jax.hf import export_model
+    from electra_jax.model import Classifier
+
+    spec = _spec(tiny_config, 32)
+    ids, seg, mask = _inputs(3)
+    model = Classifier(spec, 3, pooling, head)
+    params = nn.unbox(model.init({"params": jax.random.key(0)}, ids, seg, mask)["params"])
+    rng = np.random.default_rng(4)
+    params = jax.tree.map(lambda p: np.asarray(p) + rng.normal(0, 0.05, p.shape).astype(np.float32), params)
+    out = export_model(params, spec, kind, str(tmp_path / kind), SAMPLE_TOKENIZER, "test",
+                       extra_config={"architectures": [hf_class], "num_labels": 3})
+    hf, info = getattr(transformers, hf_class).from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    ours = np.asarray(model.apply({"params": params}, ids, seg, mask, True))
+    with torch.no_grad():
+        theirs = hf(input_ids=torch.tensor(ids).long(), token_type_ids=torch.tensor(seg).long(),
+                    attention_mask=torch.tensor(mask).long()).logits.numpy()
+    if pooling == "tokens":
+        ours, theirs = ours[mask > 0], theirs[mask > 0]
+    np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=1e-5)
