@@ -39,6 +39,15 @@ def test_disc_loss_matches_numpy():
     np.testing.assert_allclose(disc_loss(logits, labels, mask), expected, rtol=1e-6)
 
 
+def test_both_losses_add_the_originals_1e_6_to_their_denominators():
+    """One slot, one token, logits 0: CE = log 4 and log 2 exactly, divided by 1 + 1e-6 as the original's
+    `tf.reduce_sum(weights) + 1e-6` (a sign flip there is 12 float32 ulps off)."""
+    got, _ = mlm_loss(jnp.zeros((1, 1, 4)), jnp.array([[2]]), jnp.ones((1, 1)))
+    np.testing.assert_allclose(got, np.log(4) / (1 + 1e-6), rtol=3e-7)
+    got = disc_loss(jnp.zeros((1, 1)), jnp.array([[1]]), jnp.ones((1, 1)))
+    np.testing.assert_allclose(got, np.log(2) / (1 + 1e-6), rtol=3e-7)
+
+
 def test_an_unknown_sampler_is_refused():
     with pytest.raises(ValueError, match="unknown sampler 'multinomial'"):
         sample_tokens(jax.random.key(0), jnp.zeros((1, 2, 5)), sampler="multinomial")
