@@ -366,3 +366,20 @@ def test_fine_tuned_heads_export_exactly(tiny_config, tmp_path, kind, pooling, h
     if pooling == "tokens":
         ours, theirs = ours[mask > 0], theirs[mask > 0]
     np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_a_pytorch_bin_that_unpickles_objects_is_refused(tmp_path):
+    """A legacy pytorch_model.bin is read with torch's weights-only unpickler: a global reference (here
+    `print`, harmless; in an attack, a callable run while unpickling) is refused, never resolved."""
+    import json
+    import pickle
+
+    from electra_jax.hf import read_pretrained
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "electra"}))
+    torch.save({"w": torch.zeros(2), "payload": print}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        read_pretrained(str(tmp_path))
+    torch.save({"w": torch.ones(2, dtype=torch.float16)}, tmp_path / "pytorch_model.bin")
+    config, state = read_pretrained(str(tmp_path))
+    assert state["w"].dtype == np.float32 and state["w"].tolist() == [1.0, 1.0]
