@@ -130,6 +130,8 @@ def test_export_and_read_back_through_gfile(tiny_config, tmp_path, monkeypatch):
     gfile = host_tf().io.gfile
     uploads, copy = [], gfile.copy
     monkeypatch.setattr(gfile, "copy", lambda src, dst, *a, **k: (uploads.append(dst), copy(src, dst, *a, **k)))
+    listdir = os.listdir  # config.json listed first, so that only the export's own ordering puts it last
+    monkeypatch.setattr(os, "listdir", lambda path: sorted(listdir(path), key=lambda n: n != "config.json"))
     remote = export_model(params, spec, "discriminator", "ram://export-test/disc", SAMPLE_TOKENIZER, "card")
     monkeypatch.undo()
     # config.json last: an upload cut short leaves no config.json, so from_pretrained refuses it.

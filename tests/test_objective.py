@@ -48,9 +48,10 @@ def test_both_losses_add_the_originals_1e_6_to_their_denominators():
     np.testing.assert_allclose(got, np.log(2) / (1 + 1e-6), rtol=3e-7)
 
 
-def test_an_unknown_sampler_is_refused():
-    with pytest.raises(ValueError, match="unknown sampler 'multinomial'"):
-        sample_tokens(jax.random.key(0), jnp.zeros((1, 2, 5)), sampler="multinomial")
+@pytest.mark.parametrize("name", ["multinomial", "categorical"])  # after and before "gumbel" in order
+def test_an_unknown_sampler_is_refused(name):
+    with pytest.raises(ValueError, match=f"unknown sampler '{name}'"):
+        sample_tokens(jax.random.key(0), jnp.zeros((1, 2, 5)), sampler=name)
 
 
 @pytest.mark.parametrize("sampler", ["gumbel", "inverse_cdf"])
