@@ -107,6 +107,15 @@ def test_round_trip_and_scanned_layout(tiny_config):
         assert (back.vocab_size, back.embedding_size) == (spec.vocab_size, spec.embedding_size)
     with pytest.raises(HFFormatError, match="lacks"):
         from_hf_state_dict({}, spec, "generator")
+    # Four tensors missing: their count and the first three, in the order of the model.
+    gone = ["generator_lm_head.bias", "electra.embeddings.token_type_embeddings.weight",
+            "electra.embeddings.LayerNorm.bias", "electra.embeddings.position_embeddings.weight"]
+    partial = {k: v for k, v in to_hf_state_dict(params, spec, "generator").items() if k not in gone}
+    with pytest.raises(HFFormatError) as refused:
+        from_hf_state_dict(partial, spec, "generator")
+    assert str(refused.value) == ("the generator lacks 4 of its tensors, e.g. ['electra.embeddings.position_embeddings"
+                                  ".weight', 'electra.embeddings.token_type_embeddings.weight', "
+                                  "'electra.embeddings.LayerNorm.bias']")
     # Shapes are checked both ways: weights larger or smaller than the config says are refused.
     sd = to_hf_state_dict(params, spec, "discriminator")
     for intermediate in (128, 512):
@@ -314,8 +323,11 @@ def test_hf_configs_of_a_pair_are_checked_and_exports_are_laid_out(tiny_config, 
     disc, gen = hf_config(spec, "discriminator"), hf_config(spec, "generator")
     fields = model_fields_from_hf(disc, gen)
     assert (fields["hidden_size"], fields["generator_hidden_fraction"]) == (64, 0.5)
-    with pytest.raises(HFFormatError, match="hidden_act='relu'; electra-jax has gelu only"):
-        model_fields_from_hf({**disc, "hidden_act": "relu"}, gen)
+    # As read from config.json files (strings json made, not the literals hf_config wrote).
+    assert model_fields_from_hf(json.loads(json.dumps(disc)), json.loads(json.dumps(gen))) == fields
+    for act in ("relu", "elu"):  # after and before "gelu" in order
+        with pytest.raises(HFFormatError, match=f"hidden_act='{act}'; electra-jax has gelu only"):
+            model_fields_from_hf({**disc, "hidden_act": act}, gen)
     with pytest.raises(HFFormatError, match="is not the one electra-jax derives"):
         model_fields_from_hf(disc, {**gen, "num_attention_heads": 2, "intermediate_size": 64})
     for d_vocab, g_vocab in ((2048, 1024), (1024, 2048)):  # either one larger
