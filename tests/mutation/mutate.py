@@ -150,7 +150,7 @@ def _retry_survivors(session: str) -> int:
     import sqlite3
 
     with sqlite3.connect(session) as db:
-        return db.execute("DELETE FROM work_results WHERE worker_outcome = 'normal' AND test_outcome = 'survived'").rowcount
+        return db.execute("DELETE FROM work_results WHERE worker_outcome = 'NORMAL' AND test_outcome = 'SURVIVED'").rowcount
 
 
 def run(module: str, sample: int | None = None, retry_survivors: bool = False) -> None:
