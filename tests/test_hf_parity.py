@@ -397,3 +397,14 @@ def test_a_pytorch_bin_that_unpickles_objects_is_refused(tmp_path):
     torch.save({"w": torch.ones(2, dtype=torch.float16)}, tmp_path / "pytorch_model.bin")
     config, state = read_pretrained(str(tmp_path))
     assert state["w"].dtype == np.float32 and state["w"].tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])  # before and after "electra" in order
+def test_a_model_of_another_type_is_refused(tmp_path, model_type):
+    import json
+
+    from electra_jax.hf import read_pretrained
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    with pytest.raises(HFFormatError, match=f"config.json: model_type is '{model_type}', not 'electra'"):
+        read_pretrained(str(tmp_path))

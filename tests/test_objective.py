@@ -261,6 +261,32 @@ def test_a_discriminator_at_exactly_zero_predicts_nothing_replaced(tiny_config):
     np.testing.assert_allclose(got["disc_accuracy"], 1 - replaced / batch["input_mask"].sum(), rtol=1e-6)
 
 
+def test_the_training_loss_applies_dropout_unless_told_not_to(tiny_config):
+    """train_step calls electra_loss without `deterministic`: the default must be dropout on (tiny: 0.1)."""
+    model, ospec, params, batch = _tiny(tiny_config)
+    assert tiny_config.model.dropout_rate > 0
+    def loss(**deterministic):
+        return float(electra_loss(params, batch, jax.random.key(3), model=model, spec=ospec, **deterministic)[0])
+
+    assert loss() == loss(deterministic=False) != loss(deterministic=True)
+
+
+def test_a_saturated_discriminator_still_counts_in_the_auc(tiny_config):
+    """A logit of 30 gives a sigmoid of exactly 1.0 in float32, one past the last AUC bin: every real
+    token must still be counted (in the top bin), all tied, so the AUC is 0.5."""
+    from electra_jax.objective import eval_metrics, eval_statistics
+
+    model, ospec, params, batch = _tiny(tiny_config)
+    head = params["discriminator"]["dense_prediction"]
+    params = {**params, "discriminator": {**params["discriminator"], "dense_prediction": {
+        "kernel": jnp.zeros_like(head["kernel"]), "bias": jnp.full_like(head["bias"], 30.0)}}}
+    assert float(jax.nn.sigmoid(jnp.float32(30.0))) == 1.0
+    stats = eval_statistics(params, batch, jax.random.key(3), model=model, spec=ospec)
+    counted = np.asarray(stats["auc_positive"]) + np.asarray(stats["auc_negative"])
+    assert counted[-1] == batch["input_mask"].sum() and counted.sum() == counted[-1]
+    assert eval_metrics(stats)["disc_auc"] == pytest.approx(0.5)
+
+
 def _exact_auc(labels, scores):
     """Mann-Whitney AUC with ties counted one half: P(score of a positive > score of a negative)."""
     pos, neg = scores[labels == 1], scores[labels == 0]
