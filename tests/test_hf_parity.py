@@ -78,6 +78,9 @@ def test_round_trip_and_scanned_layout(tiny_config):
     params = nn.unbox(init_params(Electra(spec), jax.random.key(0), 8, 4))
     for tower in ("discriminator", "generator"):
         back = from_hf_state_dict(to_hf_state_dict(params, spec, tower), spec, tower)
+        # Every tensor of the tower and the shared embeddings comes back (and each equals the original).
+        assert sorted(back) == sorted(["embeddings", tower])
+        assert len(jax.tree.leaves(back)) == len(jax.tree.leaves([params["embeddings"], params[tower]]))
         for path, leaf in jax.tree_util.tree_leaves_with_path(back):
             expected = params
             for k in path:

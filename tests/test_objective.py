@@ -101,6 +101,18 @@ def test_inverse_cdf_stays_in_its_block_and_vocabulary_at_the_top_of_u(monkeypat
     assert got.tolist() == [token]
 
 
+def test_a_uniform_draw_of_exactly_zero_samples_no_impossible_token(monkeypatch):
+    """jax.random.uniform returns exactly 0 with probability 2^-23 per draw: several times a step for
+    Gumbel over a 30,522-token vocabulary. Gumbel: u = 0 must give a low score, not NaN (which argmax
+    would pick). Inverse CDF: u = 0 must skip leading tokens of probability 0 (a disallowed token)."""
+    u = jnp.full((1, 5), 0.5).at[0, 2].set(0.0)  # token 2 drew 0; the others tie, so argmax is token 0
+    monkeypatch.setattr(jax.random, "uniform", lambda rng, shape, dtype=jnp.float32: u.reshape(shape))
+    assert sample_tokens(jax.random.key(0), jnp.zeros((1, 5)), sampler="gumbel").tolist() == [0]
+    monkeypatch.setattr(jax.random, "uniform", lambda rng, shape, dtype=jnp.float32: jnp.zeros(shape, dtype))
+    got = sample_tokens(jax.random.key(0), jnp.zeros((1, 5)), disallow=jnp.array([0]), sampler="inverse_cdf")
+    assert got.tolist() == [1]
+
+
 @pytest.mark.parametrize("sampler", ["gumbel", "inverse_cdf"])
 def test_samplers_draw_from_the_tempered_softmax(sampler):
     """100,000 draws from 300 entries of which 296 have probability 0, at temperature 2 (logits are
