@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from electra_jax import config as config_lib
-from electra_jax.hf import (HFFormatError, from_hf_state_dict, hf_config, save_pretrained,
+from electra_jax.hf import (HFFormatError, _entries, from_hf_state_dict, hf_config, save_pretrained,
                             spec_from_hf_config, to_hf_state_dict)
 from electra_jax.model import Electra, init_params, unstack_layers
 
@@ -125,8 +125,17 @@ def test_round_trip_and_scanned_layout(tiny_config):
         other = dataclasses.replace(spec, discriminator=dataclasses.replace(spec.discriminator,
                                                                             intermediate_size=intermediate))
         expected = jax.eval_shape(lambda: nn.unbox(init_params(Electra(other), jax.random.key(0), 8, 4)))
-        with pytest.raises(HFFormatError, match=rf"intermediate.dense.weight \(256, 64\), expected \({intermediate}, 64\)"):
+        with pytest.raises(HFFormatError, match=rf"intermediate.dense.weight \(256, 64\), expected \({intermediate}, 64\)") as refused:
             from_hf_state_dict(sd, other, "discriminator", expected)
+        # 2 layers x (intermediate weight and bias, output weight) = 6 wrong; the first 4 are named.
+        assert str(refused.value).startswith("6 discriminator tensors have the wrong shape: ")
+        assert str(refused.value).count(", expected (") == 4
+    # Sizes above 256 are distinct int objects in CPython: equal sizes must still mean no projection.
+    wide = dataclasses.replace(spec, embedding_size=int("384"),
+                               discriminator=dataclasses.replace(spec.discriminator, hidden_size=int("384")))
+    wide_config = hf_config(wide, "discriminator")
+    assert wide_config["embedding_size"] == wide_config["hidden_size"] == 384
+    assert not any("embeddings_project" in key for _, key, _ in _entries(wide, "discriminator"))
 
 
 def test_export_and_read_back_through_gfile(tiny_config, tmp_path, monkeypatch):

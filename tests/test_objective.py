@@ -85,6 +85,9 @@ def test_inverse_cdf_sampling_matches_numpy():
     logits = np.random.default_rng(2).normal(size=(3, 5, 600)).astype(np.float32) * 2
     np.testing.assert_array_equal(sample_tokens(rng, logits, 0.5, sampler="inverse_cdf"),
                                   _np_inverse_cdf(rng, logits.astype(np.float64) / 0.5))
+    # Logits of ~100 (exp would overflow float32 unless the maximum is taken off first).
+    np.testing.assert_array_equal(sample_tokens(rng, logits + 100, 0.5, sampler="inverse_cdf"),
+                                  _np_inverse_cdf(rng, (logits + 100).astype(np.float64) / 0.5))
 
 
 # (u_block, u_token) -> the token: u at the very top of its range (which rounding of u x total can
@@ -194,6 +197,10 @@ def test_electra_loss_matches_numpy_recomputation(tiny_config):
     """Rebuild the loss from the model's logits with numpy: masking, labels and both losses."""
     model, ospec, params, batch = _tiny(tiny_config)
     batch = {k: v.copy() for k, v in batch.items()}
+    # A generator that favours token 2000, every other token 2000: some samples are right (see below).
+    params = {**params, "generator": {**params["generator"],
+                                      "output_bias": params["generator"]["output_bias"].at[2000].set(8.0)}}
+    batch["input_ids"][:, 1:-1:2] = 2000
     batch["input_ids"][1, 39], batch["input_ids"][1, 40:], batch["input_mask"][1, 40:] = 3, 0, 0  # padding
     rng = jax.random.key(3)
     loss, metrics = jax.jit(functools.partial(electra_loss, model=model, spec=ospec, deterministic=True))(
@@ -243,6 +250,7 @@ def test_electra_loss_matches_numpy_recomputation(tiny_config):
                 "disc_accuracy": ((pred == fake)[real].sum(), real.sum()),
                 "disc_precision": ((pred & fake).sum(), pred.sum()),
                 "disc_recall": ((pred & fake).sum(), fake.sum())}
+    assert expected["sampled_accuracy"][0] > 0.1 * expected["sampled_accuracy"][1]
     for name, pair in expected.items():
         np.testing.assert_allclose(metrics[name], pair, rtol=1e-6, err_msg=name)
     # What the loop logs: each pair's ratio.
@@ -312,11 +320,12 @@ def test_eval_metrics_match_a_numpy_reference(tiny_config):
 
     model, ospec, params, batch = _tiny(tiny_config)
     batch = {k: v.copy() for k, v in batch.items()}
-    # An untrained generator is never right: favour token 77 (output bias) and make every other token
-    # 77, so about half the slots are predicted correctly and the accuracies are not all 0.
+    # An untrained generator is never right: favour token 2000 (output bias) and make every other token
+    # 2000, so about half the slots are predicted correctly and the accuracies are not all 0 (a high id:
+    # most other targets are below the prediction, so "==" is not confused with ">=").
     params = jax.tree.map(lambda x: x, params)
-    params["generator"]["output_bias"] = params["generator"]["output_bias"].at[77].set(8.0)
-    batch["input_ids"][:, 1:-1:2] = 77
+    params["generator"]["output_bias"] = params["generator"]["output_bias"].at[2000].set(8.0)
+    batch["input_ids"][:, 1:-1:2] = 2000
     batch["input_mask"][1, 40:] = 0  # padding inside a real row
     batch["input_ids"][1, 40:] = 0
     for k in batch:  # an all-padding row, as the eval reader appends: it must count nowhere
