@@ -307,6 +307,38 @@ def test_a_saturated_discriminator_still_counts_in_the_auc(tiny_config):
     assert eval_metrics(stats)["disc_auc"] == pytest.approx(0.5)
 
 
+def test_eval_metrics_from_hand_counted_sums():
+    """Counts of exactly one (one masked slot, one token predicted replaced) are ratios like any other;
+    AUC from two bins: 2 positives above 1 of 3 negatives, tied with 2 -> (2 x (1 + 0.5 x 2)) / 6."""
+    from electra_jax.objective import eval_metrics
+
+    auc_positive, auc_negative = np.zeros(1000), np.zeros(1000)
+    auc_positive[900], auc_negative[100], auc_negative[900] = 2, 1, 2
+    got = eval_metrics({"mlm_correct": 1, "mlm_weight": 1, "mlm_nll_sum": 0.5, "sampled_correct": 1,
+                        "disc_loss_sum": 0.3, "examples": 1, "disc_correct": 4, "tokens": 5,
+                        "true_positives": 1, "predicted_fake": 1, "true_fake": 2,
+                        "auc_positive": auc_positive, "auc_negative": auc_negative})
+    assert got == pytest.approx({"masked_lm_accuracy": 1.0, "masked_lm_loss": 0.5, "sampled_masked_lm_accuracy": 1.0,
+                                 "disc_loss": 0.3, "disc_auc": 4 / 6, "disc_accuracy": 0.8,
+                                 "disc_precision": 1.0, "disc_recall": 0.5})
+
+
+def test_names_typed_on_the_command_line_work_like_literals(tiny_config):
+    """A --config override makes a new str at run time (not an interned literal): the sampler and the
+    objective's name must be compared by value."""
+    import dataclasses
+
+    typed = "".join  # builds the str at run time, as argv parsing does
+    logits = jnp.zeros((1, 2, 5))
+    for sampler in ("gumbel", "inverse_cdf"):
+        assert sample_tokens(jax.random.key(0), logits, sampler=typed(list(sampler))).shape == (1, 2)
+    tiny_config.objective.name = "mlm"
+    model, ospec, params, batch = _tiny(tiny_config)
+    ospec = dataclasses.replace(ospec, name=typed(["m", "l", "m"]))
+    _, metrics = electra_loss(params, batch, jax.random.key(3), model=model, spec=ospec, deterministic=True)
+    assert "disc_loss" not in metrics and "mlm_loss" in metrics
+
+
 def _exact_auc(labels, scores):
     """Mann-Whitney AUC with ties counted one half: P(score of a positive > score of a negative)."""
     pos, neg = scores[labels == 1], scores[labels == 0]
