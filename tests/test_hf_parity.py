@@ -355,7 +355,7 @@ def test_hf_configs_of_a_pair_are_checked_and_exports_are_laid_out(tiny_config, 
     assert config["dtype"] == "bfloat16" and config["architectures"] == ["ElectraForMaskedLM"]
     assert MLM_MARK not in config
 
-    tiny_config.objective.name = "mlm"
+    tiny_config.objective.name = "".join(["ml", "m"])  # as typed on the command line: not an interned str
     mlm_spec = config_lib.model_spec(tiny_config)
     mlm_params = nn.unbox(init_params(Electra(mlm_spec), jax.random.key(0), 8, 4))
     written = export_pretrained(mlm_params, mlm_spec, str(tmp_path / "bert"), SAMPLE_TOKENIZER, "card")
@@ -419,4 +419,17 @@ def test_a_model_of_another_type_is_refused(tmp_path, model_type):
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
     with pytest.raises(HFFormatError, match=f"config.json: model_type is '{model_type}', not 'electra'"):
+        read_pretrained(str(tmp_path))
+
+
+def test_a_pytorch_bin_without_torch_installed_says_what_to_do(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    from electra_jax.hf import read_pretrained
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "electra"}))
+    (tmp_path / "pytorch_model.bin").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    with pytest.raises(HFFormatError, match="reading .bin weights needs torch; install it or convert the model to safetensors"):
         read_pretrained(str(tmp_path))
