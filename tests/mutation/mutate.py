@@ -113,9 +113,9 @@ def _sha256(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def _key(mutation: dict) -> str:
+def _key(operator_name: str, occurrence: int) -> str:
     """A mutant's name, the same in every session on the same source: operator and occurrence."""
-    return f"{mutation['operator_name']}#{mutation['occurrence']}"
+    return f"{operator_name}#{occurrence}"
 
 
 def _reuse_killed(module: str, session: str, source: str) -> int:
@@ -136,8 +136,7 @@ def _reuse_killed(module: str, session: str, source: str) -> int:
     n = 0
     with use_db(session, WorkDB.Mode.open) as db:
         for item in list(db.pending_work_items):
-            if _key({"operator_name": item.mutations[0].operator_name,
-                     "occurrence": item.mutations[0].occurrence}) in killed:
+            if _key(item.mutations[0].operator_name, item.mutations[0].occurrence) in killed:
                 db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.NORMAL,
                                                       test_outcome=TestOutcome.KILLED,
                                                       output=f"killed in an earlier session ({path})"))
@@ -197,13 +196,13 @@ def report(module: str) -> dict | None:
             counts["unsampled" if result.get("output") == "unsampled" else "skipped"] += 1
         elif result["worker_outcome"] != "normal" or result["test_outcome"] != "survived":
             counts["killed"] += 1  # a test failed, timed out, or the mutant could not even be imported
-            outcomes[_key(m)] = {"line": m["start_pos"][0], "outcome": "killed"}
+            outcomes[_key(m["operator_name"], m["occurrence"])] = {"line": m["start_pos"][0], "outcome": "killed"}
         else:
             counts["survived"] += 1
             survivors.append({"line": m["start_pos"][0], "operator": m["operator_name"].split("/")[-1],
                               "diff": "".join(l for l in (result.get("diff") or "").splitlines(True)
                                               if l[:1] in "+-" and l[:3] not in ("+++", "---")).strip()})
-            outcomes[_key(m)] = {"line": m["start_pos"][0], "outcome": "survived", "diff": survivors[-1]["diff"]}
+            outcomes[_key(m["operator_name"], m["occurrence"])] = {"line": m["start_pos"][0], "outcome": "survived", "diff": survivors[-1]["diff"]}
     _save_results(module, outcomes)
     done = counts["killed"] + counts["survived"]
     return {"module": module, "mutants": done, **counts,
