@@ -352,6 +352,7 @@ def _export_command(args) -> None:
     card = "\n".join([
         f"Pretrained with electra-jax for {step} steps ("
         + ("masked language modelling, the BERT baseline)." if config.objective.get("name") == "mlm"
+           else "replaced-token detection, fakes drawn uniformly)." if config.objective.get("uniform_generator")
            else "replaced-token detection)."),
         data,
         f"Model: {config.model.num_layers} layers, hidden {config.model.hidden_size}, embeddings "

@@ -100,6 +100,11 @@ def default_config() -> ml_collections.ConfigDict:
     o.disc_weight = 50.0
     o.temperature = 1.0
     o.disallow_correct = False
+    # The original's `uniform_generator` ablation: fakes drawn uniformly from the whole vocabulary (the
+    # original's all-zero generator logits), no generator parameters, nothing but the discriminator
+    # trained; the MLM metrics are then those of zero logits (loss log V). A baseline for the learned
+    # generator at a given scale.
+    o.uniform_generator = False
     # How a token is drawn from the generator at each masked slot; both draw from softmax(logits / T).
     # "gumbel" is the original's argmax(logits + Gumbel noise): a random word and two logs per
     # vocabulary entry. "inverse_cdf" needs two per slot: 10x cheaper on the CPU (BENCHMARKS.md).
@@ -185,6 +190,7 @@ class ModelSpec:
     remat_policy: str = "none"
     attention: str = "xla"
     objective: str = "electra"  # "mlm": no discriminator; `generator` is the full-size masked LM
+    uniform_generator: bool = False  # no generator module: its logits are zeros (objective.uniform_generator)
 
 
 def generator_encoder(m: ml_collections.ConfigDict) -> EncoderSpec:
@@ -218,6 +224,7 @@ def model_spec(config: ml_collections.ConfigDict) -> ModelSpec:
         remat_policy=m.remat_policy,
         attention=m.attention,
         objective="mlm" if mlm else "electra",
+        uniform_generator=not mlm and bool(config.objective.get("uniform_generator", False)),
     )
 
 
@@ -348,6 +355,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
            f"must be in [0, 1 - mask_token_prob = {1 - o.mask_token_prob:g}], got {random_prob} "
            "(BERT: mask_token_prob=0.8, random_token_prob=0.1)")
     _check(o.temperature > 0, "objective.temperature", f"must be > 0, got {o.temperature}")
+    _check(not (o.get("uniform_generator", False) and name == "mlm"), "objective.uniform_generator",
+           "is an ELECTRA ablation; the \"mlm\" objective has no sampled fakes (set one or the other)")
     _check(o.sampler in SAMPLERS, "objective.sampler", f"{o.sampler!r} is not one of {SAMPLERS}")
     _check(max_predictions_per_seq(config) >= 1, "objective.mask_prob",
            f"{o.mask_prob} x seq_len {config.data.seq_len} leaves no slot to mask")

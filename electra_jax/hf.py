@@ -333,7 +333,8 @@ def export_model(params, spec: ModelSpec, kind: str, out_dir: str, tokenizer_pat
 
 def export_pretrained(params, spec: ModelSpec, out_dir: str, tokenizer_path: str, card: str,
                       dtype=np.float32, pad_token_id: int = 0) -> dict[str, str]:
-    """Write OUT/discriminator and OUT/generator (each as `export_model`); for the "mlm" objective
+    """Write OUT/discriminator and OUT/generator (each as `export_model`; a uniform generator has no
+    weights, so no OUT/generator); for the "mlm" objective
     OUT/mlm, the full-size ElectraForMaskedLM, marked in its config.json so that fine-tuning takes it."""
     import os
 
@@ -342,4 +343,4 @@ def export_pretrained(params, spec: ModelSpec, out_dir: str, tokenizer_path: str
                                     card, dtype, pad_token_id, extra_config={MLM_MARK: "mlm"})}
     return {tower: export_model(params, spec, tower, os.path.join(out_dir, tower), tokenizer_path, card,
                                 dtype, pad_token_id)
-            for tower in TOWERS}
+            for tower in TOWERS if tower == "discriminator" or not spec.uniform_generator}

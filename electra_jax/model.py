@@ -231,12 +231,15 @@ class Electra(nn.Module):
 
     def setup(self):
         self.embeddings = Embeddings(self.spec)
-        self.generator = Generator(self.spec)  # with objective "mlm": the full-size masked LM
+        if not self.spec.uniform_generator:
+            self.generator = Generator(self.spec)  # with objective "mlm": the full-size masked LM
         if self.spec.objective != "mlm":
             self.discriminator = Discriminator(self.spec)
 
     def generator_logits(self, input_ids, segment_ids, input_mask, positions, deterministic=True):
-        """Logits [B, N, V] (fp32) at `positions` [B, N]."""
+        """Logits [B, N, V] (fp32) at `positions` [B, N]; zeros with a uniform generator (the original's)."""
+        if self.spec.uniform_generator:
+            return jnp.zeros((*positions.shape, self.spec.vocab_size), jnp.float32)
         embedded = self.embeddings(input_ids, segment_ids)
         return self.generator(embedded, input_mask, positions, self.embeddings.word_embeddings,
                               deterministic)

@@ -443,6 +443,10 @@ def import_hf(discriminator_dir: str, generator_dir: str, workdir: str, config: 
     from electra_jax.hf import from_hf_state_dict, model_fields_from_hf, read_pretrained
     from electra_jax.model import stack_layers, unstack_layers
 
+    requested = config_lib.model_spec(config)
+    if requested.objective != "electra" or requested.uniform_generator:
+        raise TrainingError("import writes an ELECTRA pair (a learned generator and a discriminator); the "
+                            "config asks for objective.name=mlm or objective.uniform_generator: drop that")
     disc_config, disc_weights = read_pretrained(discriminator_dir)
     gen_config, gen_weights = read_pretrained(generator_dir)
     fields = model_fields_from_hf(disc_config, gen_config)

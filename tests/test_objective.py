@@ -471,3 +471,61 @@ def test_an_unknown_objective_and_too_many_random_tokens_are_refused(tiny_config
     tiny_config.objective.random_token_prob = 0.2  # with mask_token_prob 0.85: 105% of the slots
     with pytest.raises(config_lib.ConfigError, match=r"random_token_prob.*0.15"):
         config_lib.validate(tiny_config)
+
+
+def test_uniform_generator_draws_fakes_uniformly_and_trains_only_the_discriminator(tiny_config):
+    """objective.uniform_generator, the original's ablation (`uniform_generator`: all-zero generator
+    logits over the whole vocabulary): no generator parameters, MLM loss log V (a constant, no
+    gradient), every vocabulary id equally likely as a fake, loss = gen_weight log V + 50 x the BCE
+    (numpy), and the FLOPs of the discriminator alone (by hand)."""
+    from scipy import stats
+
+    from electra_jax.flops import train_flops_per_sequence
+    from electra_jax.objective import forward
+
+    vocab = 32
+    tiny_config.model.vocab_size = vocab
+    tiny_config.objective.uniform_generator = True
+    config_lib.validate(tiny_config)
+    spec, objective = config_lib.model_spec(tiny_config), config_lib.objective_spec(tiny_config)
+    model = Electra(spec)
+    params = jax.jit(lambda k: nn.unbox(init_params(model, k, 64, objective.max_predictions)))(jax.random.key(0))
+    assert sorted(params) == ["discriminator", "embeddings"]
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, vocab, (64, 64)).astype(np.int32)
+    ids[:, 0], ids[:, -1] = 2, 3
+    mask = np.ones_like(ids)
+    mask[:8, 40:] = 0  # some padding, which the BCE must leave out
+    batch = {"input_ids": jnp.asarray(ids), "segment_ids": jnp.zeros_like(ids), "input_mask": jnp.asarray(mask)}
+    run = jax.jit(lambda p, k: forward(p, batch, k, model=model, spec=objective))
+    draws = []
+    for seed in range(4):
+        f = run(params, jax.random.key(seed))
+        np.testing.assert_allclose(float(f.mlm_loss), np.log(vocab), rtol=1e-6)
+        logits, fake = np.asarray(f.disc_logits, np.float64), np.asarray(f.is_fake)
+        bce = np.logaddexp(0, logits) - fake * logits
+        disc = (bce * mask).sum() / mask.sum()
+        np.testing.assert_allclose(float(f.disc_loss), disc, rtol=1e-5)
+        np.testing.assert_allclose(float(f.loss), np.log(vocab) + 50 * disc, rtol=1e-5)
+        draws.append(np.asarray(f.sampled)[np.asarray(f.masked.weights) > 0])
+    counts = np.bincount(np.concatenate(draws), minlength=vocab)
+    assert counts.sum() > 1500 and counts.min() > 0  # special ids too, as the original's zero logits
+    assert stats.chisquare(counts).pvalue > 1e-4
+
+    grads = jax.grad(lambda p: forward(p, batch, jax.random.key(0), model=model, spec=objective).loss)(params)
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+    assert np.abs(grads["discriminator"]["encoder"]["layer_0"]["output"]["kernel"]).sum() > 0
+
+    h, s = 64, 32
+    disc_only = 6 * 2 * (4 * h * h + 2 * h * 256) * s + 12 * 2 * s * h * s + 6 * 32 * h * s + s * 6 * (h * h + h)
+    assert train_flops_per_sequence(spec, s, 9) == disc_only
+
+
+def test_a_uniform_generator_is_refused_with_the_mlm_objective(tiny_config):
+    tiny_config.objective.uniform_generator = True
+    tiny_config.objective.name = "mlm"
+    with pytest.raises(config_lib.ConfigError, match="objective.uniform_generator"):
+        config_lib.validate(tiny_config)
+    with pytest.raises(config_lib.ConfigError, match="uniform_generator"):  # typed on the command line
+        config_lib.load_config("tiny", ["--config.objective.uniform_generator=yes"])

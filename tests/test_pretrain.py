@@ -382,6 +382,26 @@ def test_skip_nonfinite_skips_inside_the_loop_and_stops_after_too_many(data_dir,
         np.testing.assert_array_equal(a, b)  # the skipped steps changed nothing
 
 
+def test_a_uniform_generator_pretrains_the_discriminator_alone_and_exports_it(data_dir, tmp_path):
+    """objective.uniform_generator end to end: no generator in the checkpoint, the discriminator's
+    eval metrics, and an export of the discriminator alone (there is no generator to write)."""
+    transformers = pytest.importorskip("transformers")
+    workdir = tmp_path / "w"
+    result = pretrain(_config(data_dir, "--config.num_train_steps=4", "--config.objective.uniform_generator=True"),
+                      str(workdir), devices=jax.devices()[:1], progress=False)
+    assert 0.0 <= result["eval"]["disc_auc"] <= 1.0
+    assert abs(result["eval"]["masked_lm_loss"] - np.log(2048)) < 1e-4  # zero logits over the vocabulary
+    assert sorted(_params(workdir, 4)) == ["discriminator", "embeddings"]
+    done = subprocess.run([sys.executable, "-m", "electra_jax.cli", "export", "--workdir", "w", "--out", "hf"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(os.listdir(tmp_path / "hf")) == ["discriminator"]
+    assert "fakes drawn uniformly" in (tmp_path / "hf" / "discriminator" / "README.md").read_text()
+    _, info = transformers.ElectraForPreTraining.from_pretrained(str(tmp_path / "hf" / "discriminator"),
+                                                                output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
 def test_mlm_objective_pretrains_exports_and_is_a_fine_tuning_init(data_dir, tmp_path):
     """The BERT baseline end to end: pretrain (no discriminator), export as one full-size
     ElectraForMaskedLM that transformers loads whole and fills masks with, and fine-tuning takes its

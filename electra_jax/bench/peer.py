@@ -31,6 +31,10 @@ def torch_electra(spec: ModelSpec, device: str = "cpu", params=None):
 
     from electra_jax.hf import hf_config, to_hf_state_dict
 
+    if spec.objective != "electra" or spec.uniform_generator:
+        raise ValueError("the PyTorch peer is ELECTRA with a learned generator: not objective.name=mlm "
+                         "or objective.uniform_generator")
+
     towers = {}
     for tower, cls in (("discriminator", transformers.ElectraForPreTraining),
                        ("generator", transformers.ElectraForMaskedLM)):
