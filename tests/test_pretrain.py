@@ -400,6 +400,12 @@ def test_a_uniform_generator_pretrains_the_discriminator_alone_and_exports_it(da
     _, info = transformers.ElectraForPreTraining.from_pretrained(str(tmp_path / "hf" / "discriminator"),
                                                                 output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
+    from electra_jax.pretrain import import_hf
+
+    with pytest.raises(TrainingError, match="uniform_generator"):  # before any file is read
+        import_hf("no/discriminator", "no/generator", str(tmp_path / "never"),
+                  _config(data_dir, "--config.objective.uniform_generator=True"))
+    assert not (tmp_path / "never").exists()
 
 
 def test_mlm_objective_pretrains_exports_and_is_a_fine_tuning_init(data_dir, tmp_path):
