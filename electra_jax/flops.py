@@ -41,9 +41,8 @@ def train_flops_per_sequence(spec: ModelSpec, seq_len: int, num_predictions: int
     """Forward + backward FLOPs of one pretraining example (generator + discriminator; with the "mlm"
     objective the full-size masked LM alone; with a uniform generator the discriminator alone)."""
     d, g, e, v = spec.discriminator, spec.generator, spec.embedding_size, spec.vocab_size
-    gen = _encoder(g, e, seq_len) + num_predictions * 6 * (g.hidden_size * e + e * v)
-    if spec.uniform_generator:  # no generator to run: its logits are constants
-        gen = 0
+    # A uniform generator runs nothing: its logits are constants.
+    gen = 0 if spec.uniform_generator else _encoder(g, e, seq_len) + num_predictions * 6 * (g.hidden_size * e + e * v)
     if spec.objective == "mlm":
         return float(gen)
     disc = _encoder(d, e, seq_len) + seq_len * 6 * (d.hidden_size * d.hidden_size + d.hidden_size)
