@@ -71,6 +71,33 @@ def _testament_task(tmp_path):
     return tmp_path / "train.csv", tmp_path / "test.csv"
 
 
+def test_the_results_table_reads_as_markdown_with_electras_gains_in_points():
+    """results.md: each section its own block (a paragraph right after a table renders as one of its
+    rows, as the 2026-12-02 results.md did), and ELECTRA's median minus random's and MLM's."""
+    from electra_jax.experiments.pretraining_helps import report
+
+    cell = lambda init, acc: {"task": "topic", "labels": "100", "init": init, "median": acc[1], "min": acc[0],
+                              "max": acc[2]}
+    results = {"pretrain_steps": {"electra": 4500, "mlm": 4921}, "pretrain_flops": {"electra": 1.3e14, "mlm": 1.3e14},
+               "pretrain_seconds": {"electra": 3397, "mlm": 4168}, "seconds": 60, "seeds": 3, "date": "2026-12-03",
+               "machine": "1 cpu device(s), 2 CPU cores",
+               "cells": [cell("random", (0.167, 0.184, 0.207)), cell("mlm", (0.161, 0.168, 0.182)),
+                         cell("electra", (0.231, 0.235, 0.249))],
+               "dev": {"topic": {"random": {"pooling=cls": 0.5, "pooling=mean": 0.6}}},
+               "probe": [{"task": "topic", "labels": "100", "init": "random", "accuracy": 0.099}]}
+    text = report(results)
+    assert text.startswith("# pretraining-helps, 2026-12-03, 1 cpu device(s), 2 CPU cores\n\n")
+    assert "ELECTRA 4,500 steps, 1.3e+14 FLOPs, 3,397 s; MLM 4,921 steps, 1.3e+14 FLOPs, 4,168 s" in text
+    # 0.235 - 0.184 = +5.1 points, 0.235 - 0.168 = +6.7
+    assert ("| topic | 100 | 0.184 [0.167, 0.207] | 0.168 [0.161, 0.182] | 0.235 [0.231, 0.249] | +5.1 | +6.7 |\n\n"
+            "Dev split") in text
+    assert "**pooling=mean 0.600**" in text and "\n\nLinear probe" in text and "| topic | 100 | 0.099 |  |  |" in text
+    for block in text.strip().split("\n\n"):  # a table block holds table rows only
+        lines = block.splitlines()
+        if lines[0].startswith("|"):
+            assert all(line.startswith("|") for line in lines), block
+
+
 def test_pretraining_helps_runs_in_short_form(tmp_path):
     """The whole experiment at a toy budget: vocabulary, examples, ELECTRA and the MLM baseline at equal
     FLOPs, fine-tuning from random / MLM / ELECTRA on a class-balanced label subset, table and plot."""
@@ -107,7 +134,8 @@ def test_pretraining_helps_runs_in_short_form(tmp_path):
     for c in cells.values():
         assert c["task"] == "testament" and c["train_examples"] == 16 and 0 <= c["median"] <= 1
     table = (tmp_path / "x" / "results.md").read_text()
-    assert table.startswith("| task | labels | random | mlm | electra |") and "| testament | 16 |" in table
+    assert table.startswith("# pretraining-helps, ") and "\n| task | labels | random | mlm | electra |" in table
+    assert "| testament | 16 |" in table and f"MLM {results['pretrain_steps']['mlm']:,} steps" in table
     assert (tmp_path / "x" / "results.png").stat().st_size > 10_000
     # The interrupted cell was started again from nothing; each cell is scored once, after its last epoch.
     assert "testament/16/electra: unfinished, starting it again" in out.stdout

@@ -406,16 +406,25 @@ def run(config, out: str, corpus: list[str], tasks: list[Task], *, steps: int | 
                             "dev_budget": dev_budget},
                "dev": dev_scores, "probe": probes,
                "corpus": corpus, "tasks": [dataclasses.asdict(t) for t in tasks], "cells": cells,
-               "seconds": round(time.perf_counter() - start)}
+               "seconds": round(time.perf_counter() - start), "machine": _machine(),
+               "date": time.strftime("%Y-%m-%d")}
     log("6/6 results")
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
-    table = markdown(cells) + dev_markdown(dev_scores) + probe_markdown(probes)
+    table = report(results)
     with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(table + "\n")
+        f.write(table)
     plot(results, out)
     log(table)
     return results
+
+
+def _machine() -> str:
+    """What the numbers were measured on, e.g. "1 cpu device(s), 2 CPU cores"."""
+    import jax
+
+    return (f"{jax.device_count()} {jax.devices()[0].device_kind} device(s), "
+            f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} CPU cores")
 
 
 def _source(out: str, init: str) -> str:
@@ -433,11 +442,25 @@ def _budget_file(out: str, task: str, rows: list[dict], budget: int | None) -> t
     return path, label, len(subset)
 
 
+def report(results: dict) -> str:
+    """results.md: what was run where, the fine-tuned table, the dev scores, the probes. Sections are
+    separated by blank lines (a line right after a table would render as one of its rows)."""
+    steps, flops, seconds = results["pretrain_steps"], results["pretrain_flops"], results["pretrain_seconds"]
+    head = (f"# pretraining-helps, {results.get('date', '')}, {results.get('machine', '')}\n\n"
+            "Pretraining at equal FLOPs: " + "; ".join(
+                f"{name.upper()} {steps[name]:,} steps, {flops[name]:.3g} FLOPs, {seconds[name]:,} s"
+                for name in ("electra", "mlm")) + f". Whole command: {results['seconds']:,} s in this sitting.\n\n"
+            f"Fine-tuned, test accuracy: median [min, max] over {results['seeds']} seed(s), settings chosen on "
+            "the dev split; the differences are between medians, in points.")
+    sections = [head, markdown(results["cells"]), dev_markdown(results["dev"]), probe_markdown(results["probe"])]
+    return "\n\n".join(s for s in sections if s) + "\n"
+
+
 def dev_markdown(dev_scores: dict) -> str:
     """The dev-split accuracy of each setting tried, per task and initialisation ("" when none chosen)."""
     if not dev_scores:
         return ""
-    lines = ["", "Dev split (held out of the training rows; chooses the settings above):", ""]
+    lines = ["Dev split (held out of the training rows; chooses the settings above):", ""]
     for task, by_init in dev_scores.items():
         for init, scores in by_init.items():
             best = max(scores, key=scores.get)
@@ -450,7 +473,7 @@ def probe_markdown(probes: list[dict]) -> str:
     """Linear-probe test accuracy per task, label budget and initialisation ("" when none)."""
     if not probes:
         return ""
-    lines = ["", "Linear probe on the frozen encoders (mean-pooled last layer, logistic regression fixed in "
+    lines = ["Linear probe on the frozen encoders (mean-pooled last layer, logistic regression fixed in "
              "advance; test accuracy):", "", "| task | labels | " + " | ".join(INITS) + " |",
              "|---|---|" + "---|" * len(INITS)]
     rows: dict[tuple[str, str], dict] = {}
@@ -463,14 +486,18 @@ def probe_markdown(probes: list[dict]) -> str:
 
 
 def markdown(cells: list[dict]) -> str:
-    """One row per task and label budget: each initialisation's median accuracy [min, max] over seeds."""
-    lines = ["| task | labels | " + " | ".join(INITS) + " |", "|---|---|" + "---|" * len(INITS)]
+    """One row per task and label budget: each initialisation's median accuracy [min, max] over seeds,
+    and ELECTRA's median minus the others' in points (the issue's question)."""
+    lines = ["| task | labels | " + " | ".join(INITS) + " | electra - random | electra - mlm |",
+             "|---|---|" + "---|" * (len(INITS) + 2)]
     rows: dict[tuple[str, str], dict] = {}
     for c in cells:
         rows.setdefault((c["task"], c["labels"]), {})[c["init"]] = c
     for (task, labels), by_init in rows.items():
         cols = [f"{by_init[i]['median']:.3f} [{by_init[i]['min']:.3f}, {by_init[i]['max']:.3f}]"
                 if i in by_init else "" for i in INITS]
+        cols += [f"{100 * (by_init['electra']['median'] - by_init[i]['median']):+.1f}"
+                 if "electra" in by_init and i in by_init else "" for i in ("random", "mlm")]
         lines.append(f"| {task} | {labels} | " + " | ".join(cols) + " |")
     return "\n".join(lines)
 
