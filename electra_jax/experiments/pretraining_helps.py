@@ -42,8 +42,8 @@ import numpy as np
 INITS = ("random", "mlm", "electra")
 # Chosen per initialisation on each task's dev split: the pooling, and the learning rate, since a
 # pretrained encoder's larger weights (word embeddings' std 0.05-0.06 after `mini`, 0.02 at random
-# init) move relatively less under the same Adam steps (topic dev, ELECTRA mean-pooled: 0.358 at the
-# preset's 3e-4, 0.493 at 1e-3, 0.249 at 3e-3; random 0.559, 0.593, 0.043; 2026-12-02).
+# init) move relatively less under the same Adam steps (topic dev, mean-pooled, 3e-4 -> 1e-3: ELECTRA
+# 0.358 -> 0.493 (0.249 at 3e-3), MLM 0.397 -> 0.511, random 0.527 -> 0.597; 2026-12-02).
 DEFAULT_CHOOSE = {"pooling": ["cls", "mean"], "optim.learning_rate": ["3e-4", "1e-3"]}
 
 
@@ -78,7 +78,7 @@ def read_rows(path: str) -> list[dict]:
 
 
 def write_rows(path: str, rows: list[dict]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path + ".tmp", "w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["text", "label"])
         writer.writeheader()
@@ -160,9 +160,22 @@ def _finetune_one(out: str, init: str, random_init: bool, train: str, test: str,
                                       "--config.task.label=label", "--config.eval_every_epoch=False",
                                       *overrides])
     c.num_epochs = max(3, math.ceil(min_steps * c.batch_size / n))
-    done = os.path.join(out, "results.json")
+    # What makes a finished run this cell: a rerun with another preset, choice, seed count or a longer
+    # pretrained encoder (a larger --steps in the same OUT) must not reuse it.
+    key = {"finetune_config": finetune_config, "overrides": list(overrides), "num_epochs": c.num_epochs,
+           "seeds": seeds, "init_step": None if random_init else checkpoint_step(init)}
+    done, key_file = os.path.join(out, "results.json"), os.path.join(out, "cell.json")
     if os.path.exists(done):
-        changed = _changed_settings(os.path.join(out, "config.json"), c, overrides)
+        if os.path.exists(key_file):
+            with open(key_file) as f:
+                saved = json.load(f)
+            changed = [k for k in key if saved.get(k) != key[k]]
+        else:  # a cell from before cell.json: its config's chosen fields and epochs, and its seeds
+            changed = _changed_settings(os.path.join(out, "config.json"), c, overrides)
+            with open(done) as f:
+                changed += ["seeds"] if len(json.load(f)["runs"]) != seeds else []
+            if not changed:
+                _write_json(key_file, key)
         if not changed:
             with open(done) as f:
                 return json.load(f)
@@ -171,7 +184,22 @@ def _finetune_one(out: str, init: str, random_init: bool, train: str, test: str,
     if os.path.exists(out):  # a run interrupted before its results: start it again, cleanly
         log(f"    {out}: unfinished, starting it again")
         shutil.rmtree(out)
-    return finetune(c, init, out, seeds=seeds, random_init=random_init, progress=False)
+    result = finetune(c, init, out, seeds=seeds, random_init=random_init, progress=False)
+    _write_json(key_file, key)
+    return result
+
+
+def checkpoint_step(workdir: str) -> int | None:
+    """The latest complete checkpoint's step in a pretraining WORKDIR (what fine-tuning starts from)."""
+    path = os.path.join(workdir, "checkpoints")
+    steps = [int(name) for name in os.listdir(path) if name.isdigit()] if os.path.isdir(path) else []
+    return max(steps, default=None)
+
+
+def _write_json(path: str, value) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f)
+    os.replace(path + ".tmp", path)
 
 
 def _changed_settings(saved_config: str, config, overrides: list[str]) -> list[str]:
@@ -342,8 +370,7 @@ def run(config, out: str, corpus: list[str], tasks: list[Task], *, steps: int | 
     for task in tasks:
         dev, rows[task.name] = dev_split(read_rows(task.train), dev_size)
         dev_file = os.path.join(out, "tasks", task.name, "dev.csv")
-        if not os.path.exists(dev_file):
-            write_rows(dev_file, dev)
+        _write_once(dev_file, dev)
         if len(options) == 1:
             chosen[task.name] = {init: options[0] for init in INITS}
             continue
@@ -384,16 +411,20 @@ def run(config, out: str, corpus: list[str], tasks: list[Task], *, steps: int | 
         train_file, label, n = _budget_file(out, task.name, rows[task.name], budget)
         for init in INITS:
             path = os.path.join(out, "probe", task.name, label, f"{init}.json")
-            stale = os.path.exists(path) and json.load(open(path)).get("max_len") != probe_max_len
-            if stale or not os.path.exists(path):  # (a probe at another length is not this one)
+            step = None if init == "random" else checkpoint_step(_source(out, init))
+            saved = {}
+            if os.path.exists(path):
+                with open(path) as f:
+                    saved = json.load(f)
+            # A probe at another length, or of another checkpoint (probes from before the step was
+            # recorded are of the checkpoint there is), is not this one.
+            if not saved or saved["max_len"] != probe_max_len or saved.get("init_step", step) != step:
                 accuracy = linear_probe(_source(out, init), init == "random", train_file, task.test, probe_max_len)
+                saved = {"accuracy": accuracy, "max_len": probe_max_len, "init_step": step}
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                with open(path + ".tmp", "w") as f:
-                    json.dump({"accuracy": accuracy, "max_len": probe_max_len}, f)
-                os.replace(path + ".tmp", path)
-            with open(path) as f:
-                probes.append({"task": task.name, "labels": label, "train_examples": n, "init": init,
-                               "accuracy": json.load(f)["accuracy"]})
+                _write_json(path, saved)
+            probes.append({"task": task.name, "labels": label, "train_examples": n, "init": init,
+                           "accuracy": saved["accuracy"]})
 
     names = [task.name for task in tasks]
     cells.sort(key=lambda c: names.index(c["task"]))  # the table by task (stable: budgets stay in order)
@@ -437,9 +468,21 @@ def _budget_file(out: str, task: str, rows: list[dict], budget: int | None) -> t
     subset = balanced_subset(rows, budget)
     label = "all" if budget is None or budget >= len(rows) else str(budget)
     path = os.path.join(out, "tasks", task, f"train-{label}.csv")
-    if not os.path.exists(path):
-        write_rows(path, subset)
+    _write_once(path, subset)
     return path, label, len(subset)
+
+
+def _write_once(path: str, rows: list[dict]) -> None:
+    """Write a split file, or check that the one there holds these rows: a rerun with another task file
+    or --dev-size must not fine-tune on an old split (a dev row could be a training row now)."""
+    from electra_jax.config import ConfigError
+
+    if not os.path.exists(path):
+        return write_rows(path, rows)
+    if [(r["text"], r["label"]) for r in read_rows(path)] != [(r["text"], r["label"]) for r in rows]:
+        out = os.path.dirname(os.path.dirname(os.path.dirname(path)))
+        raise ConfigError(f"{path} was split from another training file or --dev-size than this run's; use a "
+                          f"new --out, or remove {out}/tasks, dev, finetune and probe to redo every run")
 
 
 def report(results: dict) -> str:
@@ -450,8 +493,9 @@ def report(results: dict) -> str:
             "Pretraining at equal FLOPs: " + "; ".join(
                 f"{name.upper()} {steps[name]:,} steps, {flops[name]:.3g} FLOPs, {seconds[name]:,} s"
                 for name in ("electra", "mlm")) + f". Whole command: {results['seconds']:,} s in this sitting.\n\n"
-            f"Fine-tuned, test accuracy: median [min, max] over {results['seeds']} seed(s), settings chosen on "
-            "the dev split; the differences are between medians, in points.")
+            f"Fine-tuned, test accuracy: median [min, max] over {results['seeds']} seed(s)"
+            + (", settings chosen on the dev split (below)" if results["dev"] else "")
+            + "; the differences are between medians, in points.")
     sections = [head, markdown(results["cells"]), dev_markdown(results["dev"]), probe_markdown(results["probe"])]
     return "\n\n".join(s for s in sections if s) + "\n"
 
@@ -527,6 +571,7 @@ def plot(results: dict, out: str) -> None:
         ax.set_xscale("log")
         ax.set_title(f"{task}: test accuracy")
         ax.set_xlabel("training labels")
+        ax.set_ylabel("test accuracy (median, min-max over seeds)")
         ax.legend()
     ax = axes[-1]
     for name, color in (("electra", "tab:blue"), ("mlm", "tab:orange")):
@@ -535,6 +580,7 @@ def plot(results: dict, out: str) -> None:
         ax.plot([r["step"] * per_step for r in records], [r["mlm_loss"] for r in records], color=color,
                 label=f"{name}: MLM loss ({'its generator' if name == 'electra' else 'the model'})")
     ax.set_xlabel("pretraining FLOPs")
+    ax.set_ylabel("training MLM loss")
     ax.set_title("pretraining")
     ax.legend()
     fig.tight_layout()
