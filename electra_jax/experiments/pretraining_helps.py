@@ -492,7 +492,7 @@ def report(results: dict) -> str:
     head = (f"# pretraining-helps, {results.get('date', '')}, {results.get('machine', '')}\n\n"
             "Pretraining at equal FLOPs: " + "; ".join(
                 f"{name.upper()} {steps[name]:,} steps, {flops[name]:.3g} FLOPs, {seconds[name]:,} s"
-                for name in ("electra", "mlm")) + f". Whole command: {results['seconds']:,} s in this sitting.\n\n"
+                for name in ("electra", "mlm")) + " (over all sittings).\n\n"
             f"Fine-tuned, test accuracy: median [min, max] over {results['seeds']} seed(s)"
             + (", settings chosen on the dev split (below)" if results["dev"] else "")
             + "; the differences are between medians, in points.")
