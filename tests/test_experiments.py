@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -280,18 +281,22 @@ def test_pretraining_helps_stops_when_a_pretraining_run_was_interrupted(tiny_con
 
 def test_a_finished_pretraining_reports_its_last_eval_when_resumed(tiny_config, monkeypatch, tmp_path):
     """Rerunning the experiment after pretraining finished logged an empty "eval" (nothing evaluated in
-    this run): it now reads the last eval record from the workdir's metrics."""
+    this run): it now reads the last eval record from the workdir's metrics. Nor does the restore count
+    as pretraining time (each sitting added a few seconds)."""
     import electra_jax.pretrain as pretrain_module
     from electra_jax.experiments.pretraining_helps import _pretrain
 
-    monkeypatch.setattr(pretrain_module, "pretrain", lambda config, workdir, progress: {"step": 8, "eval": {}})
     (tmp_path / "metrics.jsonl").write_text('{"step": 4, "split": "eval", "disc_auc": 0.61}\n'
                                             '{"step": 8, "split": "eval", "disc_auc": 0.845}\n'
                                             '{"step": 8, "split": "train", "disc_auc": 0.9}\n')
     tiny_config.num_train_steps = 8
     lines = []
-    _pretrain(tiny_config, str(tmp_path), lines.append)
-    assert lines[0].endswith("step 8 in 0 s; eval disc_auc 0.845")
+    (tmp_path / "checkpoints" / "8").mkdir(parents=True)
+    (tmp_path / "experiment_seconds.json").write_text('{"seconds": 3391.0}')
+    monkeypatch.setattr(pretrain_module, "pretrain", lambda config, workdir, progress: time.sleep(1.2) or
+                        {"step": 8, "eval": {}})  # restoring the last checkpoint takes time too
+    assert _pretrain(tiny_config, str(tmp_path), lines.append) == 3391  # not counted as pretraining
+    assert lines[0].endswith("step 8 in 3391 s; eval disc_auc 0.845")
 
 
 def test_pretraining_helps_refuses_bad_task_files_before_pretraining(tmp_path):

@@ -287,10 +287,12 @@ def _pretrain(config, workdir: str, log) -> float:
     if os.path.exists(spent_file):
         with open(spent_file) as f:
             spent = json.load(f)["seconds"]
+    finished = (checkpoint_step(workdir) or 0) >= config.num_train_steps
     try:
         result = pretrain(config, workdir, progress=False)
     finally:
-        spent += time.perf_counter() - start
+        if not finished:  # (a rerun that only restores the last checkpoint did no pretraining)
+            spent += time.perf_counter() - start
         if os.path.isdir(workdir):
             with open(spent_file, "w") as f:
                 json.dump({"seconds": round(spent, 1)}, f)
