@@ -196,9 +196,11 @@ def checkpoint_step(workdir: str) -> int | None:
     return max(steps, default=None)
 
 
-def _write_json(path: str, value) -> None:
+def _write_json(path: str, value, indent: int | None = None) -> None:
+    """Whole or not at all: a stopped run never leaves a file that looks finished."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path + ".tmp", "w") as f:
-        json.dump(value, f)
+        json.dump(value, f, indent=indent)
     os.replace(path + ".tmp", path)
 
 
@@ -423,7 +425,6 @@ def run(config, out: str, corpus: list[str], tasks: list[Task], *, steps: int | 
             if not saved or saved["max_len"] != probe_max_len or saved.get("init_step", step) != step:
                 accuracy = linear_probe(_source(out, init), init == "random", train_file, task.test, probe_max_len)
                 saved = {"accuracy": accuracy, "max_len": probe_max_len, "init_step": step}
-                os.makedirs(os.path.dirname(path), exist_ok=True)
                 _write_json(path, saved)
             probes.append({"task": task.name, "labels": label, "train_examples": n, "init": init,
                            "accuracy": saved["accuracy"]})
@@ -442,11 +443,11 @@ def run(config, out: str, corpus: list[str], tasks: list[Task], *, steps: int | 
                "seconds": round(time.perf_counter() - start), "machine": _machine(),
                "date": time.strftime("%Y-%m-%d")}
     log("6/6 results")
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    _write_json(os.path.join(out, "results.json"), results, indent=1)
     table = report(results)
-    with open(os.path.join(out, "results.md"), "w") as f:
+    with open(os.path.join(out, "results.md.tmp"), "w") as f:
         f.write(table)
+    os.replace(os.path.join(out, "results.md.tmp"), os.path.join(out, "results.md"))
     plot(results, out)
     log(table)
     return results
