@@ -339,7 +339,7 @@ def _export_command(args) -> None:
         print(f"exported {export_finetuned(args.workdir, args.out, args.seed, dtype)}")
         return
     config, step, params = restore_params(args.workdir, args.step)
-    tokenizer = workdir_tokenizer(args.workdir, config)
+    tokenizer = workdir_tokenizer(args.workdir, config, step)
     evals = [r for r in read_metrics(args.workdir) if r.get("split") == "eval" and r["step"] <= step]
     if config.data.path:
         from electra_jax.data.reader import open_build

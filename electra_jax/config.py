@@ -114,6 +114,9 @@ def default_config() -> ml_collections.ConfigDict:
     d.seq_len = 128
     d.path = ""  # a `build-data` output directory
     d.shuffle_buffer = 10_000
+    # Resuming on data built with another tokenizer than the checkpoint's is refused (its embeddings
+    # belong to the old vocabulary); True continues anyway. Each checkpoint still exports with its own.
+    d.change_tokenizer = False
 
     c.batch_size = 128  # global, across all devices and hosts
     # Gradient accumulation: each step runs the global batch as this many sequential micro-batches

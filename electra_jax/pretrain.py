@@ -36,7 +36,8 @@ class TrainingError(RuntimeError):
     """The run cannot go on (NaN, incompatible checkpoint, bad data or workdir); says what to do."""
 
 
-TOKENIZER_FILE = "tokenizer.json"  # in a workdir: the model's tokenizer
+TOKENIZER_FILE = "tokenizer.json"  # in a workdir: the model's tokenizer (the latest checkpoint's)
+TOKENIZER_ARCHIVE = "tokenizers"  # <fingerprint>.json: earlier ones, when data.change_tokenizer switched
 MODEL_FIELDS_THAT_MUST_MATCH = ("vocab_size", "embedding_size", "hidden_size", "num_layers", "num_heads",
                                 "intermediate_size", "max_position_embeddings", "type_vocab_size",
                                 "generator_hidden_fraction", "generator_layers_fraction", "scan_layers")
@@ -105,18 +106,99 @@ def write_tokenizer(tokenizer_path: str, workdir: str) -> None:
     write_text_atomic(os.path.join(workdir, TOKENIZER_FILE), load_tokenizer(tokenizer_path).to_str())
 
 
-def workdir_tokenizer(workdir: str, config) -> str:
-    """The tokenizer of a pretrain workdir's model: its own copy, else (workdirs from before the copy)
-    the one its data was built with."""
+def tokenizer_fingerprint(path: str) -> str:
+    from electra_jax.data.tokenizer import fingerprint, load_tokenizer
+
+    return fingerprint(load_tokenizer(path))
+
+
+def _archived_tokenizer(workdir: str, fingerprint: str) -> str:
+    return os.path.join(workdir, TOKENIZER_ARCHIVE, f"{fingerprint}.json")
+
+
+def _tokenizer_difference(a: str, b: str) -> str:
+    """What differs between two tokenizers, in words (the vocabulary, or only the text pipeline)."""
+    from electra_jax.data.tokenizer import load_tokenizer
+
+    va, vb = load_tokenizer(a).get_vocab(), load_tokenizer(b).get_vocab()
+    if va == vb:
+        return "the vocabularies are the same but the text pipeline (normaliser, pre-tokeniser, ...) differs"
+    moved = sum(1 for token, i in va.items() if vb.get(token) != i)
+    return (f"the vocabularies differ ({len(va):,} and {len(vb):,} tokens; {moved:,} of the first's have "
+            "another id or none in the second)")
+
+
+def check_tokenizer(config, workdir: str, saved: dict | None, latest: int | None, data_tokenizer: str,
+                    data_fingerprint: str) -> None:
+    """Refuse to continue a checkpoint on data made with another tokenizer (its embeddings are rows of
+    its own vocabulary: a swapped one trains on, exit 0, into nonsense) unless data.change_tokenizer."""
+    own = os.path.join(workdir, TOKENIZER_FILE)
+    if saved is None:
+        return
+    trained = saved.get("tokenizer_fingerprint") or (tokenizer_fingerprint(own) if exists(own) else None)
+    if trained is None or trained == data_fingerprint or config.data.change_tokenizer:
+        return
+    path = next((p for p in (own, _archived_tokenizer(workdir, trained))
+                 if exists(p) and tokenizer_fingerprint(p) == trained), None)
+    difference = f"; {_tokenizer_difference(path, data_tokenizer)}" if path else ""
+    raise TrainingError(
+        f"{workdir}: step {latest} was trained with tokenizer {trained}"
+        f"{f' ({path})' if path else ''} but {config.data.path} was built with tokenizer "
+        f"{data_fingerprint}{difference}. Rebuild the data with `electra-jax build-data --tokenizer "
+        f"{path or own} ...`, use another --workdir, or pass --config.data.change_tokenizer=True to "
+        "continue on the new vocabulary anyway (each checkpoint keeps exporting with its own)")
+
+
+def save_workdir_tokenizer(workdir: str, data_tokenizer: str, data_fingerprint: str, has_checkpoints: bool):
+    """Make the data's tokenizer the workdir's; one that earlier checkpoints were trained with is kept
+    as tokenizers/<fingerprint>.json, where `workdir_tokenizer` finds it for them."""
+    own = os.path.join(workdir, TOKENIZER_FILE)
+    if has_checkpoints and exists(own):
+        previous = tokenizer_fingerprint(own)
+        if previous != data_fingerprint:
+            host_tf().io.gfile.makedirs(os.path.join(workdir, TOKENIZER_ARCHIVE))
+            write_text_atomic(_archived_tokenizer(workdir, previous), read_text(own))
+    write_tokenizer(data_tokenizer, workdir)
+
+
+def checkpoint_tokenizer_fingerprint(workdir: str, step: int) -> str | None:
+    """The fingerprint of the tokenizer checkpoint `step` was trained with (None: saved before it was
+    recorded, or an import without tokenizer files)."""
+    checkpoints = Checkpoints(workdir, async_save=False)
+    try:
+        return checkpoints.meta(step).get("tokenizer_fingerprint")
+    finally:
+        checkpoints.close()
+
+
+def workdir_tokenizer(workdir: str, config, step: int | None = None) -> str:
+    """The tokenizer of a pretrain workdir's model (of checkpoint `step` when given): its own copy (or
+    the archived one the step was trained with), else (workdirs from before the copy) the one its data
+    was built with. A step whose tokenizer is nowhere to be found is refused: never the wrong vocabulary."""
     from electra_jax.data.reader import build_tokenizer, open_build
 
     own = os.path.join(workdir, TOKENIZER_FILE)
-    if exists(own):
-        return own
+    wanted = checkpoint_tokenizer_fingerprint(workdir, step) if step is not None else None
+    if wanted is None:
+        if exists(own):
+            return own
+    else:
+        for path in (own, _archived_tokenizer(workdir, wanted)):
+            if exists(path) and tokenizer_fingerprint(path) == wanted:
+                return path
     if not config.data.path:
         raise TrainingError(f"{workdir}: no {TOKENIZER_FILE} and no data in its config.json, so its "
                             "tokenizer is unknown; copy the tokenizer.json it was trained with there")
-    return build_tokenizer(config.data.path, open_build(config.data.path))
+    data = build_tokenizer(config.data.path, open_build(config.data.path)) if exists(config.data.path) else None
+    if wanted is None and data is not None:
+        return data
+    if data is not None and tokenizer_fingerprint(data) == wanted:
+        return data
+    raise TrainingError(
+        f"{workdir}: step {step} was trained with tokenizer {wanted}, which is not in the workdir ({own} is "
+        f"{tokenizer_fingerprint(own) if exists(own) else 'missing'}); copy the tokenizer.json of the data "
+        f"build it was trained on (its manifest.json says tokenizer_fingerprint {wanted}) to "
+        f"{_archived_tokenizer(workdir, wanted)}")
 
 
 # Metrics reported at their latest value rather than averaged over the log interval.
@@ -221,12 +303,14 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
             "tokenizer_fingerprint": manifest["tokenizer_fingerprint"], "process_count": jax.process_count()}
     latest = checkpoints.latest_step()
     saved = None if latest is None else checkpoints.meta(latest)
+    data_tokenizer = build_tokenizer(config.data.path, manifest)
     if saved is not None:
         check_checkpoint(config, saved, workdir)
+        check_tokenizer(config, workdir, saved, latest, data_tokenizer, manifest["tokenizer_fingerprint"])
     # Every check has passed: only now does the workdir change (a refused run leaves it as it was).
     if lead:
         write_config(config, workdir)
-        write_tokenizer(build_tokenizer(config.data.path, manifest), workdir)
+        save_workdir_tokenizer(workdir, data_tokenizer, manifest["tokenizer_fingerprint"], saved is not None)
         MetricWriter.drop_after(workdir, latest or 0)  # a rerun replaces what came after its checkpoint
         print(f"resuming from step {latest} (checkpoint {os.path.join(checkpoints.directory, str(latest))})"
               if saved is not None else f"starting from scratch (no checkpoint in {checkpoints.directory})")
@@ -399,14 +483,14 @@ def load_discriminator(source: str) -> tuple[dict, dict, dict, str]:
     if exists(os.path.join(workdir, "checkpoints")) or "model" in saved:  # a pretrain workdir
         if not has_config:
             raise TrainingError(f"{workdir}: checkpoints but no config.json; is this a pretrain --workdir?")
-        config, _, params = restore_params(workdir, step)
+        config, step, params = restore_params(workdir, step)
         params = unstack_layers(params)
         if config.objective.get("name") == "mlm":
             params = _mlm_as_discriminator(params)
         fields = {k: config.model[k] for k in (
             "vocab_size", "embedding_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
             "max_position_embeddings", "type_vocab_size", "layer_norm_eps")}
-        tokenizer = workdir_tokenizer(workdir, config)
+        tokenizer = workdir_tokenizer(workdir, config, step)
     elif has_config:
         mlm = saved.get(MLM_MARK) == "mlm"  # pretrained with the "mlm" objective: an encoder to fine-tune
         if "ElectraForMaskedLM" in saved.get("architectures", []) and not mlm:
@@ -439,7 +523,7 @@ def import_hf(discriminator_dir: str, generator_dir: str, workdir: str, config: 
     `config` (optimizer, data, ...) is kept. Returns the config and the model overrides it needed."""
     import numpy as np
 
-    from electra_jax.data.tokenizer import TokenizerError, load_tokenizer, special_ids
+    from electra_jax.data.tokenizer import TokenizerError, fingerprint, load_tokenizer, special_ids
     from electra_jax.hf import from_hf_state_dict, model_fields_from_hf, read_pretrained
     from electra_jax.model import stack_layers, unstack_layers
 
@@ -490,6 +574,7 @@ def import_hf(discriminator_dir: str, generator_dir: str, workdir: str, config: 
     if tokenizer is not None:  # the pair's tokenizer stays with the model (export, finetune, detect)
         write_text_atomic(os.path.join(workdir, TOKENIZER_FILE), tokenizer.to_str())
     meta = {"model": config.model.to_dict(), "data": None,
+            "tokenizer_fingerprint": fingerprint(tokenizer) if tokenizer is not None else None,
             "imported_from": {"discriminator": discriminator_dir, "generator": generator_dir}}
     checkpoints.save(0, state, meta)
     checkpoints.close()
