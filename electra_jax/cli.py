@@ -399,6 +399,8 @@ def _finetune_command(args, overrides) -> None:
     if args.seeds < 1:
         raise ConfigError("--seeds must be >= 1")
     results = finetune(config, args.init, args.workdir, seeds=args.seeds, random_init=args.random_init)
+    if results.get("interrupted"):
+        return  # saved; the message said how to resume
     for run in results["runs"]:
         print(f"seed {run['seed']} ({results['model_selection']} epoch, {run['epoch']}): " +
               ", ".join(f"{k} {v:.4f}" for k, v in run.items() if "/" in k))
@@ -614,6 +616,10 @@ def main(argv: list[str] | None = None) -> int:
             TaskError, DistributedError) as e:
         print(f"electra-jax: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C in training, or one anywhere else: stop, no traceback
+        print(f"electra-jax: {args.command} interrupted (Ctrl-C); nothing half-written is kept, rerun to "
+              "continue", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -493,6 +493,9 @@ def finetune_config() -> ml_collections.ConfigDict:
     t.text_a = ""  # column names; defaults: sentence / (none) / label
     t.text_b = ""
     t.label = ""
+    # CSV/TSV/JSONL rows that cannot be read as rows (wrong number of fields, an unclosed quote, a label
+    # that looks like stray text) stop the run naming file and line; True skips them, counted and shown.
+    t.skip_bad_rows = False
     t.max_len = 0  # 0: the task's (128; 512 for QA, as the original), at most the model's positions
     # Question answering (the original's configure_finetuning.py): the question's tokens, the step between
     # windows over a long context, answers up to 30 sub-tokens, 20 best spans, the joint head's beam of
@@ -512,6 +515,10 @@ def finetune_config() -> ml_collections.ConfigDict:
     t.labels = ml_collections.FieldReference([], field_type=list)
     t.random_init = False
     t.answerable = False  # QA: the model has a no-answer head (SQuAD 2.0, or a file with unanswerable questions)
+    # Fingerprints of the encoded task data and of the init weights: a rerun into the workdir resumes only
+    # when both are the same (an edited file or a further-trained init is another run).
+    t.data_fingerprint = ""
+    t.init_fingerprint = ""
     c.head = "paper"  # "paper": [CLS] -> dropout -> dense; "hf": ElectraClassificationHead (exports)
     # Sentence-level tasks: the head reads [CLS] ("cls", the original's) or the mean of the non-padding
     # token vectors ("mean": no Hugging Face class has it, so such a model does not export).

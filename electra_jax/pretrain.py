@@ -13,7 +13,6 @@ import functools
 import json
 import os
 import shutil
-import signal
 import time
 from typing import Any
 
@@ -28,6 +27,7 @@ from electra_jax.checkpoint import Checkpoints
 from electra_jax.fs import exists, host_tf, is_remote, read_text, split_step, write_text_atomic
 from electra_jax.objective import eval_metrics, eval_statistics
 from electra_jax.sharding import replicated
+from electra_jax.signals import StopRequest
 from electra_jax.train import Setup, setup
 from electra_jax.writers import MetricWriter, Progress
 
@@ -348,12 +348,9 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
     add = jax.jit(lambda total, metrics: jax.tree.map(jnp.add, total, metrics))
     interval = None  # (sums, count) since the last log
 
-    stop = {"signal": False}
     # With several processes JAX's coordination service turns SIGTERM into a step every host agrees on
     # (`reached_preemption`); a handler here would replace that and let hosts stop at different steps.
-    handle_sigterm = handle_sigterm and jax.process_count() == 1
-    if handle_sigterm:
-        previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
+    stop = StopRequest(enabled=handle_sigterm and jax.process_count() == 1)
     profile_from = step + 3 if tc.profile_steps else -1  # after compilation and warm-up
     bar = Progress(last, enabled=progress and lead)
     pending = None  # (step, (interval sums, count), step metrics), read once the next step is queued
@@ -370,6 +367,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
         bar.update(step, loss=f"{logged['loss']:.3f}", tok_s=f"{logged['tokens_per_s']:,.0f}")
         pending = None
 
+    stop.install()
     try:
         while step < last:
             if step == profile_from:
@@ -393,7 +391,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
             if step % tc.log_every == 0 or step == last:
                 pending, interval = (step, interval, metrics), None
             bar.update(step)
-            preempted = stop["signal"] or checkpoints.reached_preemption(step)
+            preempted = stop.requested or checkpoints.reached_preemption(step)
             save = step % tc.save_every == 0 or step == last or preempted
             run_eval = evaluate and (step % tc.eval_every == 0 or step == last)
             if save or run_eval:
@@ -406,7 +404,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
                     writer.write(step, "eval", evaluated)
                 speed.pause(time.perf_counter() - paused)
             if preempted:
-                bar.write(f"preempted: saved step {step}; rerun the same command to resume")
+                bar.write(f"{'stopped by ' + stop.requested if stop.requested else 'preempted'}: saved step "
+                          f"{step}; rerun the same command to resume")
                 break
         if pending is not None:
             log_pending()
@@ -416,8 +415,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
         bar.close()
         checkpoints.close()
         writer.close()
-        if handle_sigterm:
-            signal.signal(signal.SIGTERM, previous)
+        stop.restore()
     return {"step": step, "train": logged, "eval": evaluated}
 
 

@@ -45,3 +45,22 @@ def kjv64(tmp_path_factory):
     build(BuildArgs(tokenizer=SAMPLE_TOKENIZER, out=str(out), inputs=[SAMPLE_CORPUS], seq_len=64,
                     shards=4, eval_fraction=0.02, progress=False))
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def random_discriminator(tmp_path_factory):
+    """An HF export of a randomly initialised tiny ELECTRA: fine-tuning from it is from scratch."""
+    import jax
+    import numpy as np
+    from flax import linen as nn
+
+    from electra_jax.config import load_config, model_spec
+    from electra_jax.data import SAMPLE_TOKENIZER
+    from electra_jax.hf import export_pretrained
+    from electra_jax.model import Electra, init_params
+
+    spec = model_spec(load_config(str(ROOT / "configs" / "tiny.py")))
+    params = jax.tree.map(np.asarray, nn.unbox(init_params(Electra(spec), jax.random.key(0), 64, 9)))
+    out = tmp_path_factory.mktemp("hf")
+    export_pretrained(params, spec, str(out), SAMPLE_TOKENIZER, "random tiny", pad_token_id=0)
+    return str(out / "discriminator")

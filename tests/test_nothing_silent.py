@@ -2,11 +2,19 @@
 rerun could use: each case is reproduced as they met it and checked on the files it leaves (tokenizer
 bytes, exported vocabularies, results.json) and the exit code, not only on the message."""
 
+import csv
 import gzip
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import jax
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from electra_jax.config import load_config
@@ -14,6 +22,7 @@ from electra_jax.data import SAMPLE_CORPUS
 from electra_jax.data.builder import BuildArgs, build
 from electra_jax.data.tokenizer import save_tokenizer, train_tokenizer
 from electra_jax.pretrain import TrainingError, pretrain
+from electra_jax.signals import StopRequest
 
 
 def _vocab(tokenizer_json) -> dict:
@@ -80,3 +89,126 @@ def test_resume_on_data_of_another_tokenizer_is_refused_and_each_step_exports_it
         assert main(["export", "--workdir", str(workdir), "--step", str(step), "--out", str(out)]) == 0
         for tower in ("discriminator", "generator"):
             assert _vocab(out / tower / "tokenizer.json") == _vocab(f"{two_builds[data]}/tokenizer.json"), (step, tower)
+
+
+# One CPU device and fast compiles for the CLI children.
+CHILD_ENV = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=1"}
+
+
+def _cli(cwd, *args):
+    return subprocess.run([sys.executable, "-m", "electra_jax.cli", *args], cwd=cwd, env=CHILD_ENV,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _stop_when(cwd, args, ready, signum):
+    """Run the CLI, send `signum` once `ready()` holds, and return the finished process's output."""
+    child = subprocess.Popen([sys.executable, "-m", "electra_jax.cli", *args], cwd=cwd, env=CHILD_ENV,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not ready() and child.poll() is None:
+        time.sleep(0.2)
+    child.send_signal(signum)
+    out, err = child.communicate(timeout=300)
+    return child.returncode, out, err
+
+
+def _lord_or_other(path, n, skip=0):
+    """Real text with a label a model can learn: sample-corpus verses, "lord" in them or not."""
+    with gzip.open(SAMPLE_CORPUS, "rt") as f:
+        verses = [line.strip() for line in f if len(line.split()) > 4][skip:skip + n]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(("text", "label"))
+        writer.writerows((v, "lord" if " lord" in v.lower() else "other") for v in verses)
+
+
+def test_a_fine_tune_stopped_by_sigterm_resumes_exactly_and_a_rerun_never_starts_over(random_discriminator,
+                                                                                     tmp_path):
+    """Issue 31.3 and 31.5: SIGTERM during fine-tuning exited 143 and the rerun started over; Ctrl-C
+    left a workdir whose every rerun failed (StepAlreadyExistsError); a rerun into a finished workdir
+    trained again and overwrote results.json."""
+    _lord_or_other(tmp_path / "train.csv", 240)
+    _lord_or_other(tmp_path / "dev.csv", 60, skip=240)
+    args = lambda workdir, *more: ["finetune", "--init", random_discriminator, "--task", "classification",
+                                   "--train", "train.csv", "--dev", "dev.csv", "--workdir", workdir,
+                                   "--config.task.text_a=text", "--config.task.max_len=32",
+                                   "--config.num_epochs=3", "--config.batch_size=16", *more]
+    straight = _cli(tmp_path, *args("straight"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    log = tmp_path / "stopped" / "seed_0" / "metrics.jsonl"
+    code, out, err = _stop_when(tmp_path, args("stopped"), lambda: log.exists(), signal.SIGTERM)
+    assert code == 0, err[-3000:]
+    assert "stopped by SIGTERM: saved seed 0" in out and "Traceback" not in err
+    assert not (tmp_path / "stopped" / "results.json").exists()
+    resumed = _cli(tmp_path, *args("stopped"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "seed 0: resuming from step " in resumed.stdout
+    results = lambda w: json.loads((tmp_path / w / "results.json").read_text())
+    assert results("stopped")["runs"] == results("straight")["runs"]
+    assert results("stopped")["history"] == results("straight")["history"]
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()
+             if json.loads(line)["split"] == "train"]
+    assert steps == sorted(set(steps))  # each logged once
+
+    # a rerun of the finished run reads it back; another run into the same workdir is refused
+    finished = _md5(tmp_path / "stopped" / "results.json")
+    again = _cli(tmp_path, *args("stopped"))
+    assert again.returncode == 0 and "seed 0: finished earlier" in again.stdout, again.stderr[-3000:]
+    assert _md5(tmp_path / "stopped" / "results.json") == finished
+    other = _cli(tmp_path, *args("stopped", "--config.optim.learning_rate=0.01"))
+    assert other.returncode == 2 and other.stderr.count("\n") == 1 and "Traceback" not in other.stderr
+    assert "holds a fine-tuning run with other settings or data (optim.learning_rate: 0.001 there, 0.01 now)" \
+        in other.stderr and "delete" in other.stderr
+    assert _md5(tmp_path / "stopped" / "results.json") == finished
+
+
+class _StopAfter(StopRequest):
+    """SIGTERM as the loop sees it, on its `n`-th look (the loop looks once per step and once at each
+    epoch's end), so the test stops it at a chosen step."""
+
+    def __init__(self, n):
+        super().__init__(enabled=False)
+        self.looks, self.n = 0, n
+
+    @property
+    def requested(self):
+        self.looks += 1
+        return "SIGTERM" if self.looks >= self.n else None
+
+    @requested.setter
+    def requested(self, value):
+        pass
+
+
+def test_fine_tuning_stopped_inside_and_between_epochs_resumes_to_the_straight_result(random_discriminator,
+                                                                                       tmp_path):
+    """Two seeds, the best epoch kept (so the latest state is not the kept checkpoint): stopped inside
+    seed 0's first epoch, then at the end of seed 1's first epoch, then finished, it ends with the
+    results and kept weights of a run never stopped."""
+    from electra_jax.finetune.run import finetune
+
+    _lord_or_other(tmp_path / "train.csv", 96)
+    _lord_or_other(tmp_path / "dev.csv", 40, skip=96)
+    config = lambda: load_config("finetune/tiny", [
+        "--config.task.name=classification", f"--config.task.train={tmp_path / 'train.csv'}",
+        f"--config.task.dev={tmp_path / 'dev.csv'}", "--config.task.text_a=text", "--config.task.max_len=24",
+        "--config.num_epochs=2", "--config.batch_size=16", "--config.model_selection=best"])
+    run = lambda workdir, stop=None: finetune(config(), random_discriminator, str(tmp_path / workdir), seeds=2,
+                                              devices=jax.devices()[:1], progress=False, stop=stop)
+    straight = run("straight")
+    # 6 steps per epoch; a look per step and one per epoch end: look 3 is inside seed 0's first epoch
+    assert run("stopped", _StopAfter(3)) == {"interrupted": True, "seed": 0}
+    assert os.listdir(tmp_path / "stopped" / "seed_0" / "resume" / "checkpoints") == ["3"]
+    # resumed at step 3: seed 0 takes 3 + 1 + 6 + 1 looks, then seed 1's first epoch ends at look 18
+    assert run("stopped", _StopAfter(18)) == {"interrupted": True, "seed": 1}
+    assert json.loads((tmp_path / "stopped" / "seed_0" / "result.json").read_text())["history"] == \
+        straight["history"][0]
+    assert not (tmp_path / "stopped" / "seed_0" / "resume").exists()
+    resumed = run("stopped")
+    assert resumed["runs"] == straight["runs"] and resumed["history"] == straight["history"]
+    for seed in (0, 1):  # the kept checkpoints hold the same weights
+        step = str(straight["runs"][seed]["step"])
+        a, b = (ocp.PyTreeCheckpointer().restore(tmp_path / w / f"seed_{seed}" / "checkpoints" / step / "state")
+                for w in ("straight", "stopped"))
+        jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])

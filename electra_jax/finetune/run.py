@@ -9,6 +9,7 @@ and parameter names), `train.build` (sharded jit, donated state), optax chains f
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
@@ -23,7 +24,7 @@ import optax
 
 from electra_jax import config as config_lib
 from electra_jax.checkpoint import Checkpoints
-from electra_jax.fs import host_tf
+from electra_jax.fs import exists, host_tf, read_text, write_text_atomic
 from electra_jax.finetune import metrics as metrics_lib
 from electra_jax.finetune import qa
 from electra_jax.finetune.tasks import (TaskError, TaskSpec, encode, label_names, read_conll,
@@ -33,6 +34,7 @@ from electra_jax.optim import make_optimizer
 from electra_jax.pretrain import (TrainingError, check_finite, check_workdir, load_discriminator,
                                   load_workdir_config, write_config)
 from electra_jax.sharding import replicated
+from electra_jax.signals import StopRequest
 from electra_jax.train import Setup, build
 from electra_jax.writers import MetricWriter, Progress
 
@@ -138,7 +140,7 @@ def load_task(config: ml_collections.ConfigDict):
         evals = {split: read_tfds(spec, split, data_dir, t.download) for split in spec.eval_splits}
     else:
         _need_files(t)
-        read = read_conll if spec.kind == "tagging" else functools.partial(read_table, spec=spec)
+        read = read_conll if spec.kind == "tagging" else functools.partial(read_table, spec=spec, skip_bad_rows=t.skip_bad_rows)
         train, evals = read(t.train), {"dev": read(t.dev)}
     for examples in (train, *evals.values()):
         if not examples.text_a:
@@ -278,66 +280,159 @@ def predict(s: Setup, params, data: dict, batch_size: int, predictor=None):
     return jax.tree.map(lambda *parts: np.concatenate(parts)[:n], *outs)
 
 
+def _fingerprint(arrays) -> str:
+    """A short hash of a tree of arrays (names, shapes, dtypes and bytes): what a rerun must find again."""
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(arrays)[0]:
+        leaf = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)} {leaf.dtype} {leaf.shape}".encode())
+        digest.update(leaf.tobytes())
+    return digest.hexdigest()[:16]
+
+
+RESULT_FILE = "result.json"  # in a seed's directory once it has finished: its epochs and kept checkpoint
+
+
 def run_seed(config, spec: TaskSpec, train: dict, evals: dict[str, tuple[dict, Any]], labels: list[str],
              backbone: dict | None, workdir: str, devices=None, progress: bool = True,
-             answerable: bool = False) -> dict:
+             answerable: bool = False, stop: StopRequest | None = None) -> dict | None:
     """Fine-tune one seed and keep one checkpoint: the final epoch's (the original's, the default) or,
     with model_selection="best", the epoch with the best dev score. `evals`: split -> (model inputs,
     a function of the model's outputs on them -> {metric: value}). Returns the kept epoch's metrics
-    ("selected"), the final and the best epoch's, and every epoch's."""
+    ("selected"), the final and the best epoch's, and every epoch's; None when `stop` was requested
+    (the step is saved). A rerun continues where the last one stopped, or reads a finished seed's result."""
+    lead = jax.process_index() == 0
+    log = print if lead else (lambda _: None)
+    done_path = os.path.join(workdir, RESULT_FILE)
+    if exists(done_path):
+        log(f"seed {config.seed}: finished earlier ({done_path})")
+        return json.loads(read_text(done_path))
     num_outputs = 1 if spec.kind == "regression" else len(labels)
     s = classifier_setup(config, num_outputs, spec.kind, devices, answerable)
-    init_rng, train_rng = s.rngs()
-    state = s.init(init_rng)
-    if backbone is not None:
-        state = s.state_from_params({**state.params, **backbone})
     main_split, main_metric = next(iter(evals)), spec.metrics[0]
     main = f"{main_split}/{main_metric}"
     select_best = config.model_selection == "best"
     checkpoints = Checkpoints(workdir, keep=1, async_save=False,
                               best=(lambda m: m[main]) if select_best else None)
-    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    # The latest state when the kept checkpoint is not it: mid-epoch on SIGTERM / Ctrl-C, and each
+    # epoch's end when the kept one is the best epoch's or epochs are not scored.
+    resume = Checkpoints(os.path.join(workdir, "resume"), keep=1, async_save=False)
+    init_rng, train_rng = s.rngs()
+    saved = max(((c.latest_step(), c) for c in (checkpoints, resume) if c.latest_step() is not None),
+                key=lambda x: x[0], default=None)
+    if saved is None:
+        state = s.init(init_rng)
+        if backbone is not None:
+            state = s.state_from_params({**state.params, **backbone})
+        history = []
+    else:
+        at, source = saved
+        state = source.restore(at, s.abstract_state())
+        history = source.meta(at)["history"]
+        log(f"seed {config.seed}: resuming from step {at} ({os.path.join(source.directory, str(at))})")
+    if lead:
+        MetricWriter.drop_after(workdir, saved[0] if saved else 0)  # each step logged once
+    writer = MetricWriter(workdir, enabled=lead)
     predictor = _predictor(s)
     n, bs = len(train["input_ids"]), config.batch_size
     epochs = config.num_epochs or spec.epochs
-    bar = Progress(epochs * math.ceil(n / bs), enabled=progress and jax.process_index() == 0, every_s=0)
-    history, done = [], 0
+    per_epoch = math.ceil(n / bs)
+    total = epochs * per_epoch
+    step = int(state.step)
+    meta = lambda: {"task": spec.name, "labels": labels, "history": history}
+    bar = Progress(total, enabled=progress and lead, every_s=0)
+    say = bar.write if bar.enabled else log  # beside the bar, or a plain line
+    stop = stop or StopRequest(enabled=False)
     try:
-        for epoch in range(epochs):
+        while step < total:
+            epoch, done = divmod(step, per_epoch)
             order = np.random.default_rng([config.seed, epoch]).permutation(n)
-            for batch in _batches(train, bs, order):
+            for batch in _batches(train, bs, order[done * bs:]):  # a resumed epoch skips its done batches
                 state, metrics = s.step(state, _put(batch, s.batch_sharding), train_rng)
-                done += 1
-                bar.update(done)  # a host counter: reading state.step would wait for the device
-            step = int(state.step)
+                step += 1
+                bar.update(step)  # a host counter: reading state.step would wait for the device
+                if (stop.requested or checkpoints.reached_preemption(step)) and step % per_epoch:
+                    break
             values = check_finite(jax.device_get(metrics), step, checkpoints.latest_step(),
                                   config.optim.skip_nonfinite)
+            if step % per_epoch:  # stopped inside an epoch
+                resume.save(step, state, meta())
+                say(f"{'stopped by ' + (stop.requested or 'preemption')}: saved seed {config.seed} at step "
+                    f"{step} of {total}; rerun the same command to resume")
+                return None
             writer.write(step, "train", values)
-            if not config.eval_every_epoch and epoch + 1 < epochs:
-                continue  # scored (and saved) once, at the end: a large dev set costs more than an epoch
-            result = {"epoch": epoch + 1, "step": step}
-            for split, (data, scorer) in evals.items():
-                scores = scorer(predict(s, state.params, data, bs, predictor))
-                result.update({f"{split}/{k}": v for k, v in scores.items()})
-            writer.write(step, "eval", {k: v for k, v in result.items() if "/" in k})
-            bar.update(step, epoch=str(epoch + 1), **{k.split("/")[-1]: f"{v:.3f}" for k, v in result.items()
+            epoch += 1
+            if config.eval_every_epoch or epoch == epochs:
+                result = {"epoch": epoch, "step": step}
+                for split, (data, scorer) in evals.items():
+                    scores = scorer(predict(s, state.params, data, bs, predictor))
+                    result.update({f"{split}/{k}": v for k, v in scores.items()})
+                writer.write(step, "eval", {k: v for k, v in result.items() if "/" in k})
+                bar.update(step, epoch=str(epoch), **{k.split("/")[-1]: f"{v:.3f}" for k, v in result.items()
                                                       if k.startswith(main_split)})
-            history.append(result)
-            checkpoints.save(step, state, {"task": spec.name, "labels": labels, **result}, metrics=result)
+                history.append(result)
+                checkpoints.save(step, state, meta(), metrics=result)
+            if select_best or not config.eval_every_epoch:  # the kept checkpoint may not be this state
+                if epoch < epochs:
+                    resume.save(step, state, meta())
+            if (stop.requested or checkpoints.reached_preemption(step)) and step < total:
+                say(f"{'stopped by ' + (stop.requested or 'preemption')}: saved seed {config.seed} after "
+                    f"epoch {epoch} (step {step}); rerun the same command to resume")
+                return None
         kept = checkpoints.best_step() if select_best else checkpoints.latest_step()  # what export restores
     finally:
         bar.close()
         checkpoints.close()
+        resume.close()
         writer.close()
     seeded = lambda r: {"seed": config.seed, **r}
-    return {"selected": seeded(next(r for r in history if r["step"] == kept)), "final": seeded(history[-1]),
-            "best": seeded(max(history, key=lambda r: r[main])), "history": history}
+    out = {"selected": seeded(next(r for r in history if r["step"] == kept)), "final": seeded(history[-1]),
+           "best": seeded(max(history, key=lambda r: r[main])), "history": history}
+    if lead:
+        write_text_atomic(done_path, json.dumps(out, indent=2))
+        host_tf().io.gfile.rmtree(resume.workdir)
+    return out
+
+
+def check_rerun(config, workdir: str) -> bool:
+    """True when `workdir` holds this same fine-tuning run (settings, data and init weights, compared by
+    fingerprint), which then resumes; False when it holds none; TaskError when it holds another."""
+    path = os.path.join(workdir, "config.json")
+    if not exists(path):
+        return False
+    saved = json.loads(read_text(path))
+    if "task" not in saved:
+        raise TaskError(f"{workdir} is a pretraining workdir; give finetune its own --workdir")
+    now = json.loads(config.to_json_best_effort())
+
+    def differences(a, b, prefix=""):
+        for key in sorted(set(a) | set(b)):
+            x, y = a.get(key), b.get(key)
+            if isinstance(x, dict) and isinstance(y, dict):
+                yield from differences(x, y, f"{prefix}{key}.")
+            elif x != y and f"{prefix}{key}" not in RERUN_MAY_CHANGE:
+                yield f"{prefix}{key}: {x!r} there, {y!r} now"
+
+    differ = list(differences(saved, now))
+    if differ:
+        raise TaskError(f"{workdir} holds a fine-tuning run with other settings or data ({'; '.join(differ[:4])}"
+                        f"{'; ...' if len(differ) > 4 else ''}); rerun its own command to resume it, use another "
+                        f"--workdir, or delete {workdir} to start fresh")
+    return True
+
+
+# Fields a rerun may change without changing the run.
+RERUN_MAY_CHANGE = ("task.download", "task.tfds_data_dir")
 
 
 def finetune(config: ml_collections.ConfigDict, init: str, workdir: str, *, seeds: int = 1,
-             random_init: bool = False, devices=None, progress: bool = True) -> dict:
+             random_init: bool = False, devices=None, progress: bool = True, stop: StopRequest | None = None) -> dict:
     """Fine-tune `seeds` runs from `init` (its weights, or only its shape with `random_init`) and write
-    WORKDIR/results.json: every seed's best epoch and the median of each metric over seeds."""
+    WORKDIR/results.json: every seed's kept epoch and the median of each metric over seeds.
+
+    A rerun into the same workdir (same settings, data and init, by fingerprint) reads finished seeds
+    back and resumes an interrupted one at its step; another run there is refused. SIGTERM or Ctrl-C
+    (`stop`) saves the current step and returns {"interrupted": True, "seed": ...}."""
     from electra_jax.data.tokenizer import load_tokenizer
 
     fields, tokens, backbone, tokenizer_path = load_init(init)
@@ -357,21 +452,29 @@ def finetune(config: ml_collections.ConfigDict, init: str, workdir: str, *, seed
     epochs = config.num_epochs or spec.epochs
     config.num_train_steps = epochs * math.ceil(len(train["input_ids"]) / config.batch_size)
     config.optim.warmup_steps = int(config.optim.warmup_fraction * config.num_train_steps)
-    check_workdir(workdir, 0)
     config.task.init = init
     config.task.tokenizer = tokenizer_path
     config.task.labels = labels
     config.task.random_init = random_init
     config.task.answerable = answerable
+    config.task.data_fingerprint = _fingerprint({"train": train, **{k: v[0] for k, v in evals.items()}})
+    config.task.init_fingerprint = _fingerprint(backbone)
+    check_workdir(workdir, 0)
+    if check_rerun(config, workdir) and jax.process_index() == 0:
+        print(f"{workdir} holds this run: finished seeds are read back, an interrupted one resumes")
     if jax.process_index() == 0:
         write_config(config, workdir)
 
     runs = []
-    for k in range(seeds):
-        seed_config = config.copy_and_resolve_references()
-        seed_config.seed = config.seed + k
-        runs.append(run_seed(seed_config, spec, train, evals, labels, None if random_init else backbone,
-                             os.path.join(workdir, f"seed_{seed_config.seed}"), devices, progress, answerable))
+    with stop or StopRequest(enabled=jax.process_count() == 1) as stop:
+        for k in range(seeds):
+            seed_config = config.copy_and_resolve_references()
+            seed_config.seed = config.seed + k
+            run = run_seed(seed_config, spec, train, evals, labels, None if random_init else backbone,
+                           os.path.join(workdir, f"seed_{seed_config.seed}"), devices, progress, answerable, stop)
+            if run is None:
+                return {"interrupted": True, "seed": seed_config.seed}
+            runs.append(run)
     names = [k for k in runs[0]["selected"] if "/" in k]  # split/metric
     median = lambda which: {k: float(np.median([r[which][k] for r in runs])) for k in names}
     results = {"task": spec.name, "init": init, "random_init": random_init, "seeds": seeds,
@@ -382,8 +485,7 @@ def finetune(config: ml_collections.ConfigDict, init: str, workdir: str, *, seed
                "median_final_epoch": median("final"), "median_best_dev_epoch": median("best"),
                "history": [r["history"] for r in runs]}
     if jax.process_index() == 0:
-        with host_tf().io.gfile.GFile(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2)
+        write_text_atomic(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
     return results
 
 

@@ -103,40 +103,161 @@ def with_swapped_pairs(examples: Examples) -> Examples:
 # ----------------------------------------------------------------------------- reading
 
 
-def _rows(path: str) -> tuple[list[dict], list[str]]:
+@dataclasses.dataclass
+class Table:
+    """A table's rows as dicts, with the line each row starts on, and the rows that could not be read
+    as rows (file line, what is wrong), each a TaskError unless bad rows are skipped."""
+
+    rows: list[dict]
+    lines: list[int]
+    columns: list[str]
+    bad: list[tuple[int, str]]
+    # Rows with quoted line breaks (legal CSV): their start line -> the inner lines that read as rows
+    # of their own, which `read_table` judges by their labels.
+    swallowed: dict[int, list[dict]] = dataclasses.field(default_factory=dict)
+
+
+def _csv_table(f, delimiter: str) -> Table:
+    """Strict CSV/TSV: every row has the header's number of fields, quotes are closed; a quoted field
+    whose inner lines would each be a row of their own is an unclosed quote that swallowed them."""
+    reader = csv.reader(f, delimiter=delimiter, strict=True)
+    try:
+        columns = next(reader)
+    except StopIteration:
+        return Table([], [], [], [])
+    except csv.Error as e:
+        return Table([], [], [], [(1, f"the header is malformed ({e})")])
+    table = Table([], [], columns, [])
+    kind, separator = ("TSV", "tab") if delimiter == "\t" else ("CSV", "comma")
+    end = reader.line_num
+    while True:
+        start = end + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            end = reader.line_num
+            table.bad.append((start, f"malformed {kind} through line {end} "
+                                     f"({e}; an unclosed quote?)"))
+            continue
+        end = reader.line_num
+        if not fields:  # a blank line
+            continue
+        if len(fields) != len(columns):
+            table.bad.append((start, f"{len(fields)} fields, the header has {len(columns)} (an unquoted "
+                                     f"{separator} in the text? quote the field)"))
+            continue
+        if end > start:  # quoted line breaks: legal, or an unclosed quote that swallowed rows
+            inner = [line for field in fields for line in field.split("\n")[1:-1]]
+            parsed = (next(csv.reader([line], delimiter=delimiter), []) for line in inner)
+            table.swallowed[start] = [dict(zip(columns, p)) for p in parsed if len(p) == len(columns)]
+        table.rows.append(dict(zip(columns, fields)))
+        table.lines.append(start)
+    return table
+
+
+def _jsonl_table(f) -> Table:
+    table = Table([], [], [], [])
+    for n, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            table.bad.append((n, f"not JSON ({e.msg} at column {e.colno})"))
+            continue
+        if not isinstance(row, dict):
+            table.bad.append((n, f"a JSON {type(row).__name__}, not an object of columns"))
+            continue
+        table.rows.append(row)
+        table.lines.append(n)
+    table.columns = sorted({k for r in table.rows for k in r})
+    return table
+
+
+def _table(path: str) -> Table:
     ext = os.path.splitext(path)[1].lower()
-    with open(path, encoding="utf-8", newline="") as f:
-        if ext in (".jsonl", ".json"):
-            rows = [json.loads(line) for line in f if line.strip()]
-            columns = sorted({k for r in rows for k in r})
-        elif ext in (".csv", ".tsv"):
-            reader = csv.DictReader(f, delimiter="\t" if ext == ".tsv" else ",", quoting=csv.QUOTE_MINIMAL)
-            rows, columns = list(reader), list(reader.fieldnames or [])
-        else:
-            raise TaskError(f"{path}: unknown table format {ext!r}; use .csv, .tsv or .jsonl")
-    return rows, columns
+    if ext not in (".jsonl", ".json", ".csv", ".tsv"):
+        raise TaskError(f"{path}: unknown table format {ext!r}; use .csv, .tsv or .jsonl")
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            return _jsonl_table(f) if ext in (".jsonl", ".json") else _csv_table(f, "\t" if ext == ".tsv" else ",")
+    except UnicodeDecodeError as e:
+        raise TaskError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
 
 
-def read_table(path: str, spec: TaskSpec) -> Examples:
-    """A CSV/TSV/JSONL file with the spec's text_a, optional text_b and label columns."""
+# A class with one row in a table of at least this many, where classes of 10 or more rows hold 95%
+# of the rows, is a malformed row's stray text far more often than a real class.
+RARE_LABEL_MIN_ROWS = 200
+
+
+def _suspicious_labels(labels: list[str]) -> set[str]:
+    import collections
+
+    counts = collections.Counter(labels)
+    if len(labels) < RARE_LABEL_MIN_ROWS:
+        return {v for v in counts if '"' in v or "\n" in v}
+    common = sum(c for c in counts.values() if c >= 10)
+    rare = {v for v, c in counts.items() if c == 1} if common >= 0.95 * len(labels) else set()
+    return rare | {v for v in counts if '"' in v or "\n" in v}
+
+
+def read_table(path: str, spec: TaskSpec, skip_bad_rows: bool = False, log=print) -> Examples:
+    """A CSV/TSV/JSONL file with the spec's text_a, optional text_b and label columns, read strictly:
+    a malformed row, a row with the wrong number of fields, a missing label or a label that looks like
+    a broken row's text is refused naming file and line, or with `skip_bad_rows` skipped and counted."""
     if not os.path.isfile(path):
         raise TaskError(f"{path}: no such file")
-    rows, columns = _rows(path)
+    table = _table(path)
+    columns = table.columns
     for column in (spec.text_a, spec.text_b, spec.label):
         if column and column not in columns:
             raise TaskError(f"{path}: no column {column!r}; the columns are {columns} (choose them with "
                             "--config.task.text_a / text_b / label)")
-    labels = []
-    for i, row in enumerate(rows):
+    bad = list(table.bad)
+    keep = []
+    for row, line in zip(table.rows, table.lines):
         value = row.get(spec.label)
-        if value is None or str(value).strip() == "":
-            raise TaskError(f"{path}: row {i + 1} has no {spec.label!r} label")
-        if spec.kind == "regression":
-            try:
-                value = float(value)
-            except ValueError:
-                raise TaskError(f"{path}: row {i + 1}: label {value!r} is not a number") from None
-        labels.append(str(value).strip() if spec.kind == "classification" else value)
+        missing = [c for c in (spec.text_a, spec.text_b) if c and row.get(c) is None]
+        if missing:
+            bad.append((line, f"no {missing[0]!r} value"))
+        elif value is None or str(value).strip() == "":
+            bad.append((line, f"no {spec.label!r} label"))
+        elif spec.kind == "regression" and not _is_number(str(value)):
+            bad.append((line, f"label {value!r} is not a number"))
+        else:
+            keep.append((row, line))
+    known = {str(r[spec.label]).strip() for r, _ in keep}
+    looks_like_a_row = lambda r: (_is_number(str(r.get(spec.label))) if spec.kind == "regression"
+                                  else str(r.get(spec.label)).strip() in known)
+    for r, line in list(keep):
+        rows_inside = [x for x in table.swallowed.get(line, []) if looks_like_a_row(x)]
+        if rows_inside:
+            bad.append((line, f"a quoted field holds {len(rows_inside)} line(s) that read as rows of their own "
+                              "(an unclosed quote?)"))
+            keep.remove((r, line))
+    if spec.kind == "classification":
+        odd = _suspicious_labels([str(r[spec.label]).strip() for r, _ in keep])
+        bad += [(line, f"label {str(r[spec.label]).strip()[:60]!r} appears once in {len(keep):,} rows (or looks "
+                       "like text), where the other classes are few: a malformed row?")
+                for r, line in keep if str(r[spec.label]).strip() in odd]
+        keep = [(r, line) for r, line in keep if str(r[spec.label]).strip() not in odd]
+    bad.sort()
+    if bad and not skip_bad_rows:
+        shown = "; ".join(f"line {n}: {what}" for n, what in bad[:3])
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise TaskError(f"{path}: {len(bad)} bad row(s) ({shown}{more}); fix the file, or pass "
+                        "--config.task.skip_bad_rows=True to skip them (counted and shown)")
+    if bad:
+        log(f"{path}: skipped {len(bad)} bad row(s) of {len(bad) + len(keep)}: " +
+            "; ".join(f"line {n}: {what}" for n, what in bad[:3]) + (" ..." if len(bad) > 3 else ""))
+    multiline = sum(1 for _, line in keep if line in table.swallowed)
+    if multiline:
+        log(f"{path}: {multiline} row(s) hold quoted line breaks (read as one row each)")
+    rows = [r for r, _ in keep]
+    labels = [str(r[spec.label]).strip() if spec.kind == "classification" else
+              float(r[spec.label]) if spec.kind == "regression" else r[spec.label] for r in rows]
     return Examples(path, [str(r[spec.text_a]) for r in rows],
                     [str(r[spec.text_b]) for r in rows] if spec.text_b else None, labels)
 
