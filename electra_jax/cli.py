@@ -617,8 +617,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"electra-jax: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C in training, or one anywhere else: stop, no traceback
-        print(f"electra-jax: {args.command} interrupted (Ctrl-C); nothing half-written is kept, rerun to "
-              "continue", file=sys.stderr)
+        print(f"electra-jax: {args.command} interrupted (Ctrl-C); rerun the same command to continue",
+              file=sys.stderr)
         return 130
     return 0
 

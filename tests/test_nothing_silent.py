@@ -212,3 +212,39 @@ def test_fine_tuning_stopped_inside_and_between_epochs_resumes_to_the_straight_r
         a, b = (ocp.PyTreeCheckpointer().restore(tmp_path / w / f"seed_{seed}" / "checkpoints" / step / "state")
                 for w in ("straight", "stopped"))
         jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
+
+
+def test_ctrl_c_in_pretraining_saves_the_step_and_a_second_stops_at_once(kjv64, tmp_path):
+    """Issue 31.4: Ctrl-C during `pretrain` saved nothing and printed a traceback."""
+    run = ["pretrain", "--config", "tiny", "--workdir", "run", "--data", kjv64, "--config.train.log_every=1",
+           "--config.train.eval_every=0", "--config.num_train_steps=100000", "--config.train.save_every=100000"]
+    log = tmp_path / "run" / "metrics.jsonl"
+    code, out, err = _stop_when(tmp_path, run, lambda: log.exists() and len(log.read_text().splitlines()) >= 2,
+                                signal.SIGINT)
+    assert code == 0 and "Traceback" not in err, err[-3000:]
+    saved = ocp.CheckpointManager(str(tmp_path / "run" / "checkpoints")).all_steps()
+    assert len(saved) == 1 and f"stopped by Ctrl-C: saved step {saved[0]}" in out
+    assert "Ctrl-C: saving this step, then stopping" in err
+
+
+
+def test_the_second_ctrl_c_stops_at_once_with_one_line(monkeypatch, capsys):
+    from electra_jax import cli
+
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)  # Python runs handlers between bytecodes; give it some
+        assert stop.requested == "Ctrl-C"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.CONFIG_COMMANDS, "pretrain", interrupted)
+    capsys.readouterr()
+    assert cli.main(["pretrain", "--config", "tiny", "--workdir", "w"]) == 130
+    assert capsys.readouterr().err == ("electra-jax: pretrain interrupted (Ctrl-C); rerun the same command "
+                                       "to continue\n")
