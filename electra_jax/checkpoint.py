@@ -14,10 +14,11 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from electra_jax.errors import UserError
 from electra_jax.fs import host_tf, resolve
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be used here; the message says why and what to do."""
 
 

@@ -12,7 +12,8 @@ import sys
 
 # Light modules only: JAX is imported after main() has set the environment (and never for --help).
 from electra_jax.config import ConfigError, load_config
-from electra_jax.fs import resolve, split_step
+from electra_jax.errors import UserError
+from electra_jax.fs import resolve, split_step, writable_dir
 
 # The demo's detect sentence: Genesis 1:3 with one word swapped ("light" -> "bread"), so there is a
 # replaced token to find.
@@ -267,14 +268,15 @@ def _tokenizer_command(args) -> None:
     from electra_jax.data.builder import DataError, ReadStats, expand_inputs, iter_file_documents
     from electra_jax.data.tokenizer import save_tokenizer, train_tokenizer
 
-    files = expand_inputs(args.input) if args.input else [SAMPLE_CORPUS]
     if args.vocab_size < 16:
         raise ConfigError("--vocab-size must be at least 16")
+    files = expand_inputs(args.input) if args.input else [SAMPLE_CORPUS]
+    writable_dir(args.out, keep=False)  # before training, not after
     stats = ReadStats()
     lines = (line for doc in iter_file_documents(files, stats, 100_000) for line in doc)
     tok = train_tokenizer(lines, args.vocab_size, args.min_frequency)
     if not stats.lines:
-        raise DataError(f"{', '.join(files)}: no non-empty lines to learn a vocabulary from")
+        raise DataError(f"{', '.join(args.input or files)}: no non-empty lines to learn a vocabulary from")
     save_tokenizer(tok, args.out)
     print(f"wrote a {tok.get_vocab_size()}-token vocabulary to {args.out}")
 
@@ -332,6 +334,7 @@ def _export_command(args) -> None:
     from electra_jax.pretrain import load_workdir_config, restore_params, workdir_tokenizer
     from electra_jax.writers import read_metrics
 
+    writable_dir(args.out, keep=False)  # before restoring anything
     dtype = np.float32 if args.dtype == "float32" else ml_dtypes.bfloat16
     if "task" in load_workdir_config(args.workdir):  # a fine-tuning run: one classifier directory
         from electra_jax.finetune.run import export_finetuned
@@ -580,14 +583,6 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(args_only)
     _resolve_paths(args)
 
-    from electra_jax.checkpoint import CheckpointError
-    from electra_jax.data.builder import DataError
-    from electra_jax.data.tokenizer import TokenizerError
-    from electra_jax.distributed import DistributedError
-    from electra_jax.finetune.tasks import TaskError
-    from electra_jax.hf import HFFormatError
-    from electra_jax.pretrain import TrainingError
-
     try:
         if hasattr(args, "coordinator"):  # before anything touches a JAX backend
             from electra_jax.distributed import initialize
@@ -612,8 +607,7 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(args.config, overrides)
             _resolve_config_paths(config)
             CONFIG_COMMANDS[args.command](args, config)
-    except (ConfigError, DataError, TokenizerError, TrainingError, HFFormatError, CheckpointError,
-            TaskError, DistributedError) as e:
+    except UserError as e:  # ConfigError, DataError, TaskError, ...: said in one line
         print(f"electra-jax: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C in training, or one anywhere else: stop, no traceback

@@ -13,6 +13,9 @@ import math
 
 import ml_collections
 
+from electra_jax.errors import UserError
+
+
 OPTIMIZERS = ("electra_adam", "adamw", "lamb")
 DTYPES = ("float32", "bfloat16")
 RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
@@ -41,7 +44,7 @@ DEFAULT_SHARDING_RULES = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value that cannot work; the message names the field and the allowed values."""
 
 
@@ -463,6 +466,10 @@ def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> ml_co
     from ml_collections import config_flags
 
     path = find_config(path)
+    file = path.partition(":")[0]
+    if not file.endswith(".py"):
+        raise ConfigError(f"--config {file}: not a config file (a preset name, or a Python file defining "
+                          f"get_config()); presets: {', '.join(presets())}")
     for arg in overrides:
         if not arg.startswith("--config."):
             raise ConfigError(f"override {arg!r} must look like --config.model.hidden_size=512")
@@ -475,7 +482,12 @@ def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> ml_co
     except (AttributeError, KeyError) as e:
         raise ConfigError(_unknown_field_message(path, overrides, str(e).strip("\"'"))) from None
     except flags.Error as e:
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, SyntaxError):
+            raise ConfigError(f"--config {file}: line {cause.lineno}: {cause.msg}") from None
         raise ConfigError(f"bad override: {e}") from None
+    except Exception as e:  # the file itself raised (NameError, ImportError, ...) while loading
+        raise ConfigError(f"--config {file}: {type(e).__name__}: {e} (while loading it)") from None
     config = values.config
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"config file {path!r} could not be loaded: define get_config() returning a ConfigDict")

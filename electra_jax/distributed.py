@@ -20,8 +20,10 @@ import socket
 import time
 from typing import Callable, Mapping
 
+from electra_jax.errors import UserError
 
-class DistributedError(RuntimeError):
+
+class DistributedError(UserError, RuntimeError):
     """The processes could not be joined; the message names the coordinator and what to check."""
 
 

@@ -7,6 +7,12 @@ import contextlib
 import os
 import sys
 
+from electra_jax.errors import UserError
+
+
+class PathError(UserError, OSError):
+    """An output location that cannot be written; says which and what to do."""
+
 
 def is_remote(path: str) -> bool:
     """gs://, s3://, ram://, ...: paths that go through tf.io.gfile instead of the local filesystem."""
@@ -79,3 +85,40 @@ def write_text_atomic(path: str, text: str) -> None:
     with gfile.GFile(tmp, "w") as f:
         f.write(text)
     gfile.rename(tmp, path, overwrite=True)
+
+
+def writable_dir(path: str, flag: str = "--out", keep: bool = True) -> None:
+    """Prove a file can be written in directory `path` (created if needed; with `keep=False` what was
+    created is removed again): an output location that cannot take the result fails before the work,
+    not after it. Remote paths are probed through gfile."""
+    if is_remote(path):
+        gfile = host_tf().io.gfile
+        probe = f"{path.rstrip('/')}/.write-test-{os.getpid()}"
+        try:
+            gfile.makedirs(path)
+            with gfile.GFile(probe, "w") as f:
+                f.write("ok")
+            gfile.remove(probe)
+        except Exception as e:  # tf raises NotFound, PermissionDenied, ... with the server's reason
+            raise PathError(f"cannot write to {flag} {path}: {str(e)[:300]}; check the bucket name and this "
+                            "machine's credentials (gcloud auth application-default login, or the VM's "
+                            "service account scopes)") from None
+        return
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise PathError(f"{flag} {path} is a file; give a directory")
+    missing = path
+    while not os.path.exists(os.path.dirname(missing)) and os.path.dirname(missing) != missing:
+        missing = os.path.dirname(missing)  # the outermost directory this call creates
+    created = not os.path.exists(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write-test-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise PathError(f"cannot write to {flag} {path}: {e.strerror or e}; choose a writable directory") from None
+    if created and not keep:
+        import shutil
+
+        shutil.rmtree(missing)

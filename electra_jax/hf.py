@@ -12,6 +12,7 @@ from typing import Iterator
 import numpy as np
 
 from electra_jax.config import EncoderSpec, ModelSpec
+from electra_jax.errors import UserError
 from electra_jax.fs import host_tf, is_remote
 from electra_jax.model import unstack_layers
 
@@ -127,7 +128,7 @@ def to_hf_state_dict(params, spec: ModelSpec, tower: str, dtype=np.float32) -> d
             for path, key, layout in _entries(spec, tower)}
 
 
-class HFFormatError(ValueError):
+class HFFormatError(UserError, ValueError):
     """A Hugging Face directory that is not the ELECTRA model expected; the message says which part."""
 
 
@@ -241,7 +242,20 @@ def model_fields_from_hf(discriminator: dict, generator: dict) -> dict:
     for name, c in (("discriminator", discriminator), ("generator", generator)):
         if c.get("hidden_act", "gelu") != "gelu":
             raise HFFormatError(f"the {name} uses hidden_act={c['hidden_act']!r}; electra-jax has gelu only")
+    kinds = {name: set(c.get("architectures") or []) for name, c in (("discriminator", discriminator),
+                                                                      ("generator", generator))}
+    if "ElectraForMaskedLM" in kinds["discriminator"] and "ElectraForPreTraining" in kinds["generator"]:
+        raise HFFormatError("--discriminator and --generator are swapped: the --discriminator directory holds "
+                            "an ElectraForMaskedLM (a generator) and the --generator one an "
+                            "ElectraForPreTraining (a discriminator); exchange the two paths")
+    for name, wrong in (("discriminator", "ElectraForMaskedLM"), ("generator", "ElectraForPreTraining")):
+        if wrong in kinds[name]:
+            raise HFFormatError(f"--{name} holds an {wrong}, not an ELECTRA {name}; give the {name} "
+                                f"directory (an export writes OUT/discriminator and OUT/generator)")
     d, g = discriminator, generator
+    if not kinds["discriminator"] | kinds["generator"] and g["hidden_size"] > d["hidden_size"]:
+        raise HFFormatError(f"the --generator ({g['hidden_size']} wide) is wider than the --discriminator "
+                            f"({d['hidden_size']}): are the two paths swapped?")
     fields = {
         "vocab_size": d["vocab_size"], "embedding_size": d["embedding_size"],
         "hidden_size": d["hidden_size"], "num_layers": d["num_hidden_layers"],

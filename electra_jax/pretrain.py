@@ -24,7 +24,8 @@ import numpy as np
 from electra_jax import config as config_lib
 from electra_jax import flops
 from electra_jax.checkpoint import Checkpoints
-from electra_jax.fs import exists, host_tf, is_remote, read_text, split_step, write_text_atomic
+from electra_jax.errors import UserError
+from electra_jax.fs import exists, host_tf, is_remote, read_text, split_step, writable_dir, write_text_atomic
 from electra_jax.objective import eval_metrics, eval_statistics
 from electra_jax.sharding import replicated
 from electra_jax.signals import StopRequest
@@ -32,7 +33,7 @@ from electra_jax.train import Setup, setup
 from electra_jax.writers import MetricWriter, Progress
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """The run cannot go on (NaN, incompatible checkpoint, bad data or workdir); says what to do."""
 
 
@@ -66,28 +67,9 @@ def check_checkpoint(config, meta: dict, workdir: str) -> None:
 
 def check_workdir(workdir: str, checkpoint_bytes: int) -> None:
     """Writable, with room for one more checkpoint: fail now, not hours later at the first save."""
-    if is_remote(workdir):  # gs:// and friends: can we write there (credentials, bucket)?
-        tf = host_tf()
-        probe = f"{workdir.rstrip('/')}/.write-test-{os.getpid()}"
-        try:
-            tf.io.gfile.makedirs(workdir)
-            with tf.io.gfile.GFile(probe, "w") as f:
-                f.write("ok")
-            tf.io.gfile.remove(probe)
-        except Exception as e:  # tf raises NotFound, PermissionDenied, ... with the server's reason
-            raise TrainingError(f"cannot write to --workdir {workdir}: {str(e)[:300]}; check the bucket "
-                                "name and this machine's credentials (gcloud auth application-default "
-                                "login, or the VM's service account scopes)") from None
+    writable_dir(workdir, "--workdir")
+    if is_remote(workdir):
         return
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write-test-{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise TrainingError(f"cannot write to --workdir {workdir}: {e.strerror or e}; choose a writable "
-                            "directory") from None
     free = shutil.disk_usage(workdir).free
     if free < 1.2 * checkpoint_bytes:
         raise TrainingError(f"--workdir {workdir} has {free / 2**30:.2f} GiB free but one checkpoint "

@@ -248,3 +248,73 @@ def test_the_second_ctrl_c_stops_at_once_with_one_line(monkeypatch, capsys):
     assert cli.main(["pretrain", "--config", "tiny", "--workdir", "w"]) == 130
     assert capsys.readouterr().err == ("electra-jax: pretrain interrupted (Ctrl-C); rerun the same command "
                                        "to continue\n")
+
+
+def test_user_mistakes_get_one_line_naming_the_path_and_exit_2(random_discriminator, tmp_path, capsys):
+    """Issue 31.6-31.12: each of these printed a traceback (or an error naming no file)."""
+    from electra_jax.cli import main
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a-file").write_text("not a directory\n")
+    (tmp_path / "train.csv").write_text("text,label\nhello,a\n")
+    (tmp_path / "readonly").mkdir()
+    (tmp_path / "readonly").chmod(0o500)
+    generator = random_discriminator.replace("discriminator", "generator")
+    cases = [
+        (["build-data", "--input", str(tmp_path / "empty"), "--out", str(tmp_path / "d")],
+         f"{tmp_path / 'empty'}: no files in this directory"),
+        (["tokenizer", "--input", str(tmp_path / "empty"), "--out", str(tmp_path / "t")],
+         f"{tmp_path / 'empty'}: no files in this directory"),
+        (["build-data", "--out", str(tmp_path / "a-file")],
+         f"--out {tmp_path / 'a-file'} is a file; give a directory"),
+        (["pretrain", "--config", str(tmp_path / "train.csv"), "--workdir", str(tmp_path / "w")],
+         f"--config {tmp_path / 'train.csv'}: not a config file (a preset name, or a Python file"),
+        (["export", "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "a-file")],
+         f"--out {tmp_path / 'a-file'} is a file; give a directory"),
+        (["tokenizer", "--out", str(tmp_path / "a-file")], f"--out {tmp_path / 'a-file'} is a file"),
+        (["tokenizer", "--out", str(tmp_path / "readonly" / "tok")],
+         f"cannot write to --out {tmp_path / 'readonly' / 'tok'}: Permission denied"),
+        (["import", "--discriminator", generator, "--generator", random_discriminator, "--workdir",
+          str(tmp_path / "imported")], "--discriminator and --generator are swapped"),
+    ]
+    if os.geteuid() == 0:  # root writes anywhere: the read-only case cannot happen
+        cases = [c for c in cases if "readonly" not in c[0][-1]]
+    for args, message in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and err.count("\n") == 1, (args, err)
+    assert not (tmp_path / "d").exists() and not (tmp_path / "t").exists() and not (tmp_path / "imported").exists()
+
+    # a directory of text files is a corpus, read in sorted path order (hidden files left out)
+    corpus = tmp_path / "corpus"
+    (corpus / "b").mkdir(parents=True)
+    (corpus / ".git").mkdir()
+    (corpus / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    with gzip.open(SAMPLE_CORPUS, "rt") as f:
+        lines = f.read().splitlines()[:400]
+    (corpus / "b" / "2.txt").write_text("\n".join(lines[200:]) + "\n")
+    (corpus / "a.txt").write_text("\n".join(lines[:200]) + "\n")
+    assert main(["build-data", "--input", str(corpus), "--out", str(tmp_path / "d"), "--seq-len", "32",
+                 "--shards", "1", "--workers", "1", "--eval-fraction", "0"]) == 0
+    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert manifest["input"]["files"] == 2 and manifest["input"]["lines"] == len([x for x in lines if x.strip()])
+
+
+def test_ctrl_c_during_build_data_is_one_line_and_leaves_nothing(tmp_path):
+    """Issue 31.9: a chained IndexError + KeyboardInterrupt traceback. Ctrl-C reaches the whole
+    foreground process group (the workers too), as a terminal sends it."""
+    corpus = tmp_path / "corpus.txt"
+    with gzip.open(SAMPLE_CORPUS, "rt") as f:
+        corpus.write_text(f.read() * 3)
+    child = subprocess.Popen([sys.executable, "-m", "electra_jax.cli", "build-data", "--input", str(corpus),
+                              "--out", "d", "--workers", "2", "--shards", "2"], cwd=tmp_path, env=CHILD_ENV,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob("d/*.tfrecord")):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.killpg(child.pid, signal.SIGINT)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 130, (out, err)
+    assert err == "electra-jax: build-data interrupted (Ctrl-C); rerun the same command to continue\n"
+    assert not (tmp_path / "d").exists()

@@ -280,9 +280,11 @@ def test_unwritable_or_full_workdir_is_refused_before_training(data_dir, tmp_pat
     import collections
     import shutil
 
+    from electra_jax.fs import PathError
+
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    with pytest.raises(TrainingError, match="cannot write to --workdir"):
+    with pytest.raises(PathError, match="cannot write to --workdir"):
         pretrain(_config(data_dir), str(blocker / "run"), devices=jax.devices()[:1], progress=False)
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**9, 10**9 - 1000, 1000))

@@ -27,12 +27,14 @@ import json
 import multiprocessing
 import os
 import random
+import signal
 import sys
 import time
 from typing import Iterator, Sequence
 
 import numpy as np
 
+from electra_jax.errors import UserError
 from electra_jax.fs import host_tf, is_remote
 
 FORMAT = "electra-jax-pretraining/1"
@@ -44,7 +46,7 @@ BLOCK_CHARS = 1 << 20  # documents are handed to workers in blocks of about this
 MAX_DOCUMENT_CHARS = 8 * BLOCK_CHARS
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input to the builder or reader; the message names the file and what to do."""
 
 
@@ -109,12 +111,27 @@ def layout(first: Sequence[int], second: Sequence[int], cls_id: int, sep_id: int
 
 
 def expand_inputs(patterns: Sequence[str]) -> list[str]:
+    """Files from paths, globs and directories (a directory: every file under it, hidden ones left out,
+    in sorted path order, as the original's builder reads a corpus directory)."""
     files: list[str] = []
     for pattern in patterns:
         matches = sorted(_glob(pattern))
         if not matches:
             raise DataError(f"no files match {pattern!r}; check the path or quote the glob")
-        files += [m for m in matches if not _isdir(m)]
+        for match in matches:
+            files += sorted(_files_under(match)) if _isdir(match) else [match]
+    if not files:
+        raise DataError(f"{', '.join(patterns)}: no files in {'this directory' if len(patterns) == 1 else 'these'}")
+    return files
+
+
+def _files_under(directory: str) -> list[str]:
+    walk = host_tf().io.gfile.walk if is_remote(directory) else os.walk
+    files = []
+    for root, _, names in walk(directory):
+        if any(part.startswith(".") for part in os.path.relpath(root, directory).split(os.sep) if part != "."):
+            continue  # hidden directories (.git, ...) are not corpus
+        files += [os.path.join(root, name) for name in names if not name.startswith(".")]
     return files
 
 
@@ -122,6 +139,10 @@ def _glob(pattern):
     if is_remote(pattern):
         return host_tf().io.gfile.glob(pattern)
     return globlib.glob(pattern, recursive=True)
+
+
+def _exists(path):
+    return host_tf().io.gfile.exists(path) if is_remote(path) else os.path.exists(path)
 
 
 def _isdir(path):
@@ -254,8 +275,8 @@ _WORKER: dict = {}
 
 
 def _init_worker(spec: PackSpec, single_threaded: bool = False) -> None:
-    if single_threaded:  # one tokenizer thread per worker process: the workers are the parallelism
-        os.environ["RAYON_NUM_THREADS"] = "1"
+    if single_threaded:
+        os.environ["RAYON_NUM_THREADS"] = "1"  # one tokenizer thread per worker: the workers are the parallelism
     import tokenizers
 
     tok = tokenizers.Tokenizer.from_str(spec.tokenizer_json)
@@ -365,6 +386,8 @@ def _check_args(a: BuildArgs) -> None:
         raise DataError(f"--eval-fraction {a.eval_fraction} must be in [0, 1)")
     if a.shards < 1 or a.workers < 1:
         raise DataError("--shards and --workers must be at least 1")
+    if _exists(a.out) and not _isdir(a.out):
+        raise DataError(f"--out {a.out} is a file; give a directory (it will hold the shards and manifest.json)")
 
 
 def _prepare_out(a: BuildArgs) -> bool:
@@ -392,17 +415,18 @@ def _prepare_out(a: BuildArgs) -> bool:
 
 def build(a: BuildArgs) -> dict:
     """Run the whole build; returns the manifest."""
+    _check_args(a)  # argument and path errors first, before TensorFlow and the tokenizer load
+    files = expand_inputs(a.inputs) if a.inputs else []
     tf = host_tf()
 
     from electra_jax.data.tokenizer import fingerprint, load_tokenizer, special_ids
 
-    _check_args(a)
-    files = expand_inputs(a.inputs) if a.inputs else []
     for path in files:  # before anything is written (the reader would find them only later)
         refuse_binary(path)
     tok = load_tokenizer(a.tokenizer)
     sp = special_ids(tok, a.tokenizer)
     vocab_size = tok.get_vocab_size()
+    created = not _exists(a.out)
     if not _prepare_out(a):
         print(f"{a.out} already holds this build; nothing to do")
         return read_manifest(a.out)
@@ -428,7 +452,14 @@ def build(a: BuildArgs) -> dict:
     # A bar only on a terminal: in a log file its redraws are one endless line.
     bar = tqdm(desc="build-data", unit=" tok", unit_scale=True, disable=not (a.progress and sys.stderr.isatty()))
     if a.workers > 1:
-        pool = multiprocessing.get_context("spawn").Pool(a.workers, _init_worker, (spec, True))
+        # Workers ignore Ctrl-C from their first instruction (an ignored signal stays ignored through exec):
+        # it is the parent's to handle (it stops the pool); one reaching a starting worker printed its
+        # traceback. A Ctrl-C in the milliseconds the pool takes to start is lost.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            pool = multiprocessing.get_context("spawn").Pool(a.workers, _init_worker, (spec, True))
+        finally:
+            signal.signal(signal.SIGINT, previous)
         results = pool.imap(pack_block, tasks)
     else:
         pool = None
@@ -462,6 +493,8 @@ def build(a: BuildArgs) -> dict:
                 for n in ns:
                     if tf.io.gfile.exists(os.path.join(a.out, n)):
                         tf.io.gfile.remove(os.path.join(a.out, n))
+            if created and not tf.io.gfile.listdir(a.out):  # and no empty --out made by this run
+                tf.io.gfile.rmtree(a.out)
 
     seconds = time.perf_counter() - start
     if counts["train"]["examples"] == 0:

@@ -16,12 +16,13 @@ from typing import Iterable
 import tokenizers
 from tokenizers import decoders, normalizers, pre_tokenizers, processors, trainers
 
+from electra_jax.errors import UserError
 from electra_jax.fs import host_tf
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 in vocabularies we train
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     """A tokenizer that cannot be used; the message names the path and what to do."""
 
 

@@ -13,12 +13,13 @@ import os
 
 import numpy as np
 
+from electra_jax.errors import UserError
 from electra_jax.fs import host_tf
 
 KINDS = ("classification", "regression", "tagging", "qa")
 
 
-class TaskError(ValueError):
+class TaskError(UserError, ValueError):
     """Task data that cannot be used; the message names the file, column or label and what to do."""
 
 
