@@ -381,8 +381,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
            f"must be in (0, 1], got {p.layerwise_lr_decay}")
     _check(p.layerwise_depth in LAYERWISE_DEPTHS, "optim.layerwise_depth",
            f"{p.layerwise_depth!r} is not one of {LAYERWISE_DEPTHS}")
-    if "head" in config:
-        _check(config.head in HEADS, "head", f"{config.head!r} is not one of {HEADS}")
+    if "head" in config:  # "" until `finetune` sets the task's
+        _check(config.head in HEADS + ("",), "head", f"{config.head!r} is not one of {HEADS}")
     if "pooling" in config:
         _check(config.pooling in POOLINGS, "pooling", f"{config.pooling!r} is not one of {POOLINGS}")
     if "model_selection" in config:
@@ -531,7 +531,14 @@ def finetune_config() -> ml_collections.ConfigDict:
     # when both are the same (an edited file or a further-trained init is another run).
     t.data_fingerprint = ""
     t.init_fingerprint = ""
-    c.head = "paper"  # "paper": [CLS] -> dropout -> dense; "hf": ElectraClassificationHead (exports)
+    # "paper": [CLS] -> dropout -> dense (QA: the joint span head); "hf": ElectraClassificationHead (QA:
+    # ElectraForQuestionAnswering's), which exports to transformers. "": the task's, set by `finetune`:
+    # the paper's for GLUE and SQuAD (as the original), "hf" for file tasks (users want a transformers model).
+    c.head = ""
+    # File tasks (classification / regression / tagging / qa) train at least this many steps: the
+    # original's 3 epochs are for GLUE-sized sets, and a few hundred rows x 3 epochs leave a model at the
+    # majority class. GLUE and SQuAD keep the original's epochs; --config.num_epochs sets epochs exactly.
+    c.min_steps = 500
     # Sentence-level tasks: the head reads [CLS] ("cls", the original's) or the mean of the non-padding
     # token vectors ("mean": no Hugging Face class has it, so such a model does not export).
     c.pooling = "cls"

@@ -138,8 +138,8 @@ def test_pretraining_helps_runs_in_short_form(tmp_path):
     assert table.startswith("# pretraining-helps, ") and "\n| task | labels | random | mlm | electra |" in table
     assert "| testament | 16 |" in table and f"MLM {results['pretrain_steps']['mlm']:,} steps" in table
     assert (tmp_path / "x" / "results.png").stat().st_size > 10_000
-    # The interrupted cell was started again from nothing; each cell is scored once, after its last epoch.
-    assert "testament/16/electra: unfinished, starting it again" in out.stdout
+    # The interrupted cell (no checkpoint yet) was started again; each cell is scored once, after its last epoch.
+    assert "testament/16/electra: unfinished, continuing it" in out.stdout
     cell = json.loads((tmp_path / "x" / "finetune" / "testament" / "16" / "electra" / "results.json").read_text())
     assert [[h["epoch"] for h in history] for history in cell["history"]] == [[cell["epochs"]]]
     assert '"step": 99' not in (partial / "metrics.jsonl").read_text()

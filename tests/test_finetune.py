@@ -111,7 +111,7 @@ def test_the_fine_tuning_optimizer_applies_the_layerwise_rates():
     decay^(top - depth) (original convention: 2 layers, head at depth 4)."""
     config = load_config(str(ROOT / "configs" / "finetune" / "tiny.py"), [
         "--config.optim.warmup_steps=0", "--config.optim.weight_decay=0", "--config.num_train_steps=100",
-        "--config.task.max_len=8"])
+        "--config.task.max_len=8", "--config.head=paper"])
     config.model.update(vocab_size=2048, embedding_size=32, hidden_size=64, num_layers=2, num_heads=2,
                         intermediate_size=256, max_position_embeddings=128)
     from electra_jax.finetune.run import classifier_setup

@@ -318,3 +318,30 @@ def test_ctrl_c_during_build_data_is_one_line_and_leaves_nothing(tmp_path):
     assert child.returncode == 130, (out, err)
     assert err == "electra-jax: build-data interrupted (Ctrl-C); rerun the same command to continue\n"
     assert not (tmp_path / "d").exists()
+
+
+def test_the_default_fine_tune_of_a_small_csv_learns_and_exports(random_discriminator, tmp_path):
+    """Issue 31.13 and 31.14: on 300 rows the defaults (3 epochs) stayed at the majority class, and the
+    default head could not be exported (said only after training)."""
+    def write(path, verses):
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(("sentence", "label"))
+            writer.writerows((v, "lord" if " lord" in v.lower() else "other") for v in verses)
+
+    with gzip.open(SAMPLE_CORPUS, "rt") as f:
+        verses = [line.strip() for line in f if len(line.split()) > 4][:300]
+    write(tmp_path / "train.csv", verses[:240])
+    write(tmp_path / "dev.csv", verses[240:])
+    out = _cli(tmp_path, "finetune", "--init", random_discriminator, "--task", "classification", "--train",
+               "train.csv", "--dev", "dev.csv", "--workdir", "ft")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "240 training examples make 8 steps per epoch: training 63 epochs (504 steps" in out.stdout
+    majority = max(np.mean([" lord" in v.lower() for v in verses[240:]]),
+                   np.mean([" lord" not in v.lower() for v in verses[240:]]))
+    results = json.loads((tmp_path / "ft" / "results.json").read_text())
+    assert results["median"]["dev/accuracy"] > majority + 0.05, (results["median"], majority)
+    exported = _cli(tmp_path, "export", "--workdir", "ft", "--out", "hf")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == [
+        "ElectraForSequenceClassification"]

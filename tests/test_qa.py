@@ -516,7 +516,7 @@ def test_squad2_with_the_papers_joint_head_trains_and_reports_has_and_no_answer(
     init = _random_init(tmp_path)
     assert main(["finetune", "--init", init, "--task", "qa", "--train", "train.json", "--dev", "dev.json",
                  "--workdir", "run", "--config", "finetune/tiny", "--config.task.max_len=40",
-                 "--config.task.max_query_len=16", "--config.num_epochs=6",
+                 "--config.task.max_query_len=16", "--config.num_epochs=6", "--config.head=paper",
                  "--config.optim.learning_rate=1e-3"]) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     median = results["median"]

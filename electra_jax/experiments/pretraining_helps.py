@@ -158,7 +158,7 @@ def _finetune_one(out: str, init: str, random_init: bool, train: str, test: str,
     c = load_config(finetune_config, ["--config.task.name=classification", f"--config.task.train={train}",
                                       f"--config.task.dev={test}", "--config.task.text_a=text",
                                       "--config.task.label=label", "--config.eval_every_epoch=False",
-                                      *overrides])
+                                      "--config.head=paper", *overrides])  # the recorded recipe's head
     c.num_epochs = max(3, math.ceil(min_steps * c.batch_size / n))
     # What makes a finished run this cell: a rerun with another preset, choice, seed count or a longer
     # pretrained encoder (a larger --steps in the same OUT) must not reuse it.
@@ -181,10 +181,13 @@ def _finetune_one(out: str, init: str, random_init: bool, train: str, test: str,
                 return json.load(f)
         log(f"    {out}: run with another {', '.join(changed)}, starting it again")
         shutil.rmtree(out)
-    if os.path.exists(out):  # a run interrupted before its results: start it again, cleanly
-        log(f"    {out}: unfinished, starting it again")
-        shutil.rmtree(out)
+    if os.path.exists(out):  # interrupted before its results: `finetune` resumes it (or refuses another run)
+        log(f"    {out}: unfinished, continuing it")
     result = finetune(c, init, out, seeds=seeds, random_init=random_init, progress=False)
+    if result.get("interrupted"):  # SIGTERM or Ctrl-C: the step is saved, the cell is not finished
+        from electra_jax.pretrain import TrainingError
+
+        raise TrainingError(f"{out} stopped in seed {result['seed']} (saved); rerun the same command to continue")
     _write_json(key_file, key)
     return result
 

@@ -203,6 +203,8 @@ def classifier_setup(config: ml_collections.ConfigDict, num_outputs: int, kind: 
     regression) or, for kind "qa", a `SpanExtractor` (with a no-answer logit when `answerable`)."""
     devices = list(devices if devices is not None else jax.devices())
     config_lib.validate(config, num_devices=len(devices))
+    if config.head not in config_lib.HEADS:
+        raise TaskError(f"head {config.head!r}: set it (one of {config_lib.HEADS}) or let `finetune` choose the task's")
     spec = config_lib.model_spec(config)
     max_len = config.task.max_len
     if kind == "qa":
@@ -406,7 +408,7 @@ def check_rerun(config, workdir: str) -> bool:
     now = json.loads(config.to_json_best_effort())
 
     def differences(a, b, prefix=""):
-        for key in sorted(set(a) | set(b)):
+        for key in sorted(a):  # a field added since the run was made is not a difference
             x, y = a.get(key), b.get(key)
             if isinstance(x, dict) and isinstance(y, dict):
                 yield from differences(x, y, f"{prefix}{key}.")
@@ -435,6 +437,13 @@ def finetune(config: ml_collections.ConfigDict, init: str, workdir: str, *, seed
     (`stop`) saves the current step and returns {"interrupted": True, "seed": ...}."""
     from electra_jax.data.tokenizer import load_tokenizer
 
+    lead = jax.process_index() == 0
+    log = print if lead else (lambda _: None)
+    t = config.task
+    spec = task_spec(t.name, t.text_a, t.text_b, t.label)
+    file_task = spec.tfds is None
+    if not config.head:
+        config.head = "hf" if file_task else "paper"
     fields, tokens, backbone, tokenizer_path = load_init(init)
     config.model.update(fields)
     config.tokens.update(tokens)
@@ -447,10 +456,16 @@ def finetune(config: ml_collections.ConfigDict, init: str, workdir: str, *, seed
         raise TaskError(f"task.max_len {config.task.max_len}: must be at least 4 ([CLS] A [SEP] B [SEP]) and "
                         f"at most the model's {positions} positions")
     train, evals, labels, answerable = encode_task(config, spec, train_examples, eval_examples,
-                                                   load_tokenizer(tokenizer_path),
-                                                   log=print if jax.process_index() == 0 else lambda _: None)
+                                                   load_tokenizer(tokenizer_path), log=log)
+    per_epoch = math.ceil(len(train["input_ids"]) / config.batch_size)
     epochs = config.num_epochs or spec.epochs
-    config.num_train_steps = epochs * math.ceil(len(train["input_ids"]) / config.batch_size)
+    if not config.num_epochs and file_task and epochs * per_epoch < config.min_steps:
+        epochs = math.ceil(config.min_steps / per_epoch)
+        log(f"{len(train['input_ids']):,} training examples make {per_epoch} steps per epoch: training "
+            f"{epochs} epochs ({epochs * per_epoch} steps, config.min_steps {config.min_steps}); "
+            "--config.num_epochs=N sets the epochs")
+    config.num_epochs = epochs
+    config.num_train_steps = epochs * per_epoch
     config.optim.warmup_steps = int(config.optim.warmup_fraction * config.num_train_steps)
     config.task.init = init
     config.task.tokenizer = tokenizer_path
