@@ -11,9 +11,9 @@ import os
 import sys
 
 # Light modules only: JAX is imported after main() has set the environment (and never for --help).
-from electra_jax.config import ConfigError, load_config
+from electra_jax.config import ConfigError, load_config, load_workdir_config
 from electra_jax.errors import UserError
-from electra_jax.fs import resolve, split_step, writable_dir
+from electra_jax.fs import exists, resolve, split_step, writable_dir
 
 # The demo's detect sentence: Genesis 1:3 with one word swapped ("light" -> "bread"), so there is a
 # replaced token to find.
@@ -53,7 +53,11 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults after each flag's help; descriptions and epilogs keep their line breaks."""
+    """Defaults after each flag's help (unless the help already says its default); descriptions and
+    epilogs keep their line breaks."""
+
+    def _get_help_string(self, action):
+        return action.help if "default" in (action.help or "") else super()._get_help_string(action)
 
 
 OVERRIDES_HELP = ("Any config field can be set after the flags: --config.<field>=<value>, e.g. "
@@ -324,6 +328,9 @@ def _demo_command(args, config) -> None:
 
 
 def _export_command(args) -> None:
+    saved = load_workdir_config(args.workdir)  # path and output errors before the heavy imports
+    writable_dir(args.out, keep=False)
+
     import json
 
     import ml_dtypes
@@ -331,12 +338,11 @@ def _export_command(args) -> None:
 
     from electra_jax.config import model_spec
     from electra_jax.hf import export_pretrained
-    from electra_jax.pretrain import load_workdir_config, restore_params, workdir_tokenizer
+    from electra_jax.pretrain import restore_params, workdir_tokenizer
     from electra_jax.writers import read_metrics
 
-    writable_dir(args.out, keep=False)  # before restoring anything
     dtype = np.float32 if args.dtype == "float32" else ml_dtypes.bfloat16
-    if "task" in load_workdir_config(args.workdir):  # a fine-tuning run: one classifier directory
+    if "task" in saved:  # a fine-tuning run: one classifier directory
         from electra_jax.finetune.run import export_finetuned
 
         print(f"exported {export_finetuned(args.workdir, args.out, args.seed, dtype)}")
@@ -382,14 +388,24 @@ def _finetune_config_path(args) -> str:
         hidden = c.get("hidden_size") or c.get("model", {}).get("hidden_size")
     size = {256: "small", 768: "base", 1024: "large"}.get(hidden)
     size = size or ("tiny" if hidden and hidden < 256 else "base")
-    print(f"using the finetune/{size} preset (hidden size {hidden}); --config overrides")
+    print(f"using the finetune/{size} preset for this model (hidden size {hidden}); --config chooses another")
     return f"finetune/{size}"
 
 
+def _must_exist(path: str, flag: str) -> None:
+    """A path a command reads, checked before the heavy imports (an error in a blink, not seconds)."""
+    if not exists(split_step(path)[0]):
+        raise ConfigError(f"{flag} {split_step(path)[0]}: no such file or directory")
+
+
 def _finetune_command(args, overrides) -> None:
+    _must_exist(args.init, "--init")
+    for flag, path in (("--train", args.train), ("--dev", args.dev)):
+        if path:
+            _must_exist(path, flag)
+    config = load_config(_finetune_config_path(args), overrides)
     from electra_jax.finetune.run import finetune
 
-    config = load_config(_finetune_config_path(args), overrides)
     _resolve_config_paths(config)
     config.task.name = args.task
     if args.train:
@@ -421,6 +437,7 @@ def _import_command(args, config) -> None:
 
 
 def _detect_command(args) -> None:
+    _must_exist(args.model, "--model")
     import json
 
     import jax
@@ -469,10 +486,13 @@ def _bench_data_command(args) -> None:
 
 
 def _pretrain_command(args, config) -> None:
-    from electra_jax.pretrain import pretrain
+    from electra_jax.data.reader import open_build
 
     if args.data:
         config.data.path = args.data
+    open_build(config.data.path, seq_len=config.data.seq_len)  # data errors before the heavy imports
+    from electra_jax.pretrain import pretrain
+
     if args.profile and not config.train.profile_steps:
         config.train.profile_steps = 5
     result = pretrain(config, args.workdir)

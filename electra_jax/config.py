@@ -578,3 +578,28 @@ def _unknown_field_message(path: str, overrides, fallback: str) -> str:
             hint = f"; did you mean --config.{close[0]}?" if close else ""
             return f"{path} has no field {name!r}{hint}"
     return f"override names a field that {path} does not have: {fallback!r}"
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run saved, over today's defaults (so fields added since then have values)."""
+    import json
+    import os
+
+    from electra_jax.fs import exists, read_text
+
+    path = os.path.join(workdir, "config.json")
+    if not exists(path):
+        raise ConfigError(f"{workdir}: no config.json; is this a pretrain or finetune --workdir?")
+    saved = json.loads(read_text(path))
+    config = finetune_config() if "task" in saved else default_config()
+
+    def merge(into: ml_collections.ConfigDict, values: dict) -> None:
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(into.get(key), ml_collections.ConfigDict):
+                merge(into[key], value)
+            else:
+                with into.ignore_type():
+                    into[key] = value
+
+    merge(config, saved)
+    return config

@@ -74,6 +74,9 @@ def exists(path: str) -> bool:
 
 
 def read_text(path: str) -> str:
+    if not is_remote(path):  # no TensorFlow import for a local file (a CLI error comes in a blink)
+        with open(path, encoding="utf-8") as f:
+            return f.read()
     with host_tf().io.gfile.GFile(path) as f:
         return f.read()
 

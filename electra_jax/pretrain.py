@@ -267,8 +267,6 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
     """
     from electra_jax.data.reader import Reader, build_tokenizer, open_build, train_dataset
 
-    if not config.data.path:
-        raise TrainingError("no training data: pass --config.data.path=DIR (a `build-data` output)")
     manifest = open_build(config.data.path, seq_len=config.data.seq_len)
     check_data(config, manifest)
     s = setup(config, devices)
@@ -384,6 +382,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
                 if run_eval:
                     evaluated = evaluate(state.params)
                     writer.write(step, "eval", evaluated)
+                    if lead:  # every evaluation is said, also in a log file between progress lines
+                        bar.write(f"step {step} eval: " + ", ".join(f"{k} {v:.4g}" for k, v in evaluated.items()))
                 speed.pause(time.perf_counter() - paused)
             if preempted:
                 bar.write(f"{'stopped by ' + stop.requested if stop.requested else 'preempted'}: saved step "
@@ -398,34 +398,17 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
         checkpoints.close()
         writer.close()
         stop.restore()
+    if not evaluated and lead:  # nothing evaluated in this call (a finished run): its last evaluation
+        from electra_jax.writers import read_metrics
+
+        evaluated = next((r for r in reversed(read_metrics(workdir)) if r.get("split") == "eval"), {})
+        evaluated = {k: v for k, v in evaluated.items() if k not in ("step", "split", "time")}
     return {"step": step, "train": logged, "eval": evaluated}
-
-
-def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run saved, over today's defaults (so fields added since then have values)."""
-    tf = host_tf()
-    path = os.path.join(workdir, "config.json")
-    if not tf.io.gfile.exists(path):
-        raise TrainingError(f"{workdir}: no config.json; is this a pretrain or finetune --workdir?")
-    with tf.io.gfile.GFile(path) as f:
-        saved = json.load(f)
-    config = config_lib.finetune_config() if "task" in saved else config_lib.default_config()
-
-    def merge(into: ml_collections.ConfigDict, values: dict) -> None:
-        for key, value in values.items():
-            if isinstance(value, dict) and isinstance(into.get(key), ml_collections.ConfigDict):
-                merge(into[key], value)
-            else:
-                with into.ignore_type():
-                    into[key] = value
-
-    merge(config, saved)
-    return config
 
 
 def restore_params(workdir: str, step: int | None = None) -> tuple[ml_collections.ConfigDict, int, Any]:
     """(config, step, params as numpy) from a pretrain workdir, on this host's first device."""
-    config = load_workdir_config(workdir)
+    config = config_lib.load_workdir_config(workdir)
     checkpoints = Checkpoints(workdir, async_save=False)
     steps = checkpoints.all_steps()
     if not steps:

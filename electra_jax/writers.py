@@ -88,10 +88,9 @@ class Progress:
         if self.enabled and not self.terminal and postfix and (
                 now - self.last_line >= self.every_s or step == self.total):
             rate = (step - self.start_step) / max(now - self.started, 1e-9)
-            eta = (self.total - step) / rate if rate > 0 else float("nan")
             fields = ", ".join(f"{k} {v}" for k, v in postfix.items())
-            print(f"step {step}/{self.total}: {fields}, {rate:.2f} {self.unit}/s, ETA {eta / 60:.1f} min",
-                  flush=True)
+            speed = f", {rate:.2f} {self.unit}/s, ETA {(self.total - step) / rate / 60:.1f} min" if rate > 0 else ""
+            print(f"step {step}/{self.total}: {fields}{speed}", flush=True)
             self.last_line = now
 
     def write(self, message: str) -> None:

@@ -294,7 +294,7 @@ def _our_logits(workdir, run, kind, enc):
     """Our classifier's outputs from the checkpoint of one fine-tuning run (a results.json entry)."""
     from electra_jax.checkpoint import Checkpoints
     from electra_jax.finetune.run import classifier_setup
-    from electra_jax.pretrain import load_workdir_config
+    from electra_jax.config import load_workdir_config
 
     s = classifier_setup(load_workdir_config(str(workdir)), 2, kind, jax.devices()[:1])
     checkpoints = Checkpoints(str(workdir / f"seed_{run['seed']}"), async_save=False)

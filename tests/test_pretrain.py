@@ -14,6 +14,7 @@ import pytest
 
 from conftest import ROOT
 from electra_jax.config import load_config
+from electra_jax.data.builder import DataError
 from electra_jax.pretrain import TrainingError, pretrain
 
 
@@ -96,7 +97,7 @@ def test_checkpoint_of_another_model_and_mismatched_data_are_refused(data_dir, t
     with pytest.raises(TrainingError, match="tokens.mask_id=103 \\(data: 4\\)"):
         pretrain(_config(data_dir, "--config.tokens.mask_id=103"), str(tmp_path / "x"), devices=one,
                  progress=False)
-    with pytest.raises(TrainingError, match="no training data"):
+    with pytest.raises(DataError, match="no training data: pass --data DIR"):
         pretrain(_config("", ), str(tmp_path / "y"), devices=one, progress=False)
 
 
@@ -296,7 +297,8 @@ def test_unwritable_or_full_workdir_is_refused_before_training(data_dir, tmp_pat
 def test_workdir_files_go_through_gfile():
     """config.json, metrics.jsonl and TensorBoard use tf.io.gfile: an in-memory filesystem stands in
     for gs:// here (same code path, no network)."""
-    from electra_jax.pretrain import check_workdir, load_workdir_config, write_config
+    from electra_jax.config import load_workdir_config
+    from electra_jax.pretrain import check_workdir, write_config
     from electra_jax.fs import host_tf
     from electra_jax.writers import MetricWriter, plot, read_metrics
 

@@ -35,7 +35,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from electra_jax.errors import UserError
-from electra_jax.fs import host_tf, is_remote
+from electra_jax.fs import host_tf, is_remote, read_text
 
 FORMAT = "electra-jax-pretraining/1"
 MANIFEST = "manifest.json"
@@ -341,13 +341,8 @@ def shard_name(split: str, index: int, count: int) -> str:
 
 
 def read_manifest(data_dir: str) -> dict | None:
-    tf = host_tf()
-
     path = os.path.join(data_dir, MANIFEST)
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
+    return json.loads(read_text(path)) if _exists(path) else None
 
 
 @dataclasses.dataclass

@@ -17,16 +17,19 @@ import os
 import numpy as np
 
 from electra_jax.data.builder import FORMAT, TOKENIZER_FILE, DataError, read_manifest
-from electra_jax.fs import exists, host_tf
+from electra_jax.fs import exists, host_tf, is_remote
 
 
 def open_build(data_dir: str, seq_len: int | None = None) -> dict:
     """The manifest of a complete build, or a DataError that says what is wrong."""
     if not data_dir:
-        raise DataError("no data directory given: pass --data DIR (a `build-data` output)")
+        raise DataError("no training data: pass --data DIR (a `build-data` output; or --config.data.path=DIR)")
     if not exists(data_dir):
         raise DataError(f"{data_dir}: no such directory; make it with `electra-jax build-data --out "
                         f"{data_dir}` (or check the path)")
+    if not is_remote(data_dir) and not os.path.isdir(data_dir):
+        raise DataError(f"{data_dir} is a file; give the directory `electra-jax build-data --out` wrote (it holds "
+                        "manifest.json and the shards)")
     manifest = read_manifest(data_dir)
     if manifest is None:
         raise DataError(f"{data_dir}: no manifest.json, so not a complete build; run "

@@ -32,7 +32,7 @@ from electra_jax.finetune.tasks import (TaskError, TaskSpec, encode, label_names
 from electra_jax.model import Classifier, SpanExtractor, answer_mask
 from electra_jax.optim import make_optimizer
 from electra_jax.pretrain import (TrainingError, check_finite, check_workdir, load_discriminator,
-                                  load_workdir_config, write_config)
+                                  write_config)
 from electra_jax.sharding import replicated
 from electra_jax.signals import StopRequest
 from electra_jax.train import Setup, build
@@ -509,7 +509,7 @@ def export_finetuned(workdir: str, out: str, seed: int | None = None, dtype=np.f
     ElectraForSequenceClassification / TokenClassification (with id2label) / QuestionAnswering loads."""
     from electra_jax.hf import ARCHITECTURES, export_model
 
-    config = load_workdir_config(workdir)
+    config = config_lib.load_workdir_config(workdir)
     results_path = os.path.join(workdir, "results.json")
     if not host_tf().io.gfile.exists(results_path):
         raise TrainingError(f"{workdir}: no results.json; has the fine-tuning run finished?")
