@@ -547,3 +547,16 @@ def test_the_linear_probe_reads_what_the_frozen_features_hold(random_discriminat
     probe = lambda test: linear_probe(random_discriminator, False, str(tmp_path / "train.csv"), str(test), 16)
     assert probe(tmp_path / "test.csv") == 1.0
     assert probe(tmp_path / "swapped.csv") == 0.0
+
+
+def test_padding_is_trimmed_to_the_longest_row_rounded_to_8():
+    from electra_jax.finetune.run import trim_padding
+
+    mask = (np.arange(128)[None] < np.array([[5], [9]])).astype(np.int32)
+    data = {"input_ids": mask * 7, "input_mask": mask, "segment_ids": 0 * mask, "label_weights": mask * 1.0,
+            "labels": np.array([0, 1])}
+    out = trim_padding(data)
+    assert {k: v.shape for k, v in out.items()} == {"input_ids": (2, 16), "input_mask": (2, 16),
+                                                     "segment_ids": (2, 16), "label_weights": (2, 16),
+                                                     "labels": (2,)}
+    assert out["input_mask"].sum() == 14 and (out["input_ids"] == data["input_ids"][:, :16]).all()

@@ -112,55 +112,17 @@ def _stop_when(cwd, args, ready, signum):
     return child.returncode, out, err
 
 
-def _lord_or_other(path, n, skip=0):
-    """Real text with a label a model can learn: sample-corpus verses, "lord" in them or not."""
+def _lord_or_other(path, n, skip=0, text="text") -> float:
+    """Real text with a label a model can learn: sample-corpus verses, "lord" in them or not; returns
+    the share of the majority class."""
     with gzip.open(SAMPLE_CORPUS, "rt") as f:
         verses = [line.strip() for line in f if len(line.split()) > 4][skip:skip + n]
+    labels = ["lord" if " lord" in v.lower() else "other" for v in verses]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(("text", "label"))
-        writer.writerows((v, "lord" if " lord" in v.lower() else "other") for v in verses)
-
-
-def test_a_fine_tune_stopped_by_sigterm_resumes_exactly_and_a_rerun_never_starts_over(random_discriminator,
-                                                                                     tmp_path):
-    """Issue 31.3 and 31.5: SIGTERM during fine-tuning exited 143 and the rerun started over; Ctrl-C
-    left a workdir whose every rerun failed (StepAlreadyExistsError); a rerun into a finished workdir
-    trained again and overwrote results.json."""
-    _lord_or_other(tmp_path / "train.csv", 240)
-    _lord_or_other(tmp_path / "dev.csv", 60, skip=240)
-    args = lambda workdir, *more: ["finetune", "--init", random_discriminator, "--task", "classification",
-                                   "--train", "train.csv", "--dev", "dev.csv", "--workdir", workdir,
-                                   "--config.task.text_a=text", "--config.task.max_len=32",
-                                   "--config.num_epochs=3", "--config.batch_size=16", *more]
-    straight = _cli(tmp_path, *args("straight"))
-    assert straight.returncode == 0, straight.stderr[-3000:]
-
-    log = tmp_path / "stopped" / "seed_0" / "metrics.jsonl"
-    code, out, err = _stop_when(tmp_path, args("stopped"), lambda: log.exists(), signal.SIGTERM)
-    assert code == 0, err[-3000:]
-    assert "stopped by SIGTERM: saved seed 0" in out and "Traceback" not in err
-    assert not (tmp_path / "stopped" / "results.json").exists()
-    resumed = _cli(tmp_path, *args("stopped"))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "seed 0: resuming from step " in resumed.stdout
-    results = lambda w: json.loads((tmp_path / w / "results.json").read_text())
-    assert results("stopped")["runs"] == results("straight")["runs"]
-    assert results("stopped")["history"] == results("straight")["history"]
-    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()
-             if json.loads(line)["split"] == "train"]
-    assert steps == sorted(set(steps))  # each logged once
-
-    # a rerun of the finished run reads it back; another run into the same workdir is refused
-    finished = _md5(tmp_path / "stopped" / "results.json")
-    again = _cli(tmp_path, *args("stopped"))
-    assert again.returncode == 0 and "seed 0: finished earlier" in again.stdout, again.stderr[-3000:]
-    assert _md5(tmp_path / "stopped" / "results.json") == finished
-    other = _cli(tmp_path, *args("stopped", "--config.optim.learning_rate=0.01"))
-    assert other.returncode == 2 and other.stderr.count("\n") == 1 and "Traceback" not in other.stderr
-    assert "holds a fine-tuning run with other settings or data (optim.learning_rate: 0.001 there, 0.01 now)" \
-        in other.stderr and "delete" in other.stderr
-    assert _md5(tmp_path / "stopped" / "results.json") == finished
+        writer.writerow((text, "label"))
+        writer.writerows(zip(verses, labels))
+    return max(labels.count("lord"), labels.count("other")) / len(labels)
 
 
 class _StopAfter(StopRequest):
@@ -258,6 +220,8 @@ def test_user_mistakes_get_one_line_naming_the_path_and_exit_2(random_discrimina
     (tmp_path / "a-file").write_text("not a directory\n")
     (tmp_path / "train.csv").write_text("text,label\nhello,a\n")
     (tmp_path / "readonly").mkdir()
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "config.json").write_text("{}")  # a workdir as far as export's first check goes
     (tmp_path / "readonly").chmod(0o500)
     generator = random_discriminator.replace("discriminator", "generator")
     cases = [
@@ -320,28 +284,49 @@ def test_ctrl_c_during_build_data_is_one_line_and_leaves_nothing(tmp_path):
     assert not (tmp_path / "d").exists()
 
 
-def test_the_default_fine_tune_of_a_small_csv_learns_and_exports(random_discriminator, tmp_path):
-    """Issue 31.13 and 31.14: on 300 rows the defaults (3 epochs) stayed at the majority class, and the
-    default head could not be exported (said only after training)."""
-    def write(path, verses):
-        with open(path, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(("sentence", "label"))
-            writer.writerows((v, "lord" if " lord" in v.lower() else "other") for v in verses)
+def test_the_default_fine_tune_of_a_small_csv_learns_survives_sigterm_resumes_and_exports(random_discriminator,
+                                                                                           tmp_path, capsys,
+                                                                                           monkeypatch):
+    """The command as a new user types it, defaults only, on 300 rows (240 train, 60 dev).
+    Issue 31.13-31.14: the defaults (3 epochs) stayed at the majority class, and the default head could
+    not be exported (said only after training). Issue 31.3 and 31.5: SIGTERM exited 143 and the rerun
+    started over; a Ctrl-C left a workdir whose every rerun failed (StepAlreadyExistsError); a rerun
+    into a finished workdir trained again and overwrote results.json. (That a stopped run ends exactly
+    as a straight one is the next test's.)"""
+    _lord_or_other(tmp_path / "train.csv", 240, text="sentence")
+    majority = _lord_or_other(tmp_path / "dev.csv", 60, skip=240, text="sentence")
+    args = ["finetune", "--init", random_discriminator, "--task", "classification", "--train", "train.csv",
+            "--dev", "dev.csv", "--workdir", "ft"]
+    log = tmp_path / "ft" / "seed_0" / "metrics.jsonl"
+    code, out, err = _stop_when(tmp_path, args, lambda: log.exists(), signal.SIGTERM)
+    assert code == 0, err[-3000:]
+    assert "240 training examples make 8 steps per epoch: training 63 epochs (504 steps" in out
+    assert "stopped by SIGTERM: saved seed 0" in out and "Traceback" not in err
+    assert not (tmp_path / "ft" / "results.json").exists()
 
-    with gzip.open(SAMPLE_CORPUS, "rt") as f:
-        verses = [line.strip() for line in f if len(line.split()) > 4][:300]
-    write(tmp_path / "train.csv", verses[:240])
-    write(tmp_path / "dev.csv", verses[240:])
-    out = _cli(tmp_path, "finetune", "--init", random_discriminator, "--task", "classification", "--train",
-               "train.csv", "--dev", "dev.csv", "--workdir", "ft")
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "240 training examples make 8 steps per epoch: training 63 epochs (504 steps" in out.stdout
-    majority = max(np.mean([" lord" in v.lower() for v in verses[240:]]),
-                   np.mean([" lord" not in v.lower() for v in verses[240:]]))
+    resumed = _cli(tmp_path, *args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "seed 0: resuming from step " in resumed.stdout
     results = json.loads((tmp_path / "ft" / "results.json").read_text())
     assert results["median"]["dev/accuracy"] > majority + 0.05, (results["median"], majority)
-    exported = _cli(tmp_path, "export", "--workdir", "ft", "--out", "hf")
-    assert exported.returncode == 0, exported.stderr[-3000:]
+    steps = [r["step"] for r in map(json.loads, log.read_text().splitlines()) if r["split"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == 504  # each logged once
+
+    # a rerun of the finished run reads it back; another run into the same workdir is refused (in this
+    # process: no training left to run, so no new process is worth its start-up)
+    from electra_jax.cli import main
+
+    finished = _md5(tmp_path / "ft" / "results.json")
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "seed 0: finished earlier" in capsys.readouterr().out
+    assert main([*args, "--config.optim.learning_rate=0.01"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "delete" in err
+    assert "holds a fine-tuning run with other settings or data (optim.learning_rate: 0.001 there, 0.01 now)" in err
+    assert _md5(tmp_path / "ft" / "results.json") == finished
+
+    assert main(["export", "--workdir", "ft", "--out", "hf"]) == 0
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == [
         "ElectraForSequenceClassification"]

@@ -155,13 +155,20 @@ def _need_files(t) -> None:
         raise TaskError(f"task {t.name!r} reads local files: pass --train FILE and --dev FILE")
 
 
+def trim_padding(data: dict[str, np.ndarray], multiple: int = 8) -> dict[str, np.ndarray]:
+    """Rows [N, S] cut to the longest real row (rounded up to `multiple`): short texts padded to
+    task.max_len would cost the full length in every step for nothing (the padding is masked out)."""
+    length = data["input_ids"].shape[1]
+    keep = min(length, -(-int(data["input_mask"].sum(1).max()) // multiple) * multiple)
+    return {k: v[:, :keep] if v.ndim >= 2 and v.shape[1] == length else v for k, v in data.items()}
+
+
 def encode_task(config, spec: TaskSpec, train_examples, eval_examples: dict, tokenizer, log=print):
     """(training arrays, {split: (model inputs, outputs -> metrics)}, class names, QA's no-answer head?)"""
     t, pad_id = config.task, config.tokens.pad_id
     if spec.kind != "qa":
         labels = label_names(train_examples, spec)
-        encode_split = functools.partial(encode, spec=spec, tokenizer=tokenizer, max_len=t.max_len,
-                                         labels=labels, pad_id=pad_id)
+        encode_split = lambda examples: trim_padding(encode(examples, spec, tokenizer, t.max_len, labels, pad_id))
         evals = {}
         for split, examples in eval_examples.items():
             data = encode_split(examples)
@@ -316,8 +323,8 @@ def run_seed(config, spec: TaskSpec, train: dict, evals: dict[str, tuple[dict, A
     select_best = config.model_selection == "best"
     checkpoints = Checkpoints(workdir, keep=1, async_save=False,
                               best=(lambda m: m[main]) if select_best else None)
-    # The latest state when the kept checkpoint is not it: mid-epoch on SIGTERM / Ctrl-C, and each
-    # epoch's end when the kept one is the best epoch's or epochs are not scored.
+    # The latest state when the kept checkpoint is not it: mid-epoch on SIGTERM / Ctrl-C, and at epoch
+    # ends when the kept one is the best epoch's.
     resume = Checkpoints(os.path.join(workdir, "resume"), keep=1, async_save=False)
     init_rng, train_rng = s.rngs()
     saved = max(((c.latest_step(), c) for c in (checkpoints, resume) if c.latest_step() is not None),
@@ -340,7 +347,8 @@ def run_seed(config, spec: TaskSpec, train: dict, evals: dict[str, tuple[dict, A
     epochs = config.num_epochs or spec.epochs
     per_epoch = math.ceil(n / bs)
     total = epochs * per_epoch
-    step = int(state.step)
+    step = saved_at = int(state.step)
+    save_gap = max(per_epoch, total // 10)
     meta = lambda: {"task": spec.name, "labels": labels, "history": history}
     bar = Progress(total, enabled=progress and lead, every_s=0)
     say = bar.write if bar.enabled else log  # beside the bar, or a plain line
@@ -364,6 +372,7 @@ def run_seed(config, spec: TaskSpec, train: dict, evals: dict[str, tuple[dict, A
                 return None
             writer.write(step, "train", values)
             epoch += 1
+            result = None
             if config.eval_every_epoch or epoch == epochs:
                 result = {"epoch": epoch, "step": step}
                 for split, (data, scorer) in evals.items():
@@ -373,11 +382,19 @@ def run_seed(config, spec: TaskSpec, train: dict, evals: dict[str, tuple[dict, A
                 bar.update(step, epoch=str(epoch), **{k.split("/")[-1]: f"{v:.3f}" for k, v in result.items()
                                                       if k.startswith(main_split)})
                 history.append(result)
+            stopping = (stop.requested or checkpoints.reached_preemption(step)) and step < total
+            # Saved at the end, when stopping, and every tenth of the run (every epoch when epochs are
+            # longer): many short epochs of a small set are not each worth a checkpoint.
+            if epoch == epochs or stopping or step - saved_at >= save_gap:
+                if select_best:  # the kept checkpoint is the best epoch's, the latest state goes beside it
+                    if epoch < epochs:
+                        resume.save(step, state, meta())
+                else:
+                    checkpoints.save(step, state, meta(), metrics=result)
+                saved_at = step
+            if select_best and result is not None:
                 checkpoints.save(step, state, meta(), metrics=result)
-            if select_best or not config.eval_every_epoch:  # the kept checkpoint may not be this state
-                if epoch < epochs:
-                    resume.save(step, state, meta())
-            if (stop.requested or checkpoints.reached_preemption(step)) and step < total:
+            if stopping:
                 say(f"{'stopped by ' + (stop.requested or 'preemption')}: saved seed {config.seed} after "
                     f"epoch {epoch} (step {step}); rerun the same command to resume")
                 return None
