@@ -330,3 +330,36 @@ def test_the_default_fine_tune_of_a_small_csv_learns_survives_sigterm_resumes_an
     assert main(["export", "--workdir", "ft", "--out", "hf"]) == 0
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == [
         "ElectraForSequenceClassification"]
+
+
+def test_a_malformed_csv_is_refused_with_file_and_line_or_its_bad_rows_skipped(random_discriminator, tmp_path,
+                                                                               capsys):
+    """Issue 31.2: an unclosed quote swallowed lines and made a class of them (exit 0), and a row with
+    too many fields made a class of its second field."""
+    from electra_jax.cli import main
+    from electra_jax.finetune.tasks import read_table, task_spec
+
+    _lord_or_other(tmp_path / "good.csv", 300)
+    lines = (tmp_path / "good.csv").read_text().splitlines()
+    unclosed = lines[:10] + ['"provided that you comply with the terms,lord'] + lines[10:20] + \
+        ['the end of the quote",other'] + lines[20:]
+    (tmp_path / "unclosed.csv").write_text("\n".join(unclosed) + "\n")
+    (tmp_path / "fields.csv").write_text("\n".join(lines[:5] + ["a,b,c,license"] + lines[5:]) + "\n")
+    (tmp_path / "stray.csv").write_text("\n".join(lines + ["a stray line,provided that you comply with"]) + "\n")
+    # an unclosed quote is either closed later by another quote (a strict-CSV error) or swallows rows
+    expected = {"unclosed.csv": "line 11: ",
+                "fields.csv": "line 6: 4 fields, the header has 2",
+                "stray.csv": "line 302: label 'provided that you comply with' appears once in 301 rows"}
+    for name, message in expected.items():
+        capsys.readouterr()
+        assert main(["finetune", "--init", random_discriminator, "--task", "classification", "--train",
+                     str(tmp_path / name), "--dev", str(tmp_path / "good.csv"), "--workdir", str(tmp_path / "w"),
+                     "--config.task.text_a=text"]) == 2, name
+        err = capsys.readouterr().err
+        assert f"{tmp_path / name}: 1 bad row(s) ({message}" in err and err.count("\n") == 1, err
+        assert "an unclosed quote?" in err or name != "unclosed.csv", err
+        assert "--config.task.skip_bad_rows=True" in err and not (tmp_path / "w" / "results.json").exists()
+        skipped = read_table(str(tmp_path / name), task_spec("classification", "text"), skip_bad_rows=True)
+        assert set(skipped.labels) == {"lord", "other"}
+        assert len(skipped.labels) == 300 if name != "unclosed.csv" else 280 < len(skipped.labels) < 300
+        assert f"{tmp_path / name}: skipped 1 bad row(s)" in capsys.readouterr().out

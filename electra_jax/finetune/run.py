@@ -459,8 +459,11 @@ def finetune(config: ml_collections.ConfigDict, init: str, workdir: str, *, seed
     t = config.task
     spec = task_spec(t.name, t.text_a, t.text_b, t.label)
     file_task = spec.tfds is None
-    if not config.head:
-        config.head = "hf" if file_task else "paper"
+    if not config.head:  # tagging: the paper's head (dropout -> dense per token) is HF's token classifier
+        config.head = "hf" if file_task and spec.kind != "tagging" else "paper"
+    if spec.kind == "tagging" and config.head != "paper":
+        raise TaskError("tagging takes head 'paper' (dropout -> dense on each token, what "
+                        "ElectraForTokenClassification is); head 'hf' would add a layer no Hugging Face class has")
     fields, tokens, backbone, tokenizer_path = load_init(init)
     config.model.update(fields)
     config.tokens.update(tokens)
