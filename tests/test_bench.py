@@ -47,6 +47,7 @@ def _probe_wheel(folder):
         z.writestr("wheelprobe-1.0.dist-info/RECORD", "")
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_script_runs_without_tensorflow(tmp_path):
     """launch/bench_gpu.sh as the GPU machine runs it (carried wheels installed into a scratch folder,
     no TensorFlow, a checkout that is not installed, started from another directory), on the smoke
@@ -124,6 +125,7 @@ def test_profile_breakdown_by_hand():
     assert result["top_ops"]["transpose(jvp(Electra.discriminator_logits))" + layers] == 2.0
 
 
+@pytest.mark.slow
 def test_profile_command_traces_and_breaks_down_the_tiny_step(tmp_path):
     results = tmp_path / "r.jsonl"
     run = subprocess.run([sys.executable, "-m", "electra_jax.cli", "bench", "--config", "configs/tiny.py",

@@ -27,6 +27,7 @@ def test_windows_compare_the_means_against_the_seed_noise():
     assert not rows[1]["within_noise"]
 
 
+@pytest.mark.slow
 def test_the_parity_command_runs_both_implementations(kjv64, tmp_path):
     pytest.importorskip("torch")
     from electra_jax.cli import main
@@ -99,6 +100,7 @@ def test_the_results_table_reads_as_markdown_with_electras_gains_in_points():
             assert all(line.startswith("|") for line in lines), block
 
 
+@pytest.mark.slow
 def test_pretraining_helps_runs_in_short_form(tmp_path):
     """The whole experiment at a toy budget: vocabulary, examples, ELECTRA and the MLM baseline at equal
     FLOPs, fine-tuning from random / MLM / ELECTRA on a class-balanced label subset, table and plot."""

@@ -209,6 +209,7 @@ def _lord_or_other(tmp_path, n_train, n_dev, *overrides):
         f"--config.task.dev={tmp_path / 'dev.csv'}", "--config.head=hf", *overrides])
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_a_task_and_exports_exactly(random_discriminator, tmp_path, capsys):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")

@@ -48,6 +48,7 @@ def _write_tsv(path, rows):
         writer.writerows(rows)
 
 
+@pytest.mark.slow
 def test_relative_paths_and_presets_through_the_whole_cli(tmp_path):
     """From a directory without configs/, every path relative, as typed in a shell."""
     cwd = tmp_path / "home"
@@ -168,6 +169,7 @@ def test_a_failed_build_leaves_nothing_that_looks_like_data(tmp_path):
     assert not out.exists() or os.listdir(out) == []
 
 
+@pytest.mark.slow
 def test_a_rerun_says_where_it_starts_and_logs_each_step_once(data_dir, tmp_path, capsys):
     workdir = tmp_path / "w"
     config = lambda: _config(data_dir, "--config.train.save_every=4", "--config.train.async_checkpoints=False")
@@ -181,6 +183,7 @@ def test_a_rerun_says_where_it_starts_and_logs_each_step_once(data_dir, tmp_path
     assert steps == list(range(1, 9))
 
 
+@pytest.mark.slow
 def test_user_mistakes_get_one_line_and_exit_2(data_dir, tmp_path, capsys):
     from electra_jax.cli import main
 

@@ -199,6 +199,7 @@ def _torch_loss(disc, gen, masked, corrupted, is_fake, segment_ids, input_mask, 
     {},  # the tiny preset: 2 layers x 64, embeddings 32, generator 1/2
     {"hidden_size": 48, "num_heads": 3, "num_layers": 3, "intermediate_size": 96, "embedding_size": 40},
 ])
+@pytest.mark.slow
 def test_gradients_of_the_electra_loss_match_pytorch(shape):
     """d(MLM + 50 x disc)/d(every parameter), dropout off, with our masking and our sampled tokens fed
     to both, against torch.autograd through transformers' classes (shared embeddings, tied LM head)."""
@@ -256,6 +257,7 @@ def test_gradients_of_the_electra_loss_match_pytorch(shape):
     {},
     {"hidden_size": 48, "num_heads": 3, "num_layers": 3, "intermediate_size": 96, "embedding_size": 40},
 ])
+@pytest.mark.slow
 def test_thirty_training_steps_match_pytorch(kjv64, shape):
     """Our objective and optimizer against transformers' classes and the original's Adam written in
     PyTorch, 30 steps on real batches (dropout off; each step's masks and samples are ours, fed to

@@ -152,6 +152,7 @@ def _wait_until(predicate, seconds, what):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 def test_simulated_tpu_slice_trains_stops_and_resumes(kjv64, tmp_path):
     """launch/tpu.sh train -> stop -> train on two simulated workers (2 CPU devices each): the
     command line it sends must run in a bare ssh shell, the workers must join into one job, SIGTERM

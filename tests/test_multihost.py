@@ -80,6 +80,7 @@ def two_process_run(tmp_path_factory):
     return str(data), workdir
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_with_the_same_batches(two_process_run):
     data, workdir = two_process_run
     # Each process read its own half of the shards.
@@ -109,6 +110,7 @@ def test_two_processes_equal_one_process_with_the_same_batches(two_process_run):
                                    err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.slow
 def test_one_process_resumes_a_two_process_checkpoint(two_process_run, monkeypatch):
     """The resumed run starts from exactly the saved state (not a fresh one), at the next step."""
     import dataclasses

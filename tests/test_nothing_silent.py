@@ -61,6 +61,7 @@ def _config(data, *overrides):
                                 *overrides])
 
 
+@pytest.mark.slow
 def test_resume_on_data_of_another_tokenizer_is_refused_and_each_step_exports_its_own(two_builds, tmp_path):
     """Issue 31.1: resuming with data built by another tokenizer of the same size went on (exit 0),
     replaced the workdir's tokenizer.json, and `export --step` of the earlier step shipped the new
@@ -143,6 +144,7 @@ class _StopAfter(StopRequest):
         pass
 
 
+@pytest.mark.slow
 def test_fine_tuning_stopped_inside_and_between_epochs_resumes_to_the_straight_result(random_discriminator,
                                                                                        tmp_path):
     """Two seeds, the best epoch kept (so the latest state is not the kept checkpoint): stopped inside
@@ -284,6 +286,7 @@ def test_ctrl_c_during_build_data_is_one_line_and_leaves_nothing(tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.slow
 def test_the_default_fine_tune_of_a_small_csv_learns_survives_sigterm_resumes_and_exports(random_discriminator,
                                                                                            tmp_path, capsys,
                                                                                            monkeypatch):

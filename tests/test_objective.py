@@ -473,6 +473,7 @@ def test_an_unknown_objective_and_too_many_random_tokens_are_refused(tiny_config
         config_lib.validate(tiny_config)
 
 
+@pytest.mark.slow
 def test_uniform_generator_draws_fakes_uniformly_and_trains_only_the_discriminator(tiny_config):
     """objective.uniform_generator, the original's ablation (`uniform_generator`: all-zero generator
     logits over the whole vocabulary): no generator parameters, MLM loss log V (a constant, no

@@ -36,6 +36,7 @@ def _params(workdir, step):
     return jax.tree.map(np.asarray, restored["state"]["params"])
 
 
+@pytest.mark.slow
 def test_stopped_and_resumed_run_equals_straight_run(data_dir, tmp_path):
     one = jax.devices()[:1]
     straight = pretrain(_config(data_dir, "--config.train.profile_steps=2"), str(tmp_path / "a"),
@@ -126,6 +127,7 @@ def test_sigterm_saves_the_current_step_and_exits_0(data_dir, tmp_path):
     assert f"saved step {steps[0]}" in out + err
 
 
+@pytest.mark.slow
 def test_export_loads_in_transformers_with_equal_logits(data_dir, tmp_path, capsys):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
@@ -227,6 +229,7 @@ def _check_import(tmp_path, data_dir, params, capsys):
         import_hf(str(bad), str(hf / "generator"), str(tmp_path / "never"), _config(data_dir))
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_in_short_form(tmp_path):
     env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=1"}
     out = subprocess.run([sys.executable, "-m", "electra_jax.cli", "demo", "--workdir", str(tmp_path),
@@ -240,6 +243,7 @@ def test_demo_runs_end_to_end_in_short_form(tmp_path):
     assert saved["objective"]["temperature"] == 2.0 and saved["model"]["hidden_size"] == 64
 
 
+@pytest.mark.slow
 def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
     # Warm-up makes step 0's learning rate 0; the next update (lr ~1e37) overflows the parameters.
     config = _config(data_dir, "--config.optim.learning_rate=1e38", "--config.optim.warmup_steps=4",
@@ -253,6 +257,7 @@ def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(data_dir, tm
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(_params(tmp_path, 1)))
 
 
+@pytest.mark.slow
 def test_kill_9_during_a_save_leaves_the_previous_checkpoint_usable(data_dir, tmp_path):
     workdir = tmp_path / "w"
     proc = _start_pretrain(workdir, data_dir, "--config.train.save_every=1",
@@ -362,6 +367,7 @@ def test_speed_leaves_out_paused_time(tiny_config, monkeypatch):
     assert got["tokens_per_s"] == pytest.approx(16 * 64)  # batch 16 x seq 64 per second
 
 
+@pytest.mark.slow
 def test_skip_nonfinite_skips_inside_the_loop_and_stops_after_too_many(data_dir, tmp_path):
     """optim.skip_nonfinite=2: the first updates (lr 1e15) make the weights huge until the attention
     logits overflow and every gradient is NaN (measured: from step 3). The first two such steps are
@@ -386,6 +392,7 @@ def test_skip_nonfinite_skips_inside_the_loop_and_stops_after_too_many(data_dir,
         np.testing.assert_array_equal(a, b)  # the skipped steps changed nothing
 
 
+@pytest.mark.slow
 def test_a_uniform_generator_pretrains_the_discriminator_alone_and_exports_it(data_dir, tmp_path):
     """objective.uniform_generator end to end: no generator in the checkpoint, the discriminator's
     eval metrics, and an export of the discriminator alone (there is no generator to write)."""
@@ -412,6 +419,7 @@ def test_a_uniform_generator_pretrains_the_discriminator_alone_and_exports_it(da
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.slow
 def test_mlm_objective_pretrains_exports_and_is_a_fine_tuning_init(data_dir, tmp_path):
     """The BERT baseline end to end: pretrain (no discriminator), export as one full-size
     ElectraForMaskedLM that transformers loads whole and fills masks with, and fine-tuning takes its

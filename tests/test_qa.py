@@ -477,6 +477,7 @@ def _fact_file(path, n, seed, unanswerable=0.0):
     return _squad(path, paragraphs), first_right / n
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_to_answer_and_exports(tmp_path, monkeypatch):
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
@@ -507,6 +508,7 @@ def _random_init(tmp_path):
     return str(tmp_path / "init" / "discriminator")
 
 
+@pytest.mark.slow
 def test_squad2_with_the_papers_joint_head_trains_and_reports_has_and_no_answer(tmp_path, monkeypatch, capsys):
     from electra_jax.cli import main
 

@@ -43,6 +43,7 @@ def one_device_run():
     return config, jax.tree.map(np.asarray, state.params), history
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", [dict(data=4, fsdp=2, tensor=1), dict(data=2, fsdp=2, tensor=2)])
 def test_eight_devices_match_one(one_device_run, mesh):
     config, params_1, history_1 = one_device_run
@@ -87,6 +88,7 @@ def _word_batches(config, rng, num_batches):
                "segment_ids": np.zeros_like(ids)}
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_real_sentences(tiny_config):
     config = tiny_config
     config.num_train_steps = 300
@@ -138,6 +140,7 @@ def test_micro_batches_give_the_whole_batch_gradient(tiny_config):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-7, err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.slow
 def test_fsdp_cuts_state_bytes_per_device_with_identical_steps(tiny_config):
     """Parameters and optimizer state per device fall as the fsdp axis grows; the step is the same.
     (fsdp 1 and 8 live here; every fsdp size is checked from shapes by the README-table test.)"""
