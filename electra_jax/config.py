@@ -482,9 +482,6 @@ def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> ml_co
     except (AttributeError, KeyError) as e:
         raise ConfigError(_unknown_field_message(path, overrides, str(e).strip("\"'"))) from None
     except flags.Error as e:
-        cause = e.__cause__ or e.__context__
-        if isinstance(cause, SyntaxError):
-            raise ConfigError(f"--config {file}: line {cause.lineno}: {cause.msg}") from None
         raise ConfigError(f"bad override: {e}") from None
     except Exception as e:  # the file itself raised (NameError, ImportError, ...) while loading
         raise ConfigError(f"--config {file}: {type(e).__name__}: {e} (while loading it)") from None

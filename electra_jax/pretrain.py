@@ -114,9 +114,9 @@ def check_tokenizer(config, workdir: str, saved: dict | None, latest: int | None
                     data_fingerprint: str) -> None:
     """Refuse to continue a checkpoint on data made with another tokenizer (its embeddings are rows of
     its own vocabulary: a swapped one trains on, exit 0, into nonsense) unless data.change_tokenizer."""
-    own = os.path.join(workdir, TOKENIZER_FILE)
     if saved is None:
         return
+    own = os.path.join(workdir, TOKENIZER_FILE)
     trained = saved.get("tokenizer_fingerprint") or (tokenizer_fingerprint(own) if exists(own) else None)
     if trained is None or trained == data_fingerprint or config.data.change_tokenizer:
         return

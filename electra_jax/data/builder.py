@@ -35,7 +35,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from electra_jax.errors import UserError
-from electra_jax.fs import host_tf, is_remote, read_text
+from electra_jax.fs import exists, host_tf, is_remote, read_text, writable_dir
 
 FORMAT = "electra-jax-pretraining/1"
 MANIFEST = "manifest.json"
@@ -139,10 +139,6 @@ def _glob(pattern):
     if is_remote(pattern):
         return host_tf().io.gfile.glob(pattern)
     return globlib.glob(pattern, recursive=True)
-
-
-def _exists(path):
-    return host_tf().io.gfile.exists(path) if is_remote(path) else os.path.exists(path)
 
 
 def _isdir(path):
@@ -342,7 +338,7 @@ def shard_name(split: str, index: int, count: int) -> str:
 
 def read_manifest(data_dir: str) -> dict | None:
     path = os.path.join(data_dir, MANIFEST)
-    return json.loads(read_text(path)) if _exists(path) else None
+    return json.loads(read_text(path)) if exists(path) else None
 
 
 @dataclasses.dataclass
@@ -381,8 +377,7 @@ def _check_args(a: BuildArgs) -> None:
         raise DataError(f"--eval-fraction {a.eval_fraction} must be in [0, 1)")
     if a.shards < 1 or a.workers < 1:
         raise DataError("--shards and --workers must be at least 1")
-    if _exists(a.out) and not _isdir(a.out):
-        raise DataError(f"--out {a.out} is a file; give a directory (it will hold the shards and manifest.json)")
+    writable_dir(a.out, "--out", keep=False)  # a file, read-only, a bucket without access: now, not after tokenising
 
 
 def _prepare_out(a: BuildArgs) -> bool:
@@ -421,7 +416,7 @@ def build(a: BuildArgs) -> dict:
     tok = load_tokenizer(a.tokenizer)
     sp = special_ids(tok, a.tokenizer)
     vocab_size = tok.get_vocab_size()
-    created = not _exists(a.out)
+    created = not exists(a.out)
     if not _prepare_out(a):
         print(f"{a.out} already holds this build; nothing to do")
         return read_manifest(a.out)

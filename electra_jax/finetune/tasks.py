@@ -232,12 +232,10 @@ def read_table(path: str, spec: TaskSpec, skip_bad_rows: bool = False, log=print
     known = {str(r[spec.label]).strip() for r, _ in keep}
     looks_like_a_row = lambda r: (_is_number(str(r.get(spec.label))) if spec.kind == "regression"
                                   else str(r.get(spec.label)).strip() in known)
-    for r, line in list(keep):
-        rows_inside = [x for x in table.swallowed.get(line, []) if looks_like_a_row(x)]
-        if rows_inside:
-            bad.append((line, f"a quoted field holds {len(rows_inside)} line(s) that read as rows of their own "
-                              "(an unclosed quote?)"))
-            keep.remove((r, line))
+    inside = {line: sum(map(looks_like_a_row, table.swallowed.get(line, []))) for _, line in keep}
+    bad += [(line, f"a quoted field holds {inside[line]} line(s) that read as rows of their own (an unclosed "
+                   "quote?)") for _, line in keep if inside[line]]
+    keep = [(r, line) for r, line in keep if not inside[line]]
     if spec.kind == "classification":
         odd = _suspicious_labels([str(r[spec.label]).strip() for r, _ in keep])
         bad += [(line, f"label {str(r[spec.label]).strip()[:60]!r} appears once in {len(keep):,} rows (or looks "
