@@ -14,6 +14,7 @@ import sys
 from electra_jax.config import ConfigError, load_config, load_workdir_config
 from electra_jax.errors import UserError
 from electra_jax.fs import exists, resolve, split_step, writable_dir
+from electra_jax.plan import TARGET_HELP
 
 # The demo's detect sentence: Genesis 1:3 with one word swapped ("light" -> "bread"), so there is a
 # replaced token to find.
@@ -217,6 +218,23 @@ def _parser() -> argparse.ArgumentParser:
                        help="per-device peak for MFU where the device kind is not in the table")
     bench.add_argument("--checkpoint-dir", default=None,
                        help="also time an async orbax save of the trained state into this directory")
+
+    plan = command("plan", "will this run fit a TPU slice or GPU node, and how does it shard? Compiles the "
+                   "real train step for the target on this machine (no accelerator needed) and reports per-chip "
+                   "memory, the mesh, collectives, compile time and a roofline bound; exit 0 if it fits, 1 if not",
+                   config_overrides=True)
+    plan.add_argument("--config", required=True, help=CONFIG_HELP)
+    plan.add_argument("--target", required=True, help="what to compile for: " + TARGET_HELP)
+    plan.add_argument("--slices", type=int, default=1, help="TPU slices joined over the data-centre network "
+                      "(sets config.mesh.dcn_data unless given)")
+    plan.add_argument("--nodes", type=int, default=None, help="GPU nodes (the same as --slices)")
+    plan.add_argument("--largest-batch", action="store_true",
+                      help="also search the largest global batch that fits (a few more compiles)")
+    plan.add_argument("--no-suggest", action="store_true",
+                      help="when it does not fit, do not compile the changes that would lower memory")
+    plan.add_argument("--allow-replicated", action="store_true",
+                      help="accept parameters whose sharding rule does not divide them (they are replicated)")
+    plan.add_argument("--results", default=None, help="append the plan as a JSON line to this file")
 
     table = command("bench-table", "suite results (JSON) -> tables in BENCHMARKS.md")
     table.add_argument("results_files", nargs="+", metavar="results", help="files written by bench --suite")
@@ -571,6 +589,53 @@ def _experiment_command(args, config) -> None:
                window=args.window, first_seed=args.first_seed, peer_mlm=args.peer_mlm)
 
 
+def _plan_command(args, config) -> None:
+    from electra_jax import plan as plan_lib
+
+    slices = args.nodes if args.nodes is not None else args.slices
+    target = plan_lib.parse_target(args.target, slices)
+    if slices > 1 and int(config.mesh.get("dcn_data", 1)) == 1:
+        config.mesh.dcn_data = slices
+    result = plan_lib.make_plan(config, target, search_batch=args.largest_batch, suggest=not args.no_suggest,
+                                allow_replicated=args.allow_replicated)
+    print(plan_lib.report(result))
+    if args.results:
+        plan_lib.append_record(result, args.results)
+        print(f"  appended to {args.results}")
+    if not result.main.fits:
+        raise SystemExit(1)
+
+
+def _aot_environment(argv: list[str]) -> None:
+    """`plan` compiles for TPUs on a machine without one: JAX itself stays on the CPU, several processes
+    may load libtpu, and libtpu is told the slice it compiles for instead of probing for hardware (which
+    prints errors about accelerator type and worker hostnames)."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    target = next((a.split("=", 1)[1] for a in argv if a.startswith("--target=")), None)
+    if target is None and "--target" in argv[:-1]:
+        target = argv[argv.index("--target") + 1]
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", (target or "v5litepod-8").replace("v5e-", "v5litepod-"))
+
+
+def _no_tpu_probe() -> None:
+    """With libtpu installed (the `tpu` extra, for `plan`) on a machine without a TPU, JAX would start
+    the TPU backend anyway, print libtpu's initialisation errors and wait for them: keep it on the CPU
+    (or GPU, when a CUDA plugin is installed) unless the user chose JAX_PLATFORMS."""
+    import glob
+    import importlib.util
+
+    if "JAX_PLATFORMS" in os.environ or importlib.util.find_spec("libtpu") is None:
+        return
+    if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):  # a TPU VM's chips
+        return
+    cuda = importlib.util.find_spec("jax_plugins") is not None and any(
+        importlib.util.find_spec(f"jax_plugins.xla_cuda{v}") for v in (12, 13))
+    os.environ["JAX_PLATFORMS"] = "cuda,cpu" if cuda else "cpu"
+
+
 def _bench_command(args, config) -> None:
     from electra_jax.bench import step as bench
 
@@ -591,7 +656,7 @@ COMMANDS = {"tokenizer": _tokenizer_command, "build-data": _build_data_command,
             "bench-table": _bench_table_command,
             "plot": _plot_command}
 CONFIG_COMMANDS = {"demo": _demo_command, "pretrain": _pretrain_command, "bench": _bench_command,
-                   "import": _import_command, "experiment": _experiment_command}
+                   "import": _import_command, "experiment": _experiment_command, "plan": _plan_command}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -602,6 +667,10 @@ def main(argv: list[str] | None = None) -> int:
     args_only, overrides = _split_overrides(argv)
     args = _parser().parse_args(args_only)
     _resolve_paths(args)
+    if args.command == "plan":
+        _aot_environment(args_only)
+    else:
+        _no_tpu_probe()
 
     try:
         if hasattr(args, "coordinator"):  # before anything touches a JAX backend

@@ -56,22 +56,42 @@ def shardings_for(boxed_tree: Any, mesh: Mesh, rules) -> Any:
     """NamedShardings for a tree whose leaves are (abstract) nn.LogicallyPartitioned boxes or arrays.
 
     A dimension that its mesh axes do not divide (one generator head on a 2-way tensor axis, say) is
-    replicated instead, so any model fits any mesh; the others keep their sharding.
+    replicated instead, so any model fits any mesh; the others keep their sharding. `undivided` lists
+    those dimensions (`electra-jax plan` refuses them unless told otherwise).
     """
     shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), mesh, rules)
     shapes = jax.tree.map(lambda x: x.shape, nn.unbox(boxed_tree))
-    return jax.tree.map(lambda sh, shape: _divisible(sh, shape, mesh), shardings, shapes,
+    return jax.tree.map(lambda sh, shape: _divisible(sh, shape, mesh)[0], shardings, shapes,
                         is_leaf=lambda x: isinstance(x, NamedSharding))
 
 
-def _divisible(sharding: NamedSharding, shape: tuple, mesh: Mesh) -> NamedSharding:
+def undivided(boxed_tree: Any, mesh: Mesh, rules) -> list[str]:
+    """One line per parameter dimension that its sharding rule asked to split but whose size the mesh
+    axes do not divide (so `shardings_for` replicates it), with the bytes each device then holds."""
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), mesh, rules)
+    flat, _ = jax.tree_util.tree_flatten_with_path(nn.unbox(boxed_tree))
+    flat_sh = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+    lines = []
+    for (path, x), sh in zip(flat, flat_sh):
+        fixed, dropped = _divisible(sh, x.shape, mesh)
+        name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+        per_device = int(np.prod(fixed.shard_shape(x.shape))) * x.dtype.itemsize
+        lines += [f"{name} {list(x.shape)}: dimension {dim} ({x.shape[dim]}) is not divisible by mesh "
+                  f"axes {axes} ({ways}-way), so it is replicated: {per_device / 2**20:.1f} MiB per device"
+                  for dim, axes, ways in dropped]
+    return lines
+
+
+def _divisible(sharding: NamedSharding, shape: tuple, mesh: Mesh) -> tuple[NamedSharding, list]:
     spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+    dropped = []
     for dim, axes in enumerate(spec):
         names = axes if isinstance(axes, tuple) else (axes,)
         ways = int(np.prod([mesh.shape[a] for a in names if a is not None]))
         if shape[dim] % ways:
+            dropped.append((dim, axes, ways))
             spec[dim] = None
-    return NamedSharding(mesh, PartitionSpec(*spec))
+    return NamedSharding(mesh, PartitionSpec(*spec)), dropped
 
 
 def batch_sharding(mesh: Mesh, rules) -> NamedSharding:

@@ -97,6 +97,7 @@ class Setup:
     tx: optax.GradientTransformation
     schedule: optax.Schedule
     state_shardings: Any
+    logical_state: Any  # the state's shapes with their logical axis names (nn.LogicallyPartitioned)
     batch_sharding: NamedSharding
     init: Callable[[jax.Array], TrainState]  # init(init_rng) -> sharded TrainState
     step: Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]
@@ -132,7 +133,8 @@ def build(config: ml_collections.ConfigDict, devices, model: nn.Module, init_fn:
         return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params))
 
     abstract_rng = jax.eval_shape(lambda: jax.random.key(0, impl=config.rng_impl))
-    state_shardings = shardings_for(jax.eval_shape(boxed_init, abstract_rng), mesh, rules)
+    logical_state = jax.eval_shape(boxed_init, abstract_rng)
+    state_shardings = shardings_for(logical_state, mesh, rules)
     init = jax.jit(lambda rng: nn.unbox(boxed_init(rng)), out_shardings=state_shardings)
 
     batch_sh = batch_sharding(mesh, rules)
@@ -142,7 +144,7 @@ def build(config: ml_collections.ConfigDict, devices, model: nn.Module, init_fn:
         out_shardings=(state_shardings, replicated(mesh)),
         donate_argnums=0,
     )
-    return Setup(config, mesh, model, tx, schedule, state_shardings, batch_sh, init, step)
+    return Setup(config, mesh, model, tx, schedule, state_shardings, logical_state, batch_sh, init, step)
 
 
 def setup(config: ml_collections.ConfigDict, devices=None) -> Setup:
