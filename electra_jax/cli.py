@@ -623,7 +623,7 @@ def _aot_environment(argv: list[str]) -> None:
 def _no_tpu_probe() -> None:
     """With libtpu installed (the `tpu` extra, for `plan`) on a machine without a TPU, JAX would start
     the TPU backend anyway, print libtpu's initialisation errors and wait for them: keep it on the CPU
-    (or GPU, when a CUDA plugin is installed) unless the user chose JAX_PLATFORMS."""
+    (and the GPUs, on a machine with some) unless the user chose JAX_PLATFORMS."""
     import glob
     import importlib.util
 
@@ -631,9 +631,7 @@ def _no_tpu_probe() -> None:
         return
     if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):  # a TPU VM's chips
         return
-    cuda = importlib.util.find_spec("jax_plugins") is not None and any(
-        importlib.util.find_spec(f"jax_plugins.xla_cuda{v}") for v in (12, 13))
-    os.environ["JAX_PLATFORMS"] = "cuda,cpu" if cuda else "cpu"
+    os.environ["JAX_PLATFORMS"] = "cuda,cpu" if glob.glob("/dev/nvidia[0-9]*") else "cpu"
 
 
 def _bench_command(args, config) -> None:

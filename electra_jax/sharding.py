@@ -77,7 +77,7 @@ def undivided(boxed_tree: Any, mesh: Mesh, rules) -> list[str]:
         name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
         per_device = int(np.prod(fixed.shard_shape(x.shape))) * x.dtype.itemsize
         lines += [f"{name} {list(x.shape)}: dimension {dim} ({x.shape[dim]}) is not divisible by mesh "
-                  f"axes {axes} ({ways}-way), so it is replicated: {per_device / 2**20:.1f} MiB per device"
+                  f"axes {axes} ({ways}-way), so it is replicated: {per_device / 2**10:,.0f} KiB per device"
                   for dim, axes, ways in dropped]
     return lines
 

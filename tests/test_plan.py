@@ -1,0 +1,164 @@
+"""`electra-jax plan`: the real train step compiled for TPU (and GPU) targets on this CPU machine.
+
+Compiles need libtpu (the `tpu` extra, installed by the README's test command) or the CUDA plugin
+(`plan-gpu`); without them those tests are skipped and the one-line refusal is tested instead.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from electra_jax.plan import PlanError, collectives, parse_target
+
+HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
+HAS_CUDA_PLUGIN = (importlib.util.find_spec("jax_plugins") is not None
+                   and importlib.util.find_spec("jax_plugins.xla_cuda12") is not None)
+needs_libtpu = pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu not installed (pip install -e '.[tpu]')")
+
+# Tiny preset's parameters counted by hand (E=32, H=64, L=2, I=256, V=2048, P=128, T=2; generator 32 wide,
+# FFN 128, no embedding projection since E equals its width):
+EMBEDDINGS = 2048 * 32 + 128 * 32 + 2 * 32 + 2 * 32
+DISC_LAYER = 4 * (64 * 64 + 64) + 2 * 64 + (64 * 256 + 256 + 256 * 64 + 64) + 2 * 64
+DISCRIMINATOR = (32 * 64 + 64) + 2 * DISC_LAYER + (64 * 64 + 64) + (64 + 1)
+GEN_LAYER = 4 * (32 * 32 + 32) + 2 * 32 + (32 * 128 + 128 + 128 * 32 + 32) + 2 * 32
+GENERATOR = 2 * GEN_LAYER + (32 * 32 + 32) + 2 * 32 + 2048
+TINY_PARAMS = EMBEDDINGS + DISCRIMINATOR + GENERATOR  # 204,641
+
+
+def _plan(*args, cwd=None):
+    env = {k: v for k, v in os.environ.items() if k != "TPU_ACCELERATOR_TYPE"}
+    return subprocess.run([sys.executable, "-m", "electra_jax.cli", "plan", *args], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=600)
+
+
+def test_targets_are_named_as_cloud_tpu_names_them():
+    assert (parse_target("v4-8").chips, parse_target("v4-8").topology) == (4, "v4:2x2x1")  # TensorCores
+    assert (parse_target("v5p-512").chips, parse_target("v5p-512").topology) == (256, "v5p:4x8x8")
+    assert (parse_target("v5e-256").chips, parse_target("v5e-256").topology) == (256, "v5e:16x16")  # chips
+    assert parse_target("v5litepod-8").topology == "v5e:2x4"
+    assert parse_target("v6e-8", slices=4).chips == 32
+    assert (parse_target("h100x8", slices=2).chips, parse_target("h100x8", slices=2).topology) == (16, "1x2x8")
+    for bad, says in (("v5e-7", "sizes"), ("tpu9-8", "not a known target"), ("h100x3", "1, 2, 4 or 8"),
+                      ("v4-5", "sizes")):
+        with pytest.raises(PlanError, match=says):
+            parse_target(bad)
+
+
+def test_collectives_count_loop_bodies_by_their_trip_count():
+    hlo = """HloModule m
+
+%body (p: (s32[], f32[256,128])) -> (s32[], f32[256,128]) {
+  %p = (s32[], f32[256,128]{1,0}) parameter(0)
+  %ar = f32[256,128]{1,0} all-reduce(f32[256,128]{1,0} %x), replica_groups={}, to_apply=%add
+  ROOT %t = (s32[], f32[256,128]{1,0}) tuple(%i, %ar)
+}
+
+ENTRY %main (a: bf16[64,32]) -> f32[] {
+  %ag = (bf16[64,32]{1,0}, bf16[512,32]{1,0}) all-gather-start(bf16[64,32]{1,0} %a), dimensions={0}
+  %w = (s32[], f32[256,128]{1,0}) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"12"}}
+  ROOT %r = f32[] all-reduce(f32[] %s), to_apply=%add
+}
+"""
+    got = collectives(hlo)
+    assert got["all-reduce"] == {"count": 13, "bytes": 12 * 256 * 128 * 4 + 4}
+    assert got["all-gather"] == {"count": 1, "bytes": 512 * 32 * 2}  # the async pair's destination
+
+
+@needs_libtpu
+def test_state_bytes_per_chip_match_a_hand_count_and_halve_under_fsdp(tiny_config):
+    from electra_jax import train
+    from electra_jax.plan import target_devices
+    from electra_jax.sharding import bytes_per_device
+
+    devices = target_devices(parse_target("v5e-4"))
+    assert devices[0].device_kind == "TPU v5 lite" and len(devices) == 4
+    assert TINY_PARAMS == 204_641
+    per_chip = {}
+    for fsdp in (1, 2):
+        tiny_config.mesh.update(data=-1, fsdp=fsdp)
+        s = train.setup(tiny_config, devices=devices)
+        a = s.abstract_state()
+        per_chip[fsdp] = (bytes_per_device(a.params, s.state_shardings.params),
+                          bytes_per_device(a.opt_state, s.state_shardings.opt_state))
+    params, opt = per_chip[1]
+    assert params == 4 * TINY_PARAMS  # float32, replicated on every chip
+    assert opt == 2 * 4 * TINY_PARAMS + 2 * 4  # Adam's two moments and two int32 step counts
+    # Every matrix and table carries an 'embed' dimension split 2 ways; only small vectors stay whole.
+    assert 0.5 * params <= per_chip[2][0] <= 0.52 * params
+    assert 0.5 * opt <= per_chip[2][1] <= 0.52 * opt
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_tiny_compiled_for_v5e_2x2_fits_from_another_directory(tmp_path):
+    results = tmp_path / "plans.jsonl"
+    r = _plan("--config", "tiny", "--target", "v5e-4", "--results", "plans.jsonl", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "FITS" in r.stdout and "data 4 x fsdp 1 x tensor 1" in r.stdout
+    assert "all-reduce" in r.stdout  # the gradients' mean over the data axis
+    assert "error" not in r.stderr.lower() and "TPU_WORKER_HOSTNAMES" not in r.stderr  # libtpu kept quiet
+    import json
+
+    row = json.loads(results.read_text())
+    assert row["fits"] and row["chips"] == 4 and row["param_gib"] == round(4 * TINY_PARAMS / 2**30, 3)
+    assert row["collectives"]["all-reduce"]["count"] >= 1
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_a_run_over_hbm_does_not_fit_and_says_by_how_much():
+    # 2M x 1024 float32 embeddings: 7.6 GiB of parameters, 15.3 GiB of Adam moments per chip, replicated
+    r = _plan("--config", "tiny", "--target", "v5e-4", "--config.model.vocab_size=2000000",
+              "--config.model.embedding_size=1024", "--no-suggest")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "DOES NOT FIT" in r.stdout and "GiB over" in r.stdout and "exceeds available HBM" in r.stdout
+
+
+@needs_libtpu
+@pytest.mark.parametrize("args, says", [
+    # an FSDP rule over 256 chips that the 32-wide embeddings cannot be split by
+    (("--target", "v5e-256", "--config.mesh.data=1", "--config.mesh.fsdp=-1", "--config.batch_size=256"),
+     "cannot be split as the sharding rules ask on 256 chips"),
+    (("--target", "v5e-8", "--config.mesh.tensor=3"), "mesh"),  # 3 does not divide 8 chips
+    (("--target", "v5e-256",), "batch_size: 16 is not divisible"),  # 16 rows over 256 data shards
+    (("--target", "v5e-8", "--slices", "2", "--config.mesh.dcn_data=4"), "dcn_data=4"),
+    (("--target", "v5e-9",), "sizes"),
+])
+def test_plans_that_cannot_work_are_refused_in_one_line_before_compiling(args, says):
+    r = _plan("--config", "tiny", *args)
+    assert r.returncode == 2, r.stdout + r.stderr
+    # (the CUDA plugin, when installed for plan-gpu, logs that this machine has no GPU when jax loads)
+    lines = [x for x in r.stderr.strip().splitlines() if "cudart_stub" not in x and "InitializeLog" not in x]
+    assert len(lines) == 1 and says in lines[0], r.stderr
+    assert "compiling" not in r.stdout
+
+
+def test_without_libtpu_one_line_says_what_to_install(monkeypatch):
+    import electra_jax.plan as plan
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "libtpu" else real(name, *a))
+    with pytest.raises(PlanError, match=r"pip install .*\.\[tpu\]"):
+        plan.target_devices(parse_target("v5e-8"))
+
+
+def test_libtpu_without_a_tpu_keeps_other_commands_on_the_cpu(monkeypatch):
+    from electra_jax import cli
+
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "libtpu" else real(name, *a))
+    monkeypatch.setattr("glob.glob", lambda pattern: [])  # no /dev/accel*, no /dev/vfio: not a TPU VM
+    cli._no_tpu_probe()
+    assert os.environ["JAX_PLATFORMS"] in ("cpu", "cuda,cpu")
+
+
+@pytest.mark.skipif(not HAS_CUDA_PLUGIN, reason="CUDA plugin not installed (pip install -e '.[plan-gpu]')")
+@pytest.mark.slow
+def test_tiny_compiled_for_eight_h100s():
+    r = _plan("--config", "tiny", "--target", "h100x8")
+    assert r.returncode == 0, r.stderr
+    assert "8 x NVIDIA H100 80GB HBM3" in r.stdout and "FITS" in r.stdout and "all-reduce" in r.stdout
