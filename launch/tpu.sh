@@ -13,6 +13,9 @@
 # every worker), DATA and WORKDIR (gs:// paths: every worker must see the same ones).
 # Optional: RUNTIME_VERSION (default: the one the Cloud TPU docs give for the accelerator),
 # PYTHON_VERSION (3.12), EXTRAS (tpu), TRAIN_ARGS (extra pretrain flags, e.g. "--config.batch_size=1024").
+# PLAN=1 (create, create-queued): first compile the run (CONFIG, TRAIN_ARGS' --config.* overrides) for
+# ACCELERATOR_TYPE on this machine with `electra-jax plan` (needs the tpu extra here, no TPU), and
+# create nothing unless it fits: nobody pays for a slice that cannot hold the run.
 # Extra arguments after ACTION go to gcloud, e.g. `create-queued --spot` or `create-queued --reserved`.
 # --dry-run prints every command instead of running it.
 set -euo pipefail
@@ -81,12 +84,27 @@ need PROJECT ZONE TPU_NAME ACCELERATOR_TYPE
 accelerator
 echo "# $TPU_NAME: $ACCELERATOR_TYPE, $WORKERS worker(s), runtime $RUNTIME" >&2
 
+# The opt-in fit check before paying for a slice (PLAN=1).
+plan_first() {
+  [[ "${PLAN:-0}" == 1 ]] || return 0
+  need CONFIG
+  local overrides=() arg
+  for arg in ${TRAIN_ARGS:-}; do
+    [[ "$arg" == --config.* ]] && overrides+=("$arg")
+  done
+  # shellcheck disable=SC2086  # PLAN_CLI may be a command with arguments
+  run ${PLAN_CLI:-electra-jax} plan --config "$CONFIG" --target "$ACCELERATOR_TYPE" "${overrides[@]}" \
+    || die "the run does not fit $ACCELERATOR_TYPE (electra-jax plan above); nothing was created"
+}
+
 case "$ACTION" in
   create)
+    plan_first
     run gcloud compute tpus tpu-vm create "$TPU_NAME" --project="$PROJECT" --zone="$ZONE" \
       --accelerator-type="$ACCELERATOR_TYPE" --version="$RUNTIME" "${EXTRA[@]}"
     ;;
   create-queued)  # waits in the queue for capacity; add --spot, --reserved, --valid-until-duration=...
+    plan_first
     run gcloud compute tpus queued-resources create "$TPU_NAME" --project="$PROJECT" --zone="$ZONE" \
       --node-id="$TPU_NAME" --accelerator-type="$ACCELERATOR_TYPE" --runtime-version="$RUNTIME" "${EXTRA[@]}"
     ;;

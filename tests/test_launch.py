@@ -202,3 +202,19 @@ def test_simulated_tpu_slice_trains_stops_and_resumes(kjv64, tmp_path):
     _wait_until(lambda: not pid_alive(0) and not pid_alive(1), 300, "the resumed run to finish")
     assert f"resuming from step {steps[0]}" in logs()
     assert ocp.CheckpointManager(str(workdir / "checkpoints")).latest_step() == steps[0] + 2
+
+
+def test_tpu_create_with_plan_creates_nothing_when_the_run_cannot_fit(tmp_path):
+    # PLAN=1 compiles the run for the slice first; here the batch cannot be split over v5e-256's chips,
+    # so `electra-jax plan` refuses and gcloud is never called (a fake gcloud would leave a mark).
+    (tmp_path / "gcloud").write_text(f"#!/bin/sh\ntouch {tmp_path}/gcloud-called\n")
+    (tmp_path / "gcloud").chmod(0o755)
+    cli = f"{sys.executable} -m electra_jax.cli"
+    out = _run([str(LAUNCH / "tpu.sh"), "create"], **{**POD, "ACCELERATOR_TYPE": "v5litepod-256", "PLAN": "1",
+               "CONFIG": "tiny", "TRAIN_ARGS": "--config.batch_size=16 --profile", "PLAN_CLI": cli,
+               "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "batch_size: 16 is not divisible" in out.stderr and "nothing was created" in out.stderr
+    assert not (tmp_path / "gcloud-called").exists()
+    dry = _run([str(LAUNCH / "tpu.sh"), "--dry-run", "create"], **{**POD, "PLAN": "1"})
+    assert dry.stdout.splitlines()[0].startswith("electra-jax plan --config base --target v4-32")
