@@ -536,3 +536,30 @@ def append_record(plan: Plan, path: str) -> None:
 
     with open(path, "a") as f:
         f.write(json.dumps(record(plan)) + "\n")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """BENCHMARKS.md's plan table from `plan --results` rows: `python -m electra_jax.plan FILE`."""
+    head = ("| model | target | chips | batch x seq | scan | remat | mesh (data x fsdp x tensor) | fits | GiB/chip "
+            "| largest batch | compile s | all-reduce MiB/step | roofline ms | MFU at bound |")
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        mesh = " x ".join(str(v) for v in (r.get("mesh") or {}).values())
+        gib = r["peak_gib"] if r["peak_gib"] is not None else ("needs ~%s" % r["needed_gib"] if r["needed_gib"] else "-")
+        ar = (r.get("collectives") or {}).get("all-reduce", {}).get("bytes")
+        roof = r.get("roofline") or {}
+        target = r["target"] + (" x %d slices" % r["slices"] if r["slices"] > 1 else "")
+        cells = [f"{r['layers']} x {r['hidden']}", target, r["chips"], f"{r['batch_size']} x {r['seq_len']}",
+                 r["scan_layers"], r["remat_policy"], mesh, "yes" if r["fits"] else "**no**", gib,
+                 r.get("largest_batch", "-"), r["compile_s"], "-" if ar is None else round(ar / 2**20, 1),
+                 round(roof["bound_s"] * 1e3, 1) if roof else "-",
+                 "%.0f%%" % (100 * roof["mfu_at_bound"]) if roof else "-"]
+        out.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(markdown_table([json.loads(line) for path in sys.argv[1:] for line in open(path) if line.strip()]))
