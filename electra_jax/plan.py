@@ -153,6 +153,8 @@ _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%\S+\s*=\s*(.*?)\s(" + "|".join(COLL
 _COMPUTATION = re.compile(r"^(ENTRY\s+)?%(\S+)\s.*\{\s*$")
 _CALLEE = re.compile(r"\b(body|calls|to_apply|true_computation|false_computation)=%([\w.\-]+)")
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
+_CONDITION = re.compile(r"\bcondition=%([\w.\-]+)")
+_CONSTANT = re.compile(r"\bs32\[\]\S*\s+constant\((\d+)\)")
 
 
 def _array_bytes(text: str) -> list[int]:
@@ -187,10 +189,19 @@ def collectives(hlo: str) -> dict[str, dict[str, float]]:
                 counts[m.group(2)]["count"] += times
                 counts[m.group(2)]["bytes"] += times * size
                 continue
-            trip = _TRIP_COUNT.search(line)
             for kind, callee in _CALLEE.findall(line):
                 if kind != "to_apply" and not callee.startswith("fused_computation"):
-                    visit(callee, times * (int(trip.group(1)) if trip and kind == "body" else 1), depth + 1)
+                    visit(callee, times * (trip_count(line) if kind == "body" else 1), depth + 1)
+
+    def trip_count(line: str) -> int:
+        """XLA's annotation, or the bound in the loop condition `i < N` (scan's loops count 0..N-1)."""
+        known = _TRIP_COUNT.search(line)
+        if known:
+            return int(known.group(1))
+        condition = _CONDITION.search(line)
+        body = bodies.get(condition.group(1), []) if condition else []
+        bounds = [int(c) for x in body for c in _CONSTANT.findall(x)]
+        return bounds[0] if len(bounds) == 1 and any("direction=LT" in x for x in body) else 1
 
     if entry:
         visit(entry, 1)
@@ -502,13 +513,14 @@ def report(plan: Plan) -> str:
 def record(plan: Plan) -> dict:
     """The plan as one JSON-able row (BENCHMARKS.md's plan table is made from these)."""
     import datetime
+    import os
     import platform
 
     import jax
 
     c, cfg = plan.main, plan.config
     row = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores", "jax": jax.__version__,
+           "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "jax": jax.__version__,
            "target": plan.target.name, "slices": plan.target.slices, "chips": plan.target.chips,
            "device_kind": plan.target.chip.device_kind, "hbm_gib": plan.target.chip.hbm_bytes / GiB,
            "layers": cfg.model.num_layers, "hidden": cfg.model.hidden_size, "batch_size": cfg.batch_size,

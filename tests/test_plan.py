@@ -56,14 +56,27 @@ def test_collectives_count_loop_bodies_by_their_trip_count():
   ROOT %t = (s32[], f32[256,128]{1,0}) tuple(%i, %ar)
 }
 
+%cond.1 (q: (s32[], f32[64])) -> pred[] {
+  %constant.7 = s32[]{:T(128)} constant(3)
+  %q = (s32[], f32[64]) parameter(0)
+  %i = s32[] get-tuple-element(%q), index=0
+  ROOT %lt = pred[] compare(%i, %constant.7), direction=LT
+}
+
+%body.2 (q: (s32[], f32[64])) -> (s32[], f32[64]) {
+  %g = f32[64]{0:T(128)} all-reduce(%y), replica_groups=mesh['axis_0'=4], to_apply=%add
+}
+
 ENTRY %main (a: bf16[64,32]) -> f32[] {
   %ag = (bf16[64,32]{1,0}, bf16[512,32]{1,0}) all-gather-start(bf16[64,32]{1,0} %a), dimensions={0}
   %w = (s32[], f32[256,128]{1,0}) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"12"}}
+  %w2 = (s32[], f32[64]{0}) while(%init2), condition=%cond.1, body=%body.2, metadata={op_name="scan"}
   ROOT %r = f32[] all-reduce(f32[] %s), to_apply=%add
 }
 """
     got = collectives(hlo)
-    assert got["all-reduce"] == {"count": 13, "bytes": 12 * 256 * 128 * 4 + 4}
+    # TPU's loops carry no trip count: the bound of the condition's `i < 3` is used
+    assert got["all-reduce"] == {"count": 12 + 3 + 1, "bytes": 12 * 256 * 128 * 4 + 3 * 64 * 4 + 4}
     assert got["all-gather"] == {"count": 1, "bytes": 512 * 32 * 2}  # the async pair's destination
 
 
