@@ -503,7 +503,8 @@ def test_uniform_generator_draws_fakes_uniformly_and_trains_only_the_discriminat
     draws = []
     for seed in range(4):
         f = run(params, jax.random.key(seed))
-        np.testing.assert_allclose(float(f.mlm_loss), np.log(vocab), rtol=1e-6)
+        # a float32 mean over the masked slots: its rounding (~1e-6) depends on the CPU's reduction order
+        np.testing.assert_allclose(float(f.mlm_loss), np.log(vocab), rtol=1e-5)
         logits, fake = np.asarray(f.disc_logits, np.float64), np.asarray(f.is_fake)
         bce = np.logaddexp(0, logits) - fake * logits
         disc = (bce * mask).sum() / mask.sum()
