@@ -167,9 +167,10 @@ def _parser() -> argparse.ArgumentParser:
     data = command("build-data", "text -> packed pretraining examples (TFRecord shards)")
     src = data.add_mutually_exclusive_group()
     src.add_argument("--input", nargs="+",
-                     help="text files or globs (.gz ok); blank lines end documents; default: the sample corpus")
+                     help="text files or globs (.gz ok): blank lines end documents; .jsonl (.jsonl.gz, "
+                     ".ndjson): one document per row, its --text-key field; default: the sample corpus")
     src.add_argument("--tfds", help="a TensorFlow Datasets text dataset, NAME[:SPLIT]")
-    data.add_argument("--text-key", default="text", help="the TFDS feature holding the text")
+    data.add_argument("--text-key", default="text", help="the JSON-lines field or TFDS feature holding the text")
     data.add_argument("--tfds-data-dir", default=None, help="where TFDS data is prepared (or gs://)")
     data.add_argument("--tokenizer", default=None,
                       help="tokenizer directory or vocab.txt; default: the sample corpus's tokenizer")
@@ -185,6 +186,10 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--overwrite", action="store_true", help="replace a different build in --out")
     data.add_argument("--max-line-chars", type=int, default=100_000,
                       help="longer lines are split at spaces into several units")
+    data.add_argument("--packing", choices=("fill", "original"), default="fill",
+                      help="fill (default): every token kept, a line that does not fit continues in the "
+                      "next example; original: google-research/electra's, which truncates it and drops "
+                      "the rest (44%% of a one-document-per-line corpus at --seq-len 128)")
 
     plot = command("plot", "a PNG of a run's loss and accuracy curves")
     plot.add_argument("workdir", help="a pretrain workdir (reads its metrics.jsonl)")
@@ -305,7 +310,7 @@ def _tokenizer_command(args) -> None:
 
 def _build_data_command(args) -> None:
     from electra_jax.data import SAMPLE_CORPUS, SAMPLE_TOKENIZER
-    from electra_jax.data.builder import BuildArgs, build
+    from electra_jax.data.builder import BuildArgs, build, summary
 
     inputs = args.input or ([] if args.tfds else [SAMPLE_CORPUS])
     manifest = build(BuildArgs(
@@ -313,9 +318,8 @@ def _build_data_command(args) -> None:
         text_key=args.text_key, tfds_data_dir=args.tfds_data_dir, seq_len=args.seq_len,
         max_positions=args.max_positions, workers=args.workers, shards=args.shards,
         eval_fraction=args.eval_fraction, seed=args.seed, overwrite=args.overwrite,
-        max_line_chars=args.max_line_chars))
-    splits = ", ".join(f"{s}: {v['examples']} examples" for s, v in manifest["splits"].items())
-    print(f"{args.out}: {splits}; {manifest['tokens_per_second']:,} tokens/s")
+        max_line_chars=args.max_line_chars, packing=args.packing))
+    print(f"{args.out}: {summary(manifest)}")
 
 
 def _demo_command(args, config) -> None:

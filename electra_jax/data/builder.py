@@ -18,6 +18,7 @@ incomplete and the reader refuses it.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import glob as globlib
@@ -27,8 +28,11 @@ import json
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import sys
+import tempfile
+import threading
 import time
 from typing import Iterator, Sequence
 
@@ -54,7 +58,8 @@ class DataError(UserError, ValueError):
 
 
 class ExampleBuilder:
-    """Accumulate tokenised lines of a document and cut them into (A, B) segment pairs."""
+    """google-research/electra's packing, exactly: accumulate the tokenised lines of a document to the
+    target length, then cut them into (A, B) and truncate to fit; what is cut is lost (`dropped`)."""
 
     def __init__(self, max_length: int, rng: random.Random):
         self.max_length = max_length
@@ -62,37 +67,94 @@ class ExampleBuilder:
         self.rng = rng
         self.sentences: list[list[int]] = []
         self.length = 0
+        self.dropped = 0  # tokens cut by truncation
 
-    def add_line(self, ids: list[int]):
-        """Add one non-empty line; returns (A, B) once the chunk reaches the target length."""
+    def add_line(self, ids: list[int]) -> list[tuple[list[int], list[int]]]:
+        """Add one non-empty line; returns the (A, B) pairs it completes (none or one)."""
         self.sentences.append(ids)
         self.length += len(ids)
-        return self._create() if self.length >= self.target_length else None
+        return [self._create()] if self.length >= self.target_length else []
 
-    def end_document(self):
-        return self._create() if self.length else None
+    def end_document(self) -> list[tuple[list[int], list[int]]]:
+        return [self._create()] if self.length else []
 
     def _create(self):
         if self.rng.random() < 0.1:
             first_target = 100000  # a single segment, as in classification tasks
         else:
             first_target = (self.target_length - 3) // 2  # room for [CLS] and two [SEP]
-        first: list[int] = []
-        second: list[int] = []
-        for sentence in self.sentences:
-            if (not first or len(first) + len(sentence) < first_target
-                    or (not second and len(first) < first_target and self.rng.random() < 0.5)):
-                first += sentence
-            else:
-                second += sentence
+        first, second = _assign(self.sentences, first_target, self.rng)
         first = first[: self.max_length - 2]
         second = second[: max(0, self.max_length - len(first) - 3)]
+        self.dropped += self.length - len(first) - len(second)
         self.sentences, self.length = [], 0
+        self._next_target()
+        return first, second
+
+    def _next_target(self):
         if self.rng.random() < 0.05:
             self.target_length = self.rng.randint(5, self.max_length)
         else:
             self.target_length = self.max_length
+
+
+def _assign(units: list[list[int]], first_target: int, rng: random.Random) -> tuple[list[int], list[int]]:
+    """The original's A/B rule: units go to A until it reaches first_target (a unit that would
+    overflow it goes to A on a coin flip while B is empty), the rest to B, in order."""
+    first: list[int] = []
+    second: list[int] = []
+    for unit in units:
+        if (not first or len(first) + len(unit) < first_target
+                or (not second and len(first) < first_target and rng.random() < 0.5)):
+            first += unit
+        else:
+            second += unit
+    return first, second
+
+
+class FillBuilder(ExampleBuilder):
+    """The default packing: the original's draws and A/B rule, but nothing is cut away. Each example
+    is filled to its target (all of `[CLS] A [SEP] B [SEP]`, or the document's end); a unit that does
+    not fit continues into the next example. When the units give B nothing, A is cut at the A/B
+    target, so a corpus of one long document per line still trains the B segment as the original's
+    sentence-per-line input does (there every unit is short)."""
+
+    def add_line(self, ids: list[int]) -> list[tuple[list[int], list[int]]]:
+        self.sentences.append(ids)
+        self.length += len(ids)
+        out = []
+        while self.length >= self.target_length - 2:  # enough for a full single-segment example
+            out.append(self._create())
+        return out
+
+    def end_document(self) -> list[tuple[list[int], list[int]]]:
+        out = []
+        while self.length:
+            out.append(self._create())
+        return out
+
+    def _create(self):
+        single = self.rng.random() < 0.1
+        budget = self.target_length - (2 if single else 3)
+        first_target = 100000 if single else (self.target_length - 3) // 2
+        taken, left = [], budget
+        while self.sentences and left > 0:
+            unit = self.sentences[0]
+            if len(unit) <= left:
+                taken.append(self.sentences.pop(0))
+            else:  # the rest of the unit starts the next example
+                taken.append(unit[:left])
+                self.sentences[0] = unit[left:]
+            left -= len(taken[-1])
+        self.length -= budget - left
+        first, second = _assign(taken, first_target, self.rng)
+        if not single and not second and len(first) > first_target:
+            first, second = first[:first_target], first[first_target:]
+        self._next_target()
         return first, second
+
+
+PACKINGS = {"fill": FillBuilder, "original": ExampleBuilder}
 
 
 def layout(first: Sequence[int], second: Sequence[int], cls_id: int, sep_id: int, pad_id: int,
@@ -145,12 +207,17 @@ def _isdir(path):
     return host_tf().io.gfile.isdir(path) if is_remote(path) else os.path.isdir(path)
 
 
+def _open_raw(path: str):
+    return host_tf().io.gfile.GFile(path, "rb") if is_remote(path) else open(path, "rb")
+
+
 def _open_bytes(path: str):
-    if is_remote(path):
-        f = host_tf().io.gfile.GFile(path, "rb")
-    else:
-        f = open(path, "rb")
+    f = _open_raw(path)
     return gzip.GzipFile(fileobj=f) if path.endswith(".gz") else f
+
+
+def _size(path: str) -> int:
+    return host_tf().io.gfile.stat(path).length if is_remote(path) else os.path.getsize(path)
 
 
 @dataclasses.dataclass
@@ -161,37 +228,84 @@ class ReadStats:
     invalid_utf8_lines: int = 0
     split_long_lines: int = 0
     invalid_utf8_files: list = dataclasses.field(default_factory=list)
+    bytes_read: int = 0  # of the input files as stored (compressed, for .gz): for progress
 
 
-def iter_file_documents(files: Sequence[str], stats: ReadStats,
-                        max_line_chars: int) -> Iterator[list[str]]:
-    """Documents (lists of non-empty, stripped lines) from text files; refuses binary files."""
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
+
+
+def iter_file_documents(files: Sequence[str], stats: ReadStats, max_line_chars: int,
+                        text_key: str = "text") -> Iterator[list[str]]:
+    """Documents (lists of non-empty, stripped lines) from text files (a blank line ends a document)
+    and JSON-lines files (one document per row, its `text_key` field); refuses binary files."""
     for path in files:
         stats.files += 1
         refuse_binary(path)
-        bad, chars = 0, 0
-        doc: list[str] = []
-        with _open_bytes(path) as f:  # streamed: a corpus file may be far larger than memory
-            for raw in io.TextIOWrapper(f, encoding="utf-8", errors="replace"):
-                line = raw.strip()
-                if not line or chars > MAX_DOCUMENT_CHARS:
-                    if doc:
-                        stats.documents += 1
-                        yield doc
-                        doc, chars = [], 0
-                    if not line:
-                        continue
-                stats.lines += 1
-                if "\ufffd" in line:
-                    bad += 1
-                doc += _split_long(line, max_line_chars, stats)
-                chars += len(line)
+        done = stats.bytes_read
+        raw = _open_raw(path)
+        with raw, (gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw) as f:
+            text = io.TextIOWrapper(f, encoding="utf-8", errors="replace")
+            if path.endswith(JSONL_SUFFIXES):
+                docs = _jsonl_documents(path, text, text_key, stats, max_line_chars)
+            else:
+                docs = _text_documents(path, text, stats, max_line_chars)
+            for doc in docs:  # streamed: a corpus file may be far larger than memory
+                stats.bytes_read = done + raw.tell()
+                yield doc
+        stats.bytes_read = done + _size(path)
+
+
+def _text_documents(path, text, stats, max_line_chars):
+    bad, chars = 0, 0
+    doc: list[str] = []
+    for raw in text:
+        line = raw.strip()
+        if not line or chars > MAX_DOCUMENT_CHARS:
+            if doc:
+                stats.documents += 1
+                yield doc
+                doc, chars = [], 0
+            if not line:
+                continue
+        stats.lines += 1
+        if "\ufffd" in line:
+            bad += 1
+        doc += _split_long(line, max_line_chars, stats)
+        chars += len(line)
+    if doc:
+        stats.documents += 1
+        yield doc
+    if bad:
+        stats.invalid_utf8_lines += bad
+        stats.invalid_utf8_files.append(path)
+
+
+def _jsonl_documents(path, text, text_key, stats, max_line_chars):
+    """One document per row; a row that is not a JSON object with a string `text_key` stops the build
+    (a malformed row is never read as text)."""
+    for number, row in enumerate(text, 1):
+        if not row.strip():
+            continue
+        try:
+            record = json.loads(row)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{number}: not a JSON object ({e.msg}); a JSON-lines input holds one "
+                            f"object per line, its text in {text_key!r}") from None
+        value = record.get(text_key) if isinstance(record, dict) else None
+        if not isinstance(value, str):
+            have = sorted(record)[:10] if isinstance(record, dict) else type(record).__name__
+            raise DataError(f"{path}:{number}: no string field {text_key!r} (the row has {have}); "
+                            "pass --text-key with the field that holds the text")
+        if "\ufffd" in value:
+            stats.invalid_utf8_lines += 1
+            if path not in stats.invalid_utf8_files:
+                stats.invalid_utf8_files.append(path)
+        doc = [piece for line in value.splitlines() if line.strip()
+               for piece in _split_long(line.strip(), max_line_chars, stats)]
+        stats.lines += len(doc)
         if doc:
             stats.documents += 1
             yield doc
-        if bad:
-            stats.invalid_utf8_lines += bad
-            stats.invalid_utf8_files.append(path)
 
 
 def refuse_binary(path: str) -> None:
@@ -265,6 +379,8 @@ class PackSpec:
     sep_id: int
     pad_id: int
     id_dtype: str
+    packing: str = "fill"
+    sentence_end_ids: tuple[int, ...] = ()  # fill: units are cut after these tokens (".", "!", "?")
 
 
 _WORKER: dict = {}
@@ -280,8 +396,20 @@ def _init_worker(spec: PackSpec, single_threaded: bool = False) -> None:
     _WORKER.update(spec=spec, tok=tok)
 
 
+def sentences(ids: list[int], ends: tuple[int, ...]) -> list[list[int]]:
+    """A tokenised line cut after each sentence-ending token: where an A/B boundary may fall. Cut in
+    the token domain, so the tokens are exactly the line's, whatever the tokenizer."""
+    if not ends or len(ids) < 2:
+        return [ids]
+    cuts = [i + 1 for i, t in enumerate(ids[:-1]) if t in ends]
+    if not cuts:
+        return [ids]
+    return [ids[a:b] for a, b in zip([0, *cuts], [*cuts, len(ids)])]
+
+
 def pack_block(task: tuple[int, list[list[str]]]) -> dict:
-    """Tokenise and pack one block of documents: {'train'|'eval': (ids, lengths, first_sep)}, counts."""
+    """Tokenise and pack one block of documents: {'train'|'eval': (ids, lengths, first_sep)} and the
+    token counts (read, in examples, dropped)."""
     index, docs = task
     spec: PackSpec = _WORKER["spec"]
     lines = [line for doc in docs for line in doc]
@@ -290,7 +418,9 @@ def pack_block(task: tuple[int, list[list[str]]]) -> dict:
     encoded = encode(lines, add_special_tokens=False)
     rng = random.Random(spec.seed * 1_000_003 + index)
     split_rng = random.Random(-(spec.seed * 1_000_003 + index) - 1)
-    builders = {"train": ExampleBuilder(spec.seq_len, rng), "eval": ExampleBuilder(spec.seq_len, rng)}
+    make = PACKINGS[spec.packing]
+    builders = {"train": make(spec.seq_len, rng), "eval": make(spec.seq_len, rng)}
+    ends = frozenset(spec.sentence_end_ids) if spec.packing == "fill" else frozenset()
     rows: dict[str, list] = {"train": [], "eval": []}
     input_tokens = 0
     i = 0
@@ -303,13 +433,12 @@ def pack_block(task: tuple[int, list[list[str]]]) -> dict:
             input_tokens += len(ids)
             if not ids:
                 continue
-            example = builder.add_line(ids)
-            if example:
-                rows[split].append(layout(*example, spec.cls_id, spec.sep_id, spec.pad_id, spec.seq_len))
-        example = builder.end_document()
-        if example:
+            for unit in sentences(ids, ends):
+                for example in builder.add_line(unit):
+                    rows[split].append(layout(*example, spec.cls_id, spec.sep_id, spec.pad_id, spec.seq_len))
+        for example in builder.end_document():
             rows[split].append(layout(*example, spec.cls_id, spec.sep_id, spec.pad_id, spec.seq_len))
-    out = {"input_tokens": input_tokens}
+    out = {"input_tokens": input_tokens, "dropped_tokens": sum(b.dropped for b in builders.values())}
     for split, items in rows.items():
         if items:
             ids = np.stack([r[0] for r in items]).astype(spec.id_dtype)
@@ -357,12 +486,13 @@ class BuildArgs:
     seed: int = 0
     overwrite: bool = False
     max_line_chars: int = 100_000
+    packing: str = "fill"
     progress: bool = True
 
     def identity(self) -> dict:
         """What makes two builds the same build (not workers, progress or overwrite)."""
         keep = ("tokenizer", "inputs", "tfds", "text_key", "seq_len", "shards", "eval_fraction",
-                "seed", "max_line_chars")
+                "seed", "max_line_chars", "packing")
         return {k: (list(v) if isinstance(v, (list, tuple)) else v)
                 for k, v in dataclasses.asdict(self).items() if k in keep}
 
@@ -377,11 +507,22 @@ def _check_args(a: BuildArgs) -> None:
         raise DataError(f"--eval-fraction {a.eval_fraction} must be in [0, 1)")
     if a.shards < 1 or a.workers < 1:
         raise DataError("--shards and --workers must be at least 1")
+    if a.packing not in PACKINGS:
+        raise DataError(f"--packing {a.packing!r}: choose one of {', '.join(PACKINGS)}")
     writable_dir(a.out, "--out", keep=False)  # a file, read-only, a bucket without access: now, not after tokenising
 
 
+SCRATCH = ".build-data-tmp"  # examples before the shuffle, inside a local --out (removed at the end)
+
+
+def _ours(name: str) -> bool:
+    """A file an interrupted build of ours can leave behind."""
+    return name.rstrip("/") in (SCRATCH, TOKENIZER_FILE) or name.endswith(".tfrecord") or name.startswith(MANIFEST)
+
+
 def _prepare_out(a: BuildArgs) -> bool:
-    """False if `out` already holds this exact build. Refuses a different build unless --overwrite."""
+    """False if `out` already holds this exact build. Refuses a different build unless --overwrite;
+    clears what an interrupted build of ours left (a killed build never needs --overwrite to rerun)."""
     tf = host_tf()
 
     gfile = tf.io.gfile
@@ -389,18 +530,88 @@ def _prepare_out(a: BuildArgs) -> bool:
     existing = gfile.listdir(a.out) if gfile.isdir(a.out) else []
     if manifest is not None and manifest.get("args") == a.identity() and not a.overwrite:
         return False
-    if existing and not a.overwrite:
-        what = "a different build" if manifest else "files (an incomplete build?)"
+    leftovers = manifest is None and existing and all(_ours(n) for n in existing)
+    if existing and not a.overwrite and not leftovers:
+        what = "a different build" if manifest else "files that are not a build of ours"
         raise DataError(f"{a.out} already holds {what}; choose another --out or pass --overwrite")
+    if leftovers:
+        print(f"{a.out}: removing what an interrupted build left ({len(existing)} files)")
     gfile.makedirs(a.out)
     if manifest is not None:  # first, so a crash below never leaves a complete-looking mix
         gfile.remove(os.path.join(a.out, MANIFEST))
     for name in existing:
-        if name.endswith(".tfrecord") or name.startswith(MANIFEST):
-            path = os.path.join(a.out, name)
-            if gfile.exists(path):
-                gfile.remove(path)
+        path = os.path.join(a.out, name.rstrip("/"))
+        if name.rstrip("/") == SCRATCH and gfile.exists(path):
+            gfile.rmtree(path)
+        elif (name.endswith(".tfrecord") or name.startswith(MANIFEST)) and gfile.exists(path):
+            gfile.remove(path)
     return True
+
+
+# Shuffle: examples go to buckets drawn at random, then each bucket is permuted in memory and dealt
+# over the shards, so every shard's every prefix is a uniform sample of the whole corpus. A bucket
+# is about this many bytes, so the memory held stays flat however big the corpus.
+BUCKET_BYTES = 128 << 20
+MAX_BUCKETS = 512  # open files; past ~60 GB of examples the buckets grow instead
+
+
+def _record_dtype(id_dtype: str, seq_len: int) -> np.dtype:
+    return np.dtype([("ids", np.dtype(id_dtype).newbyteorder("<"), (seq_len,)),
+                     ("length", "<i4"), ("first_sep", "<i4")])
+
+
+def _bucket_count(input_bytes: int, record: np.dtype, seq_len: int, fraction: float) -> int:
+    """Buckets for `fraction` of a corpus of `input_bytes`: ~3 bytes of text per token (English
+    WordPiece takes ~4; fewer buckets if the guess is high), full examples."""
+    examples = fraction * input_bytes / 3 / (seq_len - 3)
+    return int(min(MAX_BUCKETS, max(1, np.ceil(examples * record.itemsize / BUCKET_BYTES))))
+
+
+def _input_bytes(a: BuildArgs, files: list[str]) -> int:
+    if files:
+        return sum(_size(f) * (4 if f.endswith(".gz") else 1) for f in files)
+    return 8 << 30  # TFDS: sized by its info only after preparing; 8 GiB -> 43 buckets (uint16, seq 128)
+
+
+class _Progress:
+    """A bar on a terminal; in a log, a plain line every `every` seconds (a bar's redraws are one line)."""
+
+    def __init__(self, enabled: bool, total_bytes: int, every: float = 60.0):
+        from tqdm import tqdm
+
+        self.tty = enabled and sys.stderr.isatty()
+        self.enabled, self.total, self.every = enabled, total_bytes, every
+        self.bar = tqdm(desc="build-data: read", total=total_bytes, unit="B", unit_scale=True,
+                        disable=not self.tty)
+        self.start = self.last = time.perf_counter()
+
+    def update(self, bytes_read: int, tokens: int) -> None:
+        self.bar.update(bytes_read - self.bar.n)
+        now = time.perf_counter()
+        if self.enabled and not self.tty and now - self.last >= self.every:
+            self.last = now
+            share = f" ({100 * bytes_read / self.total:.0f}%)" if self.total else ""
+            print(f"build-data: read {bytes_read / 1e9:.2f} of {self.total / 1e9:.2f} GB{share}, "
+                  f"{tokens:,} tokens, {tokens / (now - self.start):,.0f} tokens/s", flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _in_order(pool, func, tasks, ahead: int):
+    """pool.imap with at most `ahead` blocks in flight: imap buffers every finished result, so a fast
+    reader and a slow writer would hold the whole corpus in memory."""
+    pending: collections.deque = collections.deque()
+    for task in tasks:
+        pending.append(pool.apply_async(func, (task,)))
+        if len(pending) >= ahead:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
+def _terminate(*_):
+    raise KeyboardInterrupt  # SIGTERM: the same clean stop as Ctrl-C (nothing left that looks like data)
 
 
 def build(a: BuildArgs) -> dict:
@@ -421,76 +632,110 @@ def build(a: BuildArgs) -> dict:
         print(f"{a.out} already holds this build; nothing to do")
         return read_manifest(a.out)
     id_dtype = "uint16" if vocab_size <= 65536 else "int32"
-    spec = PackSpec(tok.to_str(), a.seed, a.seq_len, a.eval_fraction, sp.cls, sp.sep, sp.pad, id_dtype)
+    ends = tuple(sorted({i for t in (".", "!", "?") if (i := tok.token_to_id(t)) is not None}))
+    spec = PackSpec(tok.to_str(), a.seed, a.seq_len, a.eval_fraction, sp.cls, sp.sep, sp.pad, id_dtype,
+                    a.packing, ends)
+    record = _record_dtype(id_dtype, a.seq_len)
+    input_bytes = _input_bytes(a, files)
 
     stats = ReadStats()
-    docs = (iter_file_documents(files, stats, a.max_line_chars) if files
+    docs = (iter_file_documents(files, stats, a.max_line_chars, a.text_key) if files
             else iter_tfds_documents(a.tfds, a.text_key, a.tfds_data_dir, stats))
     tasks = enumerate(blocks_of(docs))
 
-    names = {"train": [shard_name("train", i, a.shards) for i in range(a.shards)]}
-    writers = {"train": [tf.io.TFRecordWriter(os.path.join(a.out, n)) for n in names["train"]]}
+    splits = {"train": a.shards, **({"eval": 1} if a.eval_fraction else {})}
+    names = {s: [shard_name(s, i, n) for i in range(n)] for s, n in splits.items()}
+    buckets = {"train": _bucket_count(input_bytes, record, a.seq_len, 1 - a.eval_fraction)}
     if a.eval_fraction:
-        names["eval"] = [shard_name("eval", 0, 1)]
-        writers["eval"] = [tf.io.TFRecordWriter(os.path.join(a.out, names["eval"][0]))]
-    counts = {s: {"examples": 0, "tokens": 0} for s in writers}
-    input_tokens = 0
+        buckets["eval"] = _bucket_count(input_bytes, record, a.seq_len, a.eval_fraction)
+    scratch = (os.path.join(a.out, SCRATCH) if not is_remote(a.out)
+               else tempfile.mkdtemp(prefix="electra-jax-build-"))
+    counts = {s: {"examples": 0, "tokens": 0, "content_tokens": 0, "two_segment": 0} for s in splits}
+    input_tokens = dropped = 0
     start = time.perf_counter()
-
-    from tqdm import tqdm
-
-    # A bar only on a terminal: in a log file its redraws are one endless line.
-    bar = tqdm(desc="build-data", unit=" tok", unit_scale=True, disable=not (a.progress and sys.stderr.isatty()))
-    if a.workers > 1:
-        # Workers ignore Ctrl-C from their first instruction (an ignored signal stays ignored through exec):
-        # it is the parent's to handle (it stops the pool); one reaching a starting worker printed its
-        # traceback. A Ctrl-C in the milliseconds the pool takes to start is lost.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            pool = multiprocessing.get_context("spawn").Pool(a.workers, _init_worker, (spec, True))
-        finally:
-            signal.signal(signal.SIGINT, previous)
-        results = pool.imap(pack_block, tasks)
-    else:
-        pool = None
-        _init_worker(spec)
-        results = map(pack_block, tasks)
+    progress = _Progress(a.progress, sum(_size(f) for f in files))
+    main_thread = threading.current_thread() is threading.main_thread()  # where Python allows handlers
+    previous_term = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    pool = None
     complete = False
     try:
-        for result in results:
+        os.makedirs(scratch, exist_ok=True)
+        bucket_files = {s: [open(os.path.join(scratch, f"{s}-{b:04d}.bin"), "wb") for b in range(n)]
+                        for s, n in buckets.items()}
+        if a.workers > 1:
+            # Workers ignore Ctrl-C from their first instruction (an ignored signal stays ignored through
+            # exec): it is the parent's to handle (it stops the pool); one reaching a starting worker
+            # printed its traceback. A Ctrl-C in the milliseconds the pool takes to start is lost.
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                pool = multiprocessing.get_context("spawn").Pool(a.workers, _init_worker, (spec, True))
+            finally:
+                signal.signal(signal.SIGINT, previous)
+            results = _in_order(pool, pack_block, tasks, ahead=2 * a.workers)
+        else:
+            _init_worker(spec)
+            results = map(pack_block, tasks)
+        # 1. pack, each example to a random bucket (drawn per block: the same whatever the worker count)
+        for index, result in enumerate(results):
             input_tokens += result["input_tokens"]
-            bar.update(result["input_tokens"])
-            for split in writers:
+            dropped += result["dropped_tokens"]
+            progress.update(stats.bytes_read, input_tokens)
+            for code, split in enumerate(splits):
                 if split not in result:
                     continue
                 ids, lengths, first_seps = result[split]
+                rows = np.empty(len(ids), record)
+                rows["ids"], rows["length"], rows["first_sep"] = ids, lengths, first_seps
+                which = np.random.default_rng([a.seed, index, code]).integers(0, buckets[split], len(rows))
+                for b in np.unique(which):
+                    rows[which == b].tofile(bucket_files[split][b])
                 c = counts[split]
-                for row, length, first_sep in zip(ids, lengths, first_seps):
-                    shard = writers[split][c["examples"] % len(writers[split])]
-                    shard.write(serialize(row, length, first_sep))
-                    c["examples"] += 1
-                    c["tokens"] += int(length)
-        complete = counts["train"]["examples"] > 0
+                c["examples"] += len(rows)
+                c["tokens"] += int(lengths.sum())
+                two = first_seps < lengths - 1
+                c["content_tokens"] += int((lengths - 2 - two).sum())
+                c["two_segment"] += int(two.sum())
+        progress.close()
+        if pool is not None:
+            pool.close()
+        for fs in bucket_files.values():
+            for f in fs:
+                f.close()
+        if counts["train"]["examples"] == 0:
+            source = ", ".join(a.inputs) if a.inputs else a.tfds
+            raise DataError(f"{source}: no examples were made (the input holds no non-empty lines); "
+                            "nothing was written")
+        # 2. each bucket permuted and dealt over the shards
+        for code, (split, n) in enumerate(buckets.items()):
+            writers = [tf.io.TFRecordWriter(os.path.join(a.out, name)) for name in names[split]]
+            dealt = 0
+            for b in range(n):
+                path = os.path.join(scratch, f"{split}-{b:04d}.bin")
+                rows = np.fromfile(path, record)
+                os.remove(path)
+                for row in rows[np.random.default_rng([a.seed, b, code, 1]).permutation(len(rows))]:
+                    writers[dealt % len(writers)].write(serialize(row["ids"], row["length"], row["first_sep"]))
+                    dealt += 1
+            for w in writers:
+                w.close()
+        complete = True
     finally:
-        bar.close()
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous_term)
+        progress.close()
         if pool is not None:
             pool.terminate()
-        for ws in writers.values():
-            for w in ws:
-                w.close()
-        if not complete:  # a failed build (bad input, Ctrl-C) leaves nothing that looks like data
+        shutil.rmtree(scratch, ignore_errors=True)
+        if not complete:  # a failed build (bad input, Ctrl-C, SIGTERM) leaves nothing that looks like data
             for ns in names.values():
                 for n in ns:
                     if tf.io.gfile.exists(os.path.join(a.out, n)):
                         tf.io.gfile.remove(os.path.join(a.out, n))
-            if created and not tf.io.gfile.listdir(a.out):  # and no empty --out made by this run
-                tf.io.gfile.rmtree(a.out)
+            if created and tf.io.gfile.exists(a.out) and not tf.io.gfile.listdir(a.out):
+                tf.io.gfile.rmtree(a.out)  # and no empty --out made by this run
 
     seconds = time.perf_counter() - start
-    if counts["train"]["examples"] == 0:
-        source = ", ".join(a.inputs) if a.inputs else a.tfds
-        raise DataError(f"{source}: no examples were made (the input holds no non-empty lines); "
-                        "nothing was written")
+    kept = sum(c["content_tokens"] for c in counts.values())
     manifest = {
         "format": FORMAT,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -500,14 +745,21 @@ def build(a: BuildArgs) -> dict:
         "special_ids": sp.as_dict(),
         "tokenizer_fingerprint": fingerprint(tok),
         "args": a.identity(),
-        "splits": {s: {**counts[s], "files": names[s]} for s in writers},
+        "packing": a.packing,
+        "shuffle": {"buckets": buckets, "bucket_bytes": BUCKET_BYTES},
+        "splits": {s: {**counts[s], "files": names[s]} for s in splits},
+        "tokens": {"input": input_tokens, "in_examples": kept, "dropped": dropped,
+                   "kept_fraction": round(kept / max(input_tokens, 1), 6)},
         "input": {"files": stats.files, "documents": stats.documents, "lines": stats.lines,
-                  "tokens": input_tokens, "invalid_utf8_lines": stats.invalid_utf8_lines,
+                  "tokens": input_tokens, "bytes": stats.bytes_read,
+                  "invalid_utf8_lines": stats.invalid_utf8_lines,
                   "invalid_utf8_files": stats.invalid_utf8_files[:20],
                   "split_long_lines": stats.split_long_lines},
         "build_seconds": round(seconds, 2),
         "tokens_per_second": round(input_tokens / max(seconds, 1e-9)),
     }
+    if kept + dropped != input_tokens:  # every token is either in an example or counted as dropped
+        raise AssertionError(f"token accounting: {kept} kept + {dropped} dropped != {input_tokens} read")
     # The tokenizer travels with the data, so a model exported on another machine gets the same one.
     with tf.io.gfile.GFile(os.path.join(a.out, TOKENIZER_FILE), "w") as f:
         f.write(tok.to_str())
@@ -522,3 +774,15 @@ def build(a: BuildArgs) -> dict:
         print(f"warning: {stats.split_long_lines} lines longer than {a.max_line_chars} characters were "
               "split at spaces into several units")
     return manifest
+
+
+def summary(manifest: dict) -> str:
+    """What a build kept and dropped, in a line or two (printed at the end of every build)."""
+    t = manifest["tokens"]
+    splits = ", ".join(f"{s}: {v['examples']:,} examples ({100 * v['two_segment'] / max(v['examples'], 1):.0f}% "
+                       "two-segment)" for s, v in manifest["splits"].items())
+    why = ("cut by truncation: --packing original drops what overflows an example"
+           if manifest["packing"] == "original" else "none: --packing fill continues a unit into the next example")
+    return (f"{splits}\ntokens: {t['input']:,} read, {t['in_examples']:,} in examples "
+            f"({100 * t['kept_fraction']:.2f}%), {t['dropped']:,} dropped ({why}); "
+            f"{manifest['tokens_per_second']:,} tokens/s")
