@@ -1,20 +1,23 @@
 """`electra-jax build-data`: text -> packed ELECTRA pretraining examples in TFRecord shards.
 
-The packing is google-research/electra `build_pretraining_dataset.py`'s ExampleBuilder: non-empty lines
-are units, blank lines and file ends close a document, lines accumulate until the target length, then
-split into segments A and B (single segment with p=0.1; the next target is randint(5, max) with
-p=0.05), truncated to fit `[CLS] A [SEP] B [SEP]`. Two documented differences:
+The packing follows google-research/electra `build_pretraining_dataset.py`'s ExampleBuilder: non-empty
+lines are units, blank lines and file ends close a document, units accumulate to the target length,
+then split into segments A and B (single segment with p=0.1; the next target is randint(5, max) with
+p=0.05). `--packing original` then truncates to fit `[CLS] A [SEP] B [SEP]`, as the original does,
+dropping the rest; the default `fill` takes exactly what fits and carries the rest of the unit into
+the next example, so every token is kept (see FillBuilder). Documented differences from the original:
 
 - Randomness is per block of documents (seeded from (seed, block index)), not per job, so the output
   does not depend on the worker count. Blank lines inside an empty chunk draw nothing (the original
   appends empty sentences that can consume random numbers).
 - Literal "[SEP]"/"[MASK]" text is tokenised as text, never as the special token.
+- The examples are shuffled over the whole build (random buckets on disk, each permuted in memory),
+  where the original writes each job's input files to its own output files in order.
 
 Each example is stored compactly: the padded ids as raw little-endian bytes (uint16 when the
 vocabulary fits, else int32), the real length and the index of the first [SEP]; the reader rebuilds
 input_mask and segment_ids. `manifest.json` is written last (atomically), so a build without it is
-incomplete and the reader refuses it.
-"""
+incomplete and the reader refuses it."""
 
 from __future__ import annotations
 
