@@ -555,13 +555,15 @@ def markdown_table(rows: list[dict]) -> str:
     head = ("| model | target | chips | batch x seq | scan | remat | mesh (data x fsdp x tensor) | fits | GiB/chip "
             "| largest batch | compile s | all-reduce MiB/step | roofline ms | MFU at bound |")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
+    names = {(12, 256): "Small", (12, 768): "Base", (24, 1024): "Large"}  # the paper's sizes
+    for r in sorted(rows, key=lambda r: (r["layers"] * r["hidden"], r["target"][:2], r["chips"], r["date"])):
         mesh = " x ".join(str(v) for v in (r.get("mesh") or {}).values())
         gib = r["peak_gib"] if r["peak_gib"] is not None else ("needs ~%s" % r["needed_gib"] if r["needed_gib"] else "-")
         ar = (r.get("collectives") or {}).get("all-reduce", {}).get("bytes")
         roof = r.get("roofline") or {}
         target = r["target"] + (" x %d slices" % r["slices"] if r["slices"] > 1 else "")
-        cells = [f"{r['layers']} x {r['hidden']}", target, r["chips"], f"{r['batch_size']} x {r['seq_len']}",
+        size = f"{r['layers']} x {r['hidden']}"
+        cells = [f"{names[r['layers'], r['hidden']]} ({size})" if (r["layers"], r["hidden"]) in names else size, target, r["chips"], f"{r['batch_size']} x {r['seq_len']}",
                  r["scan_layers"], r["remat_policy"], mesh, "yes" if r["fits"] else "**no**", gib,
                  r.get("largest_batch", "-"), r["compile_s"], "-" if ar is None else round(ar / 2**20, 1),
                  round(roof["bound_s"] * 1e3, 1) if roof else "-",
