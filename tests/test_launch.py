@@ -116,6 +116,62 @@ def test_gpu_benchmark_script_refuses_a_machine_without_gpu(tmp_path):
     assert not list((tmp_path / "results").glob("*.json"))
 
 
+# ---------------------------------------------------------------- findings 10-11: GPUs or nothing
+
+
+def _no_gpu_bin(tmp_path):
+    """PATH for a machine without GPUs: electra-jax a stand-in that writes down being called, beside a
+    python3 that is this venv's (what gpu.sh and slurm.sbatch run their GPU check with), and an `srun`
+    that runs its command here (a step that got no GPU)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "electra-jax").write_text(f"#!/bin/sh\necho \"$*\" >> {tmp_path}/trained\n")
+    (bin_dir / "python3").write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
+    (bin_dir / "srun").write_text(f"#!/bin/bash\necho \"srun $*\" >> {tmp_path}/sruns\n"
+                                  "while [[ $1 == --* ]]; do shift; done\nexec \"$@\"\n")
+    for f in ("electra-jax", "python3", "srun"):
+        (bin_dir / f).chmod(0o755)
+    return f"{bin_dir}:/usr/bin:/bin"
+
+
+def test_slurm_job_without_gpus_stops_instead_of_training_on_cpu(tmp_path):
+    env = {"PATH": _no_gpu_bin(tmp_path), "HOME": str(tmp_path), "CONFIG": "base", "DATA": "d",
+           "WORKDIR": str(tmp_path / "w")}
+    out = subprocess.run(["bash", str(LAUNCH / "slurm.sbatch")], capture_output=True, text=True, timeout=120,
+                         env=env)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "launch/slurm.sbatch on " in out.stderr and "JAX sees no GPU" in out.stderr
+    assert "not training on the CPU" in out.stderr.splitlines()[-1]
+    assert not (tmp_path / "trained").exists()
+    assert (tmp_path / "sruns").read_text().count("srun") == 1  # the check, never the training step
+    header = (LAUNCH / "slurm.sbatch").read_text()  # and the GPUs asked for, so that the step gets them
+    assert "#SBATCH --gpus-per-node=8" in header and "#SBATCH --mem=0" in header
+
+
+def test_gpu_script_without_gpus_stops_instead_of_training_on_cpu(tmp_path):
+    env = {"PATH": _no_gpu_bin(tmp_path), "HOME": str(tmp_path)}
+    out = subprocess.run(["bash", str(LAUNCH / "gpu.sh"), "--config", "base", "--data", "d", "--workdir", "w"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 1 and "launch/gpu.sh on " in out.stderr and "JAX sees no GPU" in out.stderr
+    assert not (tmp_path / "trained").exists()
+
+
+def test_one_cuda_plugin_and_one_memory_fraction(tmp_path):
+    import re
+
+    fractions = {p: re.findall(r"XLA_PYTHON_CLIENT_MEM_FRACTION:-([0-9.]+)", (LAUNCH / p).read_text())
+                 for p in ("gpu.sh", "slurm.sbatch")}
+    assert fractions == {"gpu.sh": ["0.92"], "slurm.sbatch": ["0.92"]}
+    for plugin in ("xla_cuda12", "xla_cuda13"):  # both CUDA plugins installed side by side
+        (tmp_path / "site" / "jax_plugins" / plugin).mkdir(parents=True)
+        (tmp_path / "site" / "jax_plugins" / plugin / "__init__.py").write_text("")
+    env = {"PATH": _no_gpu_bin(tmp_path), "HOME": str(tmp_path), "PYTHONPATH": str(tmp_path / "site")}
+    out = subprocess.run(["bash", str(LAUNCH / "gpu.sh"), "--config", "base", "--data", "d", "--workdir", "w"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 1 and "two CUDA plugins are installed (xla_cuda12 and xla_cuda13)" in out.stderr
+    assert not (tmp_path / "trained").exists()
+
+
 FAKE_GCLOUD = r"""#!/usr/bin/env bash
 # A fake gcloud for a simulated TPU slice: `tpu-vm ssh NAME --worker=all|N --command=C` runs C on each
 # worker as a non-interactive `bash -c` with its own HOME, a plain PATH and nothing else of this
