@@ -107,12 +107,12 @@ def test_incomplete_and_corrupt_builds_are_refused(data_dir, tmp_path):
     import json
     import shutil
 
-    for version, other_format in enumerate(("electra-jax-pretraining/0", "electra-jax-pretraining/2")):
+    for version, other_format in enumerate(("electra-jax-pretraining/1", "electra-jax-pretraining/3")):
         old = tmp_path / f"format{version}"  # an older or a newer builder's layout
         shutil.copytree(data_dir, old)
         manifest = json.loads((old / "manifest.json").read_text())
         (old / "manifest.json").write_text(json.dumps({**manifest, "format": other_format}))
-        with pytest.raises(DataError, match=f"format '{other_format}', expected '{FORMAT}'; rebuild it"):
+        with pytest.raises(DataError, match=f"format '{other_format}', expected '{FORMAT}'.*; rebuild it"):
             open_build(str(old))
 
     broken = tmp_path / "broken"

@@ -14,9 +14,9 @@ the next example, so every token is kept (see FillBuilder). Documented differenc
 - The examples are shuffled over the whole build (random buckets on disk, each permuted in memory),
   where the original writes each job's input files to its own output files in order.
 
-Each example is stored compactly: the padded ids as raw little-endian bytes (uint16 when the
-vocabulary fits, else int32), the real length and the index of the first [SEP]; the reader rebuilds
-input_mask and segment_ids. `manifest.json` is written last (atomically), so a build without it is
+Each example is one TFRecord of raw little-endian values (uint16 when the vocabulary fits, else
+int32): the padded ids, the real length and the index of the first [SEP] (`record_dtype`); the reader
+rebuilds input_mask and segment_ids. `manifest.json` is written last (atomically), so a build without it is
 incomplete and the reader refuses it."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import numpy as np
 from electra_jax.errors import UserError
 from electra_jax.fs import exists, host_tf, is_remote, read_text, writable_dir
 
-FORMAT = "electra-jax-pretraining/1"
+FORMAT = "electra-jax-pretraining/2"  # 1: tf.train.Example records, unshuffled, truncating packing
 MANIFEST = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"  # a copy of the tokenizer the examples were made with
 BLOCK_CHARS = 1 << 20  # documents are handed to workers in blocks of about this many characters
@@ -452,18 +452,6 @@ def pack_block(task: tuple[int, list[list[str]]]) -> dict:
 # ----------------------------------------------------------------------------- writing
 
 
-def serialize(ids_row: np.ndarray, length: int, first_sep: int) -> bytes:
-    tf = host_tf()
-
-    feature = {
-        "input_ids": tf.train.Feature(bytes_list=tf.train.BytesList(value=[ids_row.astype(
-            ids_row.dtype.newbyteorder("<")).tobytes()])),
-        "length": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(length)])),
-        "first_sep": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(first_sep)])),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
-
-
 def shard_name(split: str, index: int, count: int) -> str:
     return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
 
@@ -558,9 +546,13 @@ BUCKET_BYTES = 128 << 20
 MAX_BUCKETS = 512  # open files; past ~60 GB of examples the buckets grow instead
 
 
-def _record_dtype(id_dtype: str, seq_len: int) -> np.dtype:
-    return np.dtype([("ids", np.dtype(id_dtype).newbyteorder("<"), (seq_len,)),
-                     ("length", "<i4"), ("first_sep", "<i4")])
+def record_dtype(id_dtype: str, seq_len: int) -> np.dtype:
+    """One example as stored, in a bucket and as a TFRecord's payload: the padded ids, then the number
+    of real tokens and the index of the first [SEP], all little-endian in the ids' type. Fixed-size
+    raw bytes: no per-example protobuf to build (the writer's cost was that) or parse (the reader's);
+    TFRecord's framing still checks every record's CRC."""
+    dt = np.dtype(id_dtype).newbyteorder("<")
+    return np.dtype([("ids", dt, (seq_len,)), ("length", dt), ("first_sep", dt)])
 
 
 def _bucket_count(input_bytes: int, record: np.dtype, seq_len: int, fraction: float) -> int:
@@ -579,23 +571,22 @@ def _input_bytes(a: BuildArgs, files: list[str]) -> int:
 class _Progress:
     """A bar on a terminal; in a log, a plain line every `every` seconds (a bar's redraws are one line)."""
 
-    def __init__(self, enabled: bool, total_bytes: int, every: float = 60.0):
+    def __init__(self, enabled: bool, what: str, total: int, unit: str, every: float = 60.0):
         from tqdm import tqdm
 
         self.tty = enabled and sys.stderr.isatty()
-        self.enabled, self.total, self.every = enabled, total_bytes, every
-        self.bar = tqdm(desc="build-data: read", total=total_bytes, unit="B", unit_scale=True,
+        self.enabled, self.what, self.total, self.unit, self.every = enabled, what, total, unit, every
+        self.bar = tqdm(desc=f"build-data: {what}", total=total or None, unit=unit, unit_scale=True,
                         disable=not self.tty)
         self.start = self.last = time.perf_counter()
 
-    def update(self, bytes_read: int, tokens: int) -> None:
-        self.bar.update(bytes_read - self.bar.n)
+    def update(self, done: int, detail: str = "") -> None:
+        self.bar.update(done - self.bar.n)
         now = time.perf_counter()
         if self.enabled and not self.tty and now - self.last >= self.every:
             self.last = now
-            share = f" ({100 * bytes_read / self.total:.0f}%)" if self.total else ""
-            print(f"build-data: read {bytes_read / 1e9:.2f} of {self.total / 1e9:.2f} GB{share}, "
-                  f"{tokens:,} tokens, {tokens / (now - self.start):,.0f} tokens/s", flush=True)
+            share = f" ({100 * done / self.total:.0f}%)" if self.total else ""
+            print(f"build-data: {self.what} {done:,} of {self.total:,} {self.unit}{share}{detail}", flush=True)
 
     def close(self) -> None:
         self.bar.close()
@@ -638,7 +629,7 @@ def build(a: BuildArgs) -> dict:
     ends = tuple(sorted({i for t in (".", "!", "?") if (i := tok.token_to_id(t)) is not None}))
     spec = PackSpec(tok.to_str(), a.seed, a.seq_len, a.eval_fraction, sp.cls, sp.sep, sp.pad, id_dtype,
                     a.packing, ends)
-    record = _record_dtype(id_dtype, a.seq_len)
+    record = record_dtype(id_dtype, a.seq_len)
     input_bytes = _input_bytes(a, files)
 
     stats = ReadStats()
@@ -656,7 +647,7 @@ def build(a: BuildArgs) -> dict:
     counts = {s: {"examples": 0, "tokens": 0, "content_tokens": 0, "two_segment": 0} for s in splits}
     input_tokens = dropped = 0
     start = time.perf_counter()
-    progress = _Progress(a.progress, sum(_size(f) for f in files))
+    progress = _Progress(a.progress, "read", sum(_size(f) for f in files), "B")
     main_thread = threading.current_thread() is threading.main_thread()  # where Python allows handlers
     previous_term = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     pool = None
@@ -682,7 +673,8 @@ def build(a: BuildArgs) -> dict:
         for index, result in enumerate(results):
             input_tokens += result["input_tokens"]
             dropped += result["dropped_tokens"]
-            progress.update(stats.bytes_read, input_tokens)
+            progress.update(stats.bytes_read, f", {input_tokens:,} tokens, "
+                            f"{input_tokens / (time.perf_counter() - start):,.0f} tokens/s")
             for code, split in enumerate(splits):
                 if split not in result:
                     continue
@@ -709,18 +701,24 @@ def build(a: BuildArgs) -> dict:
             raise DataError(f"{source}: no examples were made (the input holds no non-empty lines); "
                             "nothing was written")
         # 2. each bucket permuted and dealt over the shards
+        progress = _Progress(a.progress, "shuffle and write", sum(c["examples"] for c in counts.values()),
+                             "examples")
+        written = 0
         for code, (split, n) in enumerate(buckets.items()):
             writers = [tf.io.TFRecordWriter(os.path.join(a.out, name)) for name in names[split]]
             dealt = 0
             for b in range(n):
                 path = os.path.join(scratch, f"{split}-{b:04d}.bin")
-                rows = np.fromfile(path, record)
+                rows = np.fromfile(path, np.dtype((np.void, record.itemsize)))
                 os.remove(path)
                 for row in rows[np.random.default_rng([a.seed, b, code, 1]).permutation(len(rows))]:
-                    writers[dealt % len(writers)].write(serialize(row["ids"], row["length"], row["first_sep"]))
+                    writers[dealt % len(writers)].write(row.tobytes())
                     dealt += 1
+                written += len(rows)
+                progress.update(written)
             for w in writers:
                 w.close()
+        progress.close()
         complete = True
     finally:
         if main_thread:

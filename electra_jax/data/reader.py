@@ -35,7 +35,10 @@ def open_build(data_dir: str, seq_len: int | None = None) -> dict:
         raise DataError(f"{data_dir}: no manifest.json, so not a complete build; run "
                         f"`electra-jax build-data --out {data_dir}` (again)")
     if manifest.get("format") != FORMAT:
-        raise DataError(f"{data_dir}: format {manifest.get('format')!r}, expected {FORMAT!r}; rebuild it")
+        why = (" (an older build-data's: it cut what overflowed an example and left the corpus in input "
+               "order)" if manifest.get("format") == "electra-jax-pretraining/1" else "")
+        raise DataError(f"{data_dir}: format {manifest.get('format')!r}, expected {FORMAT!r}{why}; rebuild it "
+                        f"with `electra-jax build-data`")
     if seq_len is not None and manifest["seq_len"] != seq_len:
         raise DataError(f"{data_dir}: built with seq_len {manifest['seq_len']} but the config wants "
                         f"{seq_len}; rebuild with --seq-len {seq_len} or set --config.data.seq_len")
@@ -53,19 +56,14 @@ def _parser(manifest: dict):
     tf = host_tf()
     seq_len = manifest["seq_len"]
     dtype = {"uint16": tf.uint16, "int32": tf.int32}[manifest["id_dtype"]]
-    features = {
-        "input_ids": tf.io.FixedLenFeature([], tf.string),
-        "length": tf.io.FixedLenFeature([], tf.int64),
-        "first_sep": tf.io.FixedLenFeature([], tf.int64),
-    }
 
-    def parse(serialized):  # a batch of serialized examples -> dense [B, S] int32 features
-        ex = tf.io.parse_example(serialized, features)
-        ids = tf.cast(tf.io.decode_raw(ex["input_ids"], dtype, little_endian=True), tf.int32)
-        ids = tf.ensure_shape(ids, [None, seq_len])
-        pos = tf.range(seq_len, dtype=tf.int64)[None, :]
-        mask = pos < ex["length"][:, None]
-        segment = (pos > ex["first_sep"][:, None]) & mask
+    def parse(serialized):  # a batch of records (builder.record_dtype) -> dense [B, S] int32 features
+        raw = tf.cast(tf.io.decode_raw(serialized, dtype, little_endian=True), tf.int32)
+        raw = tf.ensure_shape(raw, [None, seq_len + 2])
+        ids, length, first_sep = raw[:, :seq_len], raw[:, seq_len:seq_len + 1], raw[:, seq_len + 1:]
+        pos = tf.range(seq_len, dtype=tf.int32)[None, :]
+        mask = pos < length
+        segment = (pos > first_sep) & mask
         return {"input_ids": ids, "input_mask": tf.cast(mask, tf.int32),
                 "segment_ids": tf.cast(segment, tf.int32)}
 
