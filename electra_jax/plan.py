@@ -48,6 +48,9 @@ CHIPS = {
     "h100": Chip("h100", "NVIDIA H100 80GB HBM3", 84_942_979_072, 989.0, 3352.0),
     "h200": Chip("h200", "NVIDIA H200 141GB HBM3e", 151_397_597_184, 989.0, 4800.0),
 }
+# launch/gpu.sh and launch/slurm.sbatch set XLA_PYTHON_CLIENT_MEM_FRACTION to this (the rest of a GPU is
+# the CUDA context's, cuDNN's and NCCL's), so a GPU plan must fit in it, not in the whole HBM.
+GPU_MEM_FRACTION = 0.92
 # Chips -> the slice's torus, as Cloud TPU builds them (and MaxText / AXLearn name them for AOT).
 _TORUS_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
 _TORUS_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
@@ -73,6 +76,12 @@ class Target:
     @property
     def platform(self) -> str:
         return "cuda" if self.chip.family.startswith("h") else "tpu"
+
+    @property
+    def budget_bytes(self) -> int:
+        """What a run may use per chip: all of a TPU's HBM; on a GPU the share our launch scripts give
+        XLA's allocator (XLA_PYTHON_CLIENT_MEM_FRACTION)."""
+        return int(self.chip.hbm_bytes * (GPU_MEM_FRACTION if self.platform == "cuda" else 1.0))
 
     def describe(self) -> str:
         unit = ("node" if self.platform == "cuda" else "slice")
@@ -441,23 +450,23 @@ def make_plan(config: ml_collections.ConfigDict, target: Target, *, search_batch
                         len(replicated) > 1 else "") + "; change config.sharding_rules or the mesh, pad the "
                         "dimension, or pass --allow-replicated")
     log(f"compiling the train step for {target.describe()} ...")
-    main = compile_step(config, devices, target.chip.hbm_bytes)
+    main = compile_step(config, devices, target.budget_bytes)
     plan = Plan(target, config, main, model_flops(config), replicated=replicated)
     if not main.fits and suggest:
         sizes = mesh_shape(config, target.chips)
         log("it does not fit; compiling changes that lower memory:")
         for label, changes in _fix_candidates(config, sizes["data"] * sizes["fsdp"]):
-            r = compile_step(_with(config, **changes), devices, target.chip.hbm_bytes, keep_hlo=False)
+            r = compile_step(_with(config, **changes), devices, target.budget_bytes, keep_hlo=False)
             log(f"  {label}: {_fit_text(r, target)}")
             plan.suggestions.append((label, r))
     if search_batch and main.fits:
         log("searching the largest batch that fits:")
-        plan.largest = largest_batch(config, devices, target.chip.hbm_bytes, main, log)
+        plan.largest = largest_batch(config, devices, target.budget_bytes, main, log)
     return plan
 
 
 def _fit_text(r: Compiled, target: Target) -> str:
-    hbm = target.chip.hbm_bytes / GiB
+    hbm = target.budget_bytes / GiB
     if r.peak_bytes is not None:
         word = "fits" if r.fits else "does not fit"
         return f"{word}: {r.peak_bytes / GiB:.2f} of {hbm:.0f} GiB per chip ({r.compile_s:.0f} s to compile)"
@@ -467,8 +476,10 @@ def _fit_text(r: Compiled, target: Target) -> str:
 
 def report(plan: Plan) -> str:
     t, c, cfg = plan.target, plan.main, plan.config
-    hbm = t.chip.hbm_bytes
-    lines = [f"target   {t.describe()}, {hbm / GiB:.0f} GiB HBM per chip",
+    hbm = t.budget_bytes
+    usable = (f", {hbm / GiB:.1f} GiB of it for XLA (XLA_PYTHON_CLIENT_MEM_FRACTION={GPU_MEM_FRACTION}, as "
+              "launch/gpu.sh sets)" if hbm != t.chip.hbm_bytes else "")
+    lines = [f"target   {t.describe()}, {t.chip.hbm_bytes / GiB:.0f} GiB HBM per chip{usable}",
              f"run      {cfg.model.num_layers} x {cfg.model.hidden_size}, batch {cfg.batch_size} x seq "
              f"{cfg.data.seq_len}, micro_batches {cfg.micro_batches}, {cfg.model.dtype}, scan_layers "
              f"{cfg.model.scan_layers}, remat {cfg.model.remat_policy}",

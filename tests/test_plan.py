@@ -47,6 +47,21 @@ def test_targets_are_named_as_cloud_tpu_names_them():
             parse_target(bad)
 
 
+def test_a_gpu_plan_must_fit_in_what_the_launch_scripts_give_xla():
+    """A GPU run gets XLA_PYTHON_CLIENT_MEM_FRACTION of the HBM (launch/gpu.sh, slurm.sbatch), so a plan
+    that fits the whole HBM but not that share would run out of memory there."""
+    import re
+
+    from electra_jax.plan import GPU_MEM_FRACTION
+
+    root = os.path.join(os.path.dirname(__file__), "..", "launch")
+    for script in ("gpu.sh", "slurm.sbatch"):
+        text = open(os.path.join(root, script)).read()
+        assert re.search(r'XLA_PYTHON_CLIENT_MEM_FRACTION:-([0-9.]+)', text).group(1) == str(GPU_MEM_FRACTION)
+    assert parse_target("h100x8").budget_bytes == int(84_942_979_072 * 0.92)  # XLA's H100 SXM memory size
+    assert parse_target("v5e-8").budget_bytes == 16 * 2**30  # a TPU run has the whole HBM
+
+
 def test_collectives_count_loop_bodies_by_their_trip_count():
     hlo = """HloModule m
 
