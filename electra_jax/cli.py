@@ -701,10 +701,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:  # ConfigError, DataError, TaskError, ...: said in one line
         print(f"electra-jax: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # a second Ctrl-C in training, or one anywhere else: stop, no traceback
-        print(f"electra-jax: {args.command} interrupted (Ctrl-C); rerun the same command to continue",
+    except KeyboardInterrupt as e:  # a second Ctrl-C in training, or one anywhere else: stop, no traceback
+        what = str(e) or "Ctrl-C"  # "SIGTERM" where a command turns SIGTERM into this (build-data)
+        print(f"electra-jax: {args.command} interrupted ({what}); rerun the same command to continue",
               file=sys.stderr)
-        return 130
+        return 130 if what == "Ctrl-C" else 143
     return 0
 
 

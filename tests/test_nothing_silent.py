@@ -271,19 +271,42 @@ def test_ctrl_c_during_build_data_is_one_line_and_leaves_nothing(tmp_path):
     foreground process group (the workers too), as a terminal sends it."""
     corpus = tmp_path / "corpus.txt"
     with gzip.open(SAMPLE_CORPUS, "rt") as f:
-        corpus.write_text(f.read() * 3)
+        corpus.write_text(f.read() * 6)
     child = subprocess.Popen([sys.executable, "-m", "electra_jax.cli", "build-data", "--input", str(corpus),
                               "--out", "d", "--workers", "2", "--shards", "2"], cwd=tmp_path, env=CHILD_ENV,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not list(tmp_path.glob("d/*.tfrecord")):
+    while time.time() < deadline and not list(tmp_path.glob("d/.build-data-tmp/*.bin")):  # packing under way
         time.sleep(0.05)
-    time.sleep(0.5)
+    time.sleep(0.2)
     os.killpg(child.pid, signal.SIGINT)
     out, err = child.communicate(timeout=120)
     assert child.returncode == 130, (out, err)
     assert err == "electra-jax: build-data interrupted (Ctrl-C); rerun the same command to continue\n"
     assert not (tmp_path / "d").exists()
+
+
+def test_sigterm_during_build_data_leaves_nothing_and_the_rerun_builds(tmp_path):
+    """A killed build (SIGTERM: `timeout`, a batch system, a closed session) stops as Ctrl-C does, and the
+    same command then builds without --overwrite."""
+    corpus = tmp_path / "corpus.txt"
+    with gzip.open(SAMPLE_CORPUS, "rt") as f:
+        corpus.write_text(f.read() * 6)
+    command = [sys.executable, "-m", "electra_jax.cli", "build-data", "--input", str(corpus), "--out", "d",
+               "--workers", "2", "--shards", "2"]
+    child = subprocess.Popen(command, cwd=tmp_path, env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob("d/.build-data-tmp/*.bin")):
+        time.sleep(0.05)
+    child.send_signal(signal.SIGTERM)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 143, (out, err)
+    assert err == "electra-jax: build-data interrupted (SIGTERM); rerun the same command to continue\n"
+    assert not (tmp_path / "d").exists()
+    rerun = subprocess.run(command, cwd=tmp_path, env=CHILD_ENV, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads((tmp_path / "d" / "manifest.json").read_text())["tokens"]["kept_fraction"] == 1.0
 
 
 @pytest.mark.slow

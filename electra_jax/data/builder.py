@@ -605,7 +605,7 @@ def _in_order(pool, func, tasks, ahead: int):
 
 
 def _terminate(*_):
-    raise KeyboardInterrupt  # SIGTERM: the same clean stop as Ctrl-C (nothing left that looks like data)
+    raise KeyboardInterrupt("SIGTERM")  # the same clean stop as Ctrl-C (nothing left that looks like data)
 
 
 def build(a: BuildArgs) -> dict:
