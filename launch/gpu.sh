@@ -27,28 +27,6 @@ export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$HOME/.cache/elec
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cuda}"
 
-# JAX must see GPUs through exactly one CUDA plugin (jax[cuda12] and an image's own jax[cuda13] side
-# by side is refused). Run by the Python electra-jax is installed in.
-read -r -d '' GPU_CHECK <<'PY' || true
-import importlib.util, socket, sys
-where = f"{sys.argv[1]} on {socket.gethostname()}"
-plugins = []
-if importlib.util.find_spec("jax_plugins") is not None:
-    plugins = [p for p in ("xla_cuda12", "xla_cuda13") if importlib.util.find_spec("jax_plugins." + p)]
-if len(plugins) > 1:
-    sys.exit(f"{where}: two CUDA plugins are installed ({' and '.join(plugins)}): keep the one your image "
-             "or pip brought (pip uninstall jax-cuda12-plugin jax-cuda12-pjrt, or the cuda13 pair)")
-try:
-    import jax
-    gpus = jax.devices("gpu")
-except Exception as e:
-    first = (str(e).splitlines() or [""])[0]
-    sys.exit(f"{where}: JAX sees no GPU ({type(e).__name__}{': ' + first if first else ''}); not training on the CPU. Give this "
-             "process GPUs (Slurm: --gpus-per-node) or install the CUDA plugin (pip install -c constraints.txt "
-             "'.[cuda]')")
-print(f"{where}: {len(gpus)} GPU(s), {gpus[0].device_kind}")
-PY
-
 if [[ "$DRY_RUN" == 1 ]]; then
   echo "XLA_FLAGS=$XLA_FLAGS"
   echo "JAX_COMPILATION_CACHE_DIR=$JAX_COMPILATION_CACHE_DIR"
@@ -62,5 +40,10 @@ fi
 bin=$(command -v electra-jax) || { echo "launch/gpu.sh: electra-jax is not on PATH (activate its venv)" >&2; exit 2; }
 python="$(dirname "$bin")/python3"
 [[ -x "$python" ]] || python=python3
-"$python" -c "$GPU_CHECK" launch/gpu.sh || exit 1
+# JAX must see GPUs through one CUDA plugin, unless JAX_PLATFORMS was set to leave them out on purpose.
+if [[ "$JAX_PLATFORMS" == *cuda* || "$JAX_PLATFORMS" == *gpu* ]]; then
+  "$python" -m electra_jax.gpu_check launch/gpu.sh || exit 1
+else
+  echo "launch/gpu.sh: JAX_PLATFORMS=$JAX_PLATFORMS: not checking for GPUs, as asked" >&2
+fi
 exec electra-jax pretrain "$@"
