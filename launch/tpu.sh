@@ -355,6 +355,13 @@ watch_run() {
       esac
     done < <(cat "$dir"/*.log 2>/dev/null)
     (( count == WORKERS )) || continue
+    # A run that ended while the slice was taken away (after the state check above) was preempted,
+    # not failed: its workers died with their VMs.
+    case "$(node_state)" in
+      READY) ;;
+      PREEMPTED|TERMINATED|STOPPED|"") OUTCOME=preempted; rm -rf "$dir"; return 0 ;;
+      *) continue ;;
+    esac
     if (( failed )); then OUTCOME=failed
     elif (( running )); then continue
     elif (( finished )); then OUTCOME="done"
