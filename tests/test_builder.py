@@ -146,6 +146,18 @@ def test_output_directory_rules(corpus, tmp_path):
     with pytest.raises(DataError, match="already holds a different build.*--overwrite"):
         _build(root, out, seed=1)
     assert _build(root, out, seed=1, overwrite=True)["args"]["seed"] == 1
+    # The same arguments over an edited input file, or a retrained tokenizer at the same path, are another
+    # build (it used to say "nothing to do" and keep examples of the old text).
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    (edited / "c.txt").write_text("d1w1 d2w2\n")
+    made = _build(root, tmp_path / "e", inputs=[str(edited / "c.txt")])
+    (edited / "c.txt").write_text("d1w1 d2w2 d3w3 d4w4\n")
+    os.utime(edited / "c.txt", ns=(1, 1))
+    with pytest.raises(DataError, match="already holds a different build"):
+        _build(root, tmp_path / "e", inputs=[str(edited / "c.txt")])
+    assert _build(root, tmp_path / "e", inputs=[str(edited / "c.txt")], overwrite=True)["tokens"]["input"] == 4
+    assert made["tokens"]["input"] == 2
     # What a killed build leaves (shards, no manifest, its scratch) is cleared by the rerun, no flag needed ...
     stray = tmp_path / "stray"
     (stray / ".build-data-tmp").mkdir(parents=True)

@@ -511,15 +511,31 @@ def _ours(name: str) -> bool:
     return name.rstrip("/") in (SCRATCH, TOKENIZER_FILE) or name.endswith(".tfrecord") or name.startswith(MANIFEST)
 
 
-def _prepare_out(a: BuildArgs) -> bool:
-    """False if `out` already holds this exact build. Refuses a different build unless --overwrite;
-    clears what an interrupted build of ours left (a killed build never needs --overwrite to rerun)."""
+def _sources(files: list[str], tokenizer_fingerprint: str) -> dict:
+    """What a build is made from, beyond its arguments: the tokenizer by content, each input file by
+    size and modification time (hashing a corpus of tens of GB on every rerun would cost minutes), so a
+    retrained tokenizer or an edited file at the same path is a different build."""
+    def stamp(path):
+        if is_remote(path):
+            st = host_tf().io.gfile.stat(path)
+            return [path, st.length, st.mtime_nsec]
+        st = os.stat(path)
+        return [path, st.st_size, st.st_mtime_ns]
+
+    return {"tokenizer_fingerprint": tokenizer_fingerprint, "files": [stamp(f) for f in files]}
+
+
+def _prepare_out(a: BuildArgs, sources: dict) -> bool:
+    """False if `out` already holds this exact build (the same arguments and sources). Refuses a
+    different build unless --overwrite; clears what an interrupted build of ours left (a killed build
+    never needs --overwrite to rerun)."""
     tf = host_tf()
 
     gfile = tf.io.gfile
     manifest = read_manifest(a.out)
     existing = gfile.listdir(a.out) if gfile.isdir(a.out) else []
-    if manifest is not None and manifest.get("args") == a.identity() and not a.overwrite:
+    same = manifest is not None and manifest.get("args") == a.identity() and manifest.get("sources") == sources
+    if same and not a.overwrite:
         return False
     leftovers = manifest is None and existing and all(_ours(n) for n in existing)
     if existing and not a.overwrite and not leftovers:
@@ -585,8 +601,8 @@ class _Progress:
         now = time.perf_counter()
         if self.enabled and not self.tty and now - self.last >= self.every:
             self.last = now
-            share = f" ({100 * done / self.total:.0f}%)" if self.total else ""
-            print(f"build-data: {self.what} {done:,} of {self.total:,} {self.unit}{share}{detail}", flush=True)
+            parts = [f"{done:,} of {self.total:,} {self.unit} ({100 * done / self.total:.0f}%)"] if self.total else []
+            print(f"build-data: {self.what} " + ", ".join(parts + ([detail] if detail else [])), flush=True)
 
     def close(self) -> None:
         self.bar.close()
@@ -622,7 +638,8 @@ def build(a: BuildArgs) -> dict:
     sp = special_ids(tok, a.tokenizer)
     vocab_size = tok.get_vocab_size()
     created = not exists(a.out)
-    if not _prepare_out(a):
+    sources = _sources(files, fingerprint(tok))
+    if not _prepare_out(a, sources):
         print(f"{a.out} already holds this build; nothing to do")
         return read_manifest(a.out)
     id_dtype = "uint16" if vocab_size <= 65536 else "int32"
@@ -673,7 +690,7 @@ def build(a: BuildArgs) -> dict:
         for index, result in enumerate(results):
             input_tokens += result["input_tokens"]
             dropped += result["dropped_tokens"]
-            progress.update(stats.bytes_read, f", {input_tokens:,} tokens, "
+            progress.update(stats.bytes_read, f"{input_tokens:,} tokens, "
                             f"{input_tokens / (time.perf_counter() - start):,.0f} tokens/s")
             for code, split in enumerate(splits):
                 if split not in result:
@@ -746,6 +763,7 @@ def build(a: BuildArgs) -> dict:
         "special_ids": sp.as_dict(),
         "tokenizer_fingerprint": fingerprint(tok),
         "args": a.identity(),
+        "sources": sources,
         "packing": a.packing,
         "shuffle": {"buckets": buckets, "bucket_bytes": BUCKET_BYTES},
         "splits": {s: {**counts[s], "files": names[s]} for s in splits},
