@@ -128,7 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     detect.add_argument("--model", required=True,
                         help="an exported discriminator directory, or a pretrain WORKDIR[:step]")
     detect.add_argument("text", nargs="+", help="the text to score")
-    detect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    detect.add_argument("--json", action="store_true", help="print JSON instead of a table (unrounded)")
+    detect.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="compute dtype (float32: the probabilities transformers gives)")
 
     ft = command("finetune", "fine-tune a pretrained discriminator on a task", [_distributed_flags()],
                  config_overrides=True)
@@ -447,6 +449,9 @@ def _finetune_command(args, overrides) -> None:
               ", ".join(f"{k} {v:.4f}" for k, v in run.items() if "/" in k))
     print("median: " + ", ".join(f"{k} {v:.4f}" for k, v in results["median"].items()) +
           f"  -> {os.path.join(args.workdir, 'results.json')}")
+    if "qa_na_threshold" in results:
+        print(f"exact, f1, HasAns_* and NoAns_* answer \"\" where the no-answer score > {results['qa_na_threshold']:g} "
+              "(task.qa_na_threshold, the original's); best_* use the threshold best on this dev set (optimistic)")
 
 
 def _import_command(args, config) -> None:
@@ -474,13 +479,18 @@ def _detect_command(args) -> None:
     fields, _, params, tokenizer = load_discriminator(args.model)
     config = default_config()
     config.model.update(fields)
+    config.model.dtype = args.dtype  # not the presets' bfloat16: scoring should give transformers' numbers
     tok = load_tokenizer(tokenizer)
     enc_text = tok.encode(" ".join(args.text))
+    positions = config.model.max_position_embeddings
+    if len(enc_text.ids) > positions:  # past the position table JAX would clamp, not fail: a wrong score
+        raise ConfigError(f"the text is {len(enc_text.ids)} tokens with [CLS] and [SEP]; {args.model} reads at "
+                          f"most {positions}: shorten it")
     ids = np.asarray([enc_text.ids], np.int32)
     logits = Electra(model_spec(config)).apply(  # deterministic: dropout is off
         {"params": params}, ids, np.zeros_like(ids), np.ones_like(ids), method=Electra.discriminator_logits)
     probs = np.asarray(jax.nn.sigmoid(logits))[0]
-    rows = [{"token": t, "p_replaced": round(float(p), 4)} for t, p in zip(enc_text.tokens, probs)]
+    rows = [{"token": t, "p_replaced": float(p)} for t, p in zip(enc_text.tokens, probs)]
     if args.json:
         print(json.dumps(rows))
     else:

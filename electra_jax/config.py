@@ -515,6 +515,14 @@ def finetune_config() -> ml_collections.ConfigDict:
     t.n_best = 20
     t.beam = 20
     t.no_answer_weight = 0.5
+    # The no-answer head (the paper head's answerability classifier) is trained on every QA task, as the
+    # original (answerable_classifier = True, its loss added with no SQuAD 2.0 check; on 1.1 the label is
+    # always "answerable" and scoring does not use the head). False: only where the data has unanswerable
+    # questions.
+    t.answerable_classifier = True
+    # SQuAD 2.0: a question is answered "" when its no-answer score is above this; the original scores its
+    # dev set at -2.75 (qa_na_threshold, passed to squad_official_eval.py as na_prob_thresh).
+    t.qa_na_threshold = -2.75
     t.tfds_data_dir = ""
     t.download = False  # let TFDS download GLUE (needs network)
     t.double_unordered = True  # MRPC and STS-B: train on each pair in both orders, as the original
@@ -523,7 +531,7 @@ def finetune_config() -> ml_collections.ConfigDict:
     t.tokenizer = ""
     t.labels = ml_collections.FieldReference([], field_type=list)
     t.random_init = False
-    t.answerable = False  # QA: the model has a no-answer head (SQuAD 2.0, or a file with unanswerable questions)
+    t.answerable = False  # QA: the model has a no-answer head (see answerable_classifier)
     # Fingerprints of the encoded task data and of the init weights: a rerun into the workdir resumes only
     # when both are the same (an edited file or a further-trained init is another run).
     t.data_fingerprint = ""

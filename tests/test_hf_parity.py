@@ -1,6 +1,7 @@
 """Our logits against transformers' PyTorch ELECTRA classes loaded from our mapped weights."""
 
 import dataclasses
+import json
 import os
 
 import flax.linen as nn
@@ -435,3 +436,35 @@ def test_a_pytorch_bin_without_torch_installed_says_what_to_do(tmp_path, monkeyp
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
     with pytest.raises(HFFormatError, match="reading .bin weights needs torch; install it or convert the model to safetensors"):
         read_pretrained(str(tmp_path))
+
+
+def test_detect_gives_transformers_probabilities_in_float32(tiny_config, tmp_path, capsys):
+    # detect used to run in the presets' bfloat16 (0.5084 printed where transformers gives 0.50853).
+    from electra_jax.cli import main
+    from electra_jax.data import SAMPLE_TOKENIZER
+    from electra_jax.data.tokenizer import load_tokenizer
+    from electra_jax.hf import export_pretrained
+
+    spec = config_lib.model_spec(tiny_config)
+    params = nn.unbox(init_params(Electra(spec), jax.random.key(0), 16, 4))
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))  # away from p = 0.5 everywhere
+    params = jax.tree.unflatten(tree, [np.asarray(x + 0.05 * jax.random.normal(k, x.shape)) for x, k in zip(leaves, keys)])
+    export_pretrained(params, spec, str(tmp_path / "hf"), SAMPLE_TOKENIZER, "random tiny", pad_token_id=0)
+    model = str(tmp_path / "hf" / "discriminator")
+    text = ["and", "the", "lord", "spake", "unto", "moses", "saying"]
+    capsys.readouterr()
+    assert main(["detect", "--model", model, "--json", *text]) == 0
+    ours = [row["p_replaced"] for row in json.loads(capsys.readouterr().out)]
+
+    ids = load_tokenizer(SAMPLE_TOKENIZER).encode(" ".join(text)).ids
+    hf = transformers.ElectraForPreTraining.from_pretrained(model).eval()
+    with torch.no_grad():
+        logits = hf(input_ids=torch.tensor([ids]), token_type_ids=torch.zeros(1, len(ids), dtype=torch.long),
+                    attention_mask=torch.ones(1, len(ids), dtype=torch.long)).logits[0].numpy()
+    expected = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    assert np.ptp(expected) > 0.05
+    np.testing.assert_allclose(ours, expected, atol=1e-5, rtol=0)
+    # Past the model's positions the score would be of clamped positions: refused, naming the limit.
+    assert main(["detect", "--model", model, *(["word"] * 600)]) == 2
+    assert "reads at most" in capsys.readouterr().err

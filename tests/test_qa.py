@@ -151,10 +151,35 @@ def test_long_questions_are_truncated_and_counted(tok, tmp_path):
 
 
 def _features(offsets, max_context=None, question=None):
+    """Windows laid out as [CLS] question [SEP] context [SEP]: segment 1 from the context to the end."""
     offsets = np.asarray(offsets, np.int32)
     f, s = offsets.shape[:2]
-    return qa.Features({}, np.asarray(question if question is not None else [0] * f),
+    segment_ids = np.zeros((f, s), np.int32)
+    for row, window in zip(segment_ids, offsets):
+        context = np.flatnonzero(window[:, 0] >= 0)
+        row[context[0] if context.size else s:] = 1
+    arrays = {"segment_ids": segment_ids, "input_mask": np.ones((f, s), np.int32)}
+    return qa.Features(arrays, np.asarray(question if question is not None else [0] * f),
                        offsets, np.ones((f, s), bool) if max_context is None else np.asarray(max_context), {})
+
+
+def test_hf_head_decoding_masks_the_question_before_choosing_its_n_best():
+    # The original adds -1000 outside the context and [CLS] before taking the n_best starts and ends
+    # (qa_tasks.py, qa_metrics.py). A question whose tokens hold the 25 largest start and end logits:
+    # taking the top 20 of the raw logits finds no valid span at all and answers "".
+    context = "alpha beta gamma"
+    question_len = 25
+    offsets = [[-1, -1]] * (1 + question_len + 1) + [[0, 5], [6, 10], [11, 16], [-1, -1]]
+    start, end = np.full((1, len(offsets)), -5.0), np.full((1, len(offsets)), -5.0)
+    start[0, 1:1 + question_len] = 10.0
+    end[0, 1:1 + question_len] = 10.0
+    first = 1 + question_len + 1
+    start[0, first + 1], end[0, first + 2] = 3.0, 2.0  # "beta gamma": the best span in the context
+    data = qa.QAData("x", [qa.Question("q", "q" * question_len, context, ("beta gamma",), 6, False)])
+    predictions, no_answer = qa.decode({"start_logits": start, "end_logits": end}, _features([offsets]), data,
+                                       n_best=20)
+    assert predictions == {"q": "beta gamma"}
+    assert no_answer["q"] == pytest.approx(-5.0 - 5.0 - 5.0)  # start[CLS] + end[CLS] - (3 + 2)
 
 
 def test_decoding_picks_the_best_valid_span_from_hand_set_logits():
@@ -351,6 +376,93 @@ def test_span_loss_equals_numpy(rng=np.random.default_rng(1)):
     per = (ce(out["start_logits"], batch["start_positions"]) + ce(out["end_logits"], batch["end_positions"])) / 2
     assert float(loss) == pytest.approx(per[0] + per[1], rel=1e-5)  # the third row weighs 0
     assert float(parts["loss"][1]) == 2.0
+
+
+def _encode(tok, path, *overrides, log=lambda *_: None):
+    from electra_jax.finetune.run import encode_task
+    from electra_jax.finetune.tasks import task_spec
+
+    config = load_config("finetune/tiny", ["--config.task.name=qa", "--config.task.max_len=32",
+                                           "--config.task.max_query_len=8", *overrides])
+    data = qa.read_squad(path)
+    return config, encode_task(config, task_spec("qa"), data, {"dev": data}, tok, log=log)
+
+
+def test_squad11_trains_the_answerability_head_with_label_0_as_the_original(tok, tmp_path):
+    # The original trains its answerability classifier on every QA task (answerable_classifier = True,
+    # the loss added with no 2.0 check: qa_tasks.py); on 1.1 every label is 0 and scoring ignores it.
+    from electra_jax.finetune.run import span_loss
+
+    context = "the city was babylon . the number was seven ."
+    path = _squad(tmp_path / "v1.json", [(context, [("a", "which city ?", _answer(context, "babylon"), False),
+                                                    ("b", "how many ?", _answer(context, "seven"), False)])])
+    config, (train, evals, _, answerable) = _encode(tok, path)
+    assert answerable and config.task.answerable_classifier
+    _, (_, _, _, without) = _encode(tok, path, "--config.task.answerable_classifier=False")
+    assert not without
+
+    model = SpanExtractor(_spec(), "paper", beam=4, answerable=answerable)
+    ids, segment, mask = train["input_ids"], train["segment_ids"], train["input_mask"]
+    params = nn.unbox(model.init({"params": jax.random.key(0)}, ids, segment, mask)["params"])
+    batch = {**train, "weights": np.ones(len(ids), np.float32)}
+    loss, _ = span_loss(params, batch, None, model=model, deterministic=True, no_answer_weight=0.5)
+    out = jax.tree.map(lambda v: np.asarray(v, np.float64),
+                       model.apply({"params": params}, ids, segment, mask, True, train["start_positions"]))
+
+    def ce(logits, gold):  # the model's logits are already masked (-1000 off the context)
+        m = logits.max(-1, keepdims=True)
+        return np.log(np.exp(logits - m).sum(-1)) + m[:, 0] - logits[np.arange(len(gold)), gold]
+
+    z = out["no_answer_logit"]
+    assert np.all(train["is_impossible"] == 0)
+    span = (ce(out["start_logits"], train["start_positions"]) + ce(out["end_logits"], train["end_positions"])) / 2
+    answerability = np.log1p(np.exp(-np.abs(z))) + np.maximum(z, 0)  # sigmoid CE with label 0
+    assert float(loss) == pytest.approx(float(np.sum(span + 0.5 * answerability)), rel=1e-5)
+    # Scored as 1.1: exact and f1 only, with no threshold.
+    arrays, scorer = evals["dev"]
+    outputs = jax.tree.map(np.asarray, model.apply({"params": params}, arrays["input_ids"], arrays["segment_ids"],
+                                                  arrays["input_mask"], True))
+    assert set(scorer(outputs)) == {"exact", "f1"}
+
+
+def test_squad2_is_scored_at_the_originals_no_answer_threshold(tok, tmp_path):
+    # qa_na_threshold -2.75 (configure_finetuning.py), passed to squad_official_eval.py as na_prob_thresh.
+    # A question whose best span is right and whose no-answer score is -1: answered at threshold 0
+    # (EM 100), "" at -2.75 (EM 0). The unanswerable one has a no-answer score of +5: "" either way.
+    context = "the city was babylon . the number was seven ."
+    path = _squad(tmp_path / "v2.json", [(context, [("a", "which city ?", _answer(context, "babylon"), False),
+                                                    ("b", "what colour ?", [], True)])])
+    config, (_, evals, _, answerable) = _encode(tok, path, "--config.head=hf")
+    assert answerable and config.task.qa_na_threshold == -2.75
+    arrays, scorer = evals["dev"]
+    _, features = scorer.args
+    start = np.full(arrays["input_ids"].shape, -10.0)
+    end = start.copy()
+    babylon = context.index("babylon")
+    token = int(np.flatnonzero(features.offsets[0, :, 0] == babylon)[0])
+    start[0, token], end[0, token] = 5.0, 5.0  # the span "babylon": 10
+    start[0, 0] = end[0, 0] = 4.5  # [CLS]: 9, so the no-answer score is 9 - 10 = -1
+    start[1, 0] = end[1, 0] = 10.0  # question b: [CLS] 20 against its best span's 15 (+5)
+    start[1, token], end[1, token] = 7.5, 7.5
+    scores = scorer({"start_logits": start, "end_logits": end})
+    assert (scores["exact"], scores["HasAns_exact"], scores["NoAns_exact"]) == (50.0, 0.0, 100.0)
+    assert scores["best_exact"] == 100.0  # at the threshold best on this set (optimistic)
+    _, (_, evals0, _, _) = _encode(tok, path, "--config.head=hf", "--config.task.qa_na_threshold=0")
+    assert evals0["dev"][1]({"start_logits": start, "end_logits": end})["exact"] == 100.0
+
+
+def test_qa_log_says_what_happens_to_each_kind_of_problem(tok, tmp_path):
+    context = "the city was babylon . the number was seven ."
+    long_question = " ".join(["which"] * 12) + " city ?"  # longer than max_query_len 8: cut, still trained on
+    path = _squad(tmp_path / "p.json", [(context, [("a", long_question, _answer(context, "babylon"), False),
+                                                   ("off", "how many ?", [("seven", 3)], False)])])
+    lines = []
+    _encode(tok, path, log=lines.append)
+    train_line, dev_line = lines
+    assert "1 questions longer than task.max_query_len 8 tokens (cut to it, as the original; trained on)" in train_line
+    assert "1 answers whose answer_start does not match the context (not trained on;" in train_line
+    assert "(cut to it, as the original; scored)" in dev_line and "(scored by their text;" in dev_line
+    assert "not trained on)" not in train_line.split(",")[0]  # the truncated questions are trained on
 
 
 # ----------------------------------------------------------------------------- export

@@ -80,3 +80,41 @@ def test_shipped_tokenizer_fits_the_tiny_config():
     assert tok.get_vocab_size() == config.model.vocab_size
     t = config.tokens
     assert (ids.pad, ids.cls, ids.sep, ids.mask) == (t.pad_id, t.cls_id, t.sep_id, t.mask_id)
+
+
+def test_a_tokenizer_saved_with_truncation_and_padding_cuts_nothing(tmp_path):
+    # tokenizer.json files exported from pipelines often carry truncation (max_length 512) and padding;
+    # everything here windows or packs ids itself, so loading one must not cut or pad text silently.
+    import json
+
+    from electra_jax.data import SAMPLE_TOKENIZER
+    from electra_jax.data.builder import _WORKER, PackSpec, _init_worker
+    from electra_jax.finetune import qa
+
+    context = " ".join(TEXTS[:2] * 4)
+    saved = load_tokenizer(SAMPLE_TOKENIZER)
+    full = saved.encode(context, add_special_tokens=False).ids
+    assert len(full) > 40
+    saved.enable_truncation(max_length=8)
+    saved.enable_padding(length=64)
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.json").write_text(saved.to_str())
+    alone = saved.encode(context, add_special_tokens=False)  # what the file alone does: cut to 8, pad to 64
+    assert len(alone.ids) == 64 and sum(alone.attention_mask) == 8
+
+    tok = load_tokenizer(str(tmp_path / "tok"))
+    assert tok.encode(context, add_special_tokens=False).ids == full
+    assert tok.encode("void").ids == load_tokenizer(SAMPLE_TOKENIZER).encode("void").ids  # no padding either
+    # Question answering: the windows cover every token of the context.
+    squad = {"data": [{"paragraphs": [{"context": context, "qas": [
+        {"id": "q", "question": "what ?", "answers": [{"text": "void", "answer_start": context.index("void")}]}]}]}]}
+    (tmp_path / "squad.json").write_text(json.dumps(squad))
+    features = qa.featurize(qa.read_squad(str(tmp_path / "squad.json")), tok, max_len=24, max_query_len=8,
+                            doc_stride=8, pad_id=0, training=False)
+    covered = {tuple(span) for window in features.offsets for span in window if span[0] >= 0}
+    assert len(covered) == len(full)
+    # build-data's workers, which get the tokenizer as JSON.
+    ids = special_ids(tok)
+    _init_worker(PackSpec(tokenizer_json=saved.to_str(), seed=0, seq_len=128, eval_fraction=0.0, cls_id=ids.cls,
+                          sep_id=ids.sep, pad_id=ids.pad, id_dtype="uint16"))
+    assert _WORKER["tok"].encode(context, add_special_tokens=False).ids == full

@@ -394,7 +394,9 @@ def _init_worker(spec: PackSpec, single_threaded: bool = False) -> None:
         os.environ["RAYON_NUM_THREADS"] = "1"  # one tokenizer thread per worker: the workers are the parallelism
     import tokenizers
 
-    tok = tokenizers.Tokenizer.from_str(spec.tokenizer_json)
+    from electra_jax.data.tokenizer import untruncated
+
+    tok = untruncated(tokenizers.Tokenizer.from_str(spec.tokenizer_json))
     tok.encode_special_tokens = True  # "[SEP]" in the text is text
     _WORKER.update(spec=spec, tok=tok)
 

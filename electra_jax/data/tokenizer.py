@@ -102,6 +102,15 @@ def load_tokenizer(path: str) -> tokenizers.Tokenizer:
     else:
         raise TokenizerError(f"{path}: no such tokenizer file or directory")
     special_ids(tok, path)  # fail now, not in the middle of a build
+    return untruncated(tok)
+
+
+def untruncated(tok: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
+    """`tok` with any saved truncation and padding turned off. A tokenizer.json exported from a
+    pipeline often carries `truncation: {max_length: 512}`; every caller here windows, cuts or packs the
+    ids itself (and counts what it cuts), so a saved setting would only cut text silently."""
+    tok.no_truncation()
+    tok.no_padding()
     return tok
 
 

@@ -232,19 +232,22 @@ def featurize(data: QAData, tokenizer, max_len: int, max_query_len: int, doc_str
 # ----------------------------------------------------------------------------- decoding
 
 
-def _candidates(out: dict, f: int, n_best: int):
-    """(start, end, score) pairs of window f: the top n_best starts x ends by logit ("hf" head), or the
-    joint head's beam of starts with each start's best ends, by log-probability."""
+def _candidates(out: dict, f: int, n_best: int, answer_mask: np.ndarray):
+    """(start, end, score) pairs of window f: the joint head's beam of starts with each start's best ends,
+    by log-probability, or ("hf" head) the top n_best starts x ends by logit after the original's mask
+    (-1000 outside the context and [CLS], qa_tasks.py), so the n_best are not spent on the question."""
     if "start_top_index" in out:
         for i, start in enumerate(out["start_top_index"][f]):
             for j, end in enumerate(out["end_top_index"][f, i]):
                 yield int(start), int(end), float(out["start_top_log_probs"][f, i] + out["end_top_log_probs"][f, i, j])
     else:
-        starts = np.argsort(-out["start_logits"][f], kind="stable")[:n_best]
-        ends = np.argsort(-out["end_logits"][f], kind="stable")[:n_best]
+        off = 1000.0 * (answer_mask - 1.0)
+        start_logits, end_logits = out["start_logits"][f] + off, out["end_logits"][f] + off
+        starts = np.argsort(-start_logits, kind="stable")[:n_best]
+        ends = np.argsort(-end_logits, kind="stable")[:n_best]
         for start in starts:
             for end in ends:
-                yield int(start), int(end), float(out["start_logits"][f, start] + out["end_logits"][f, end])
+                yield int(start), int(end), float(start_logits[start] + end_logits[end])
 
 
 def decode(out: dict, features: Features, data: QAData, n_best: int = 20,
@@ -259,6 +262,9 @@ def decode(out: dict, features: Features, data: QAData, n_best: int = 20,
     """
     best: dict[int, tuple[float, str]] = {}
     null: dict[int, float] = {}
+    # Where an answer may start or end, as the model's `answer_mask`: the context with its [SEP], and [CLS].
+    answer_mask = (features.arrays["segment_ids"] * features.arrays["input_mask"]).astype(np.float32)
+    answer_mask[:, 0] = 1.0
     for f, q_index in enumerate(features.question):
         offsets, max_context = features.offsets[f], features.max_context[f]
         in_context = offsets[:, 0] >= 0
@@ -269,7 +275,7 @@ def decode(out: dict, features: Features, data: QAData, n_best: int = 20,
         else:
             window_null = np.inf
         null[q_index] = min(null.get(q_index, np.inf), window_null)
-        for start, end, score in _candidates(out, f, n_best):
+        for start, end, score in _candidates(out, f, n_best, answer_mask[f]):
             if not (in_context[start] and in_context[end] and max_context[start]
                     and start <= end < start + max_answer_len):
                 continue

@@ -178,27 +178,43 @@ def encode_task(config, spec: TaskSpec, train_examples, eval_examples: dict, tok
     if not 1 <= t.max_query_len <= t.max_len - 4:
         raise TaskError(f"task.max_query_len {t.max_query_len}: must be between 1 and task.max_len - 4 "
                         f"({t.max_len - 4}), to leave room for the context")
-    answerable = spec.unanswerable if spec.unanswerable is not None else train_examples.has_unanswerable
+    unanswerable = spec.unanswerable if spec.unanswerable is not None else train_examples.has_unanswerable
+    # The model's no-answer head: on every task as the original (trained on 1.1 with label 0), or only
+    # where there are unanswerable questions. Scoring uses it only where there are.
+    answerable = unanswerable or bool(t.answerable_classifier)
     windows = functools.partial(qa.featurize, tokenizer=tokenizer, max_len=t.max_len,
                                 max_query_len=t.max_query_len, doc_stride=t.doc_stride, pad_id=pad_id)
     splits = {"train": train_examples, **eval_examples}
     features = {split: windows(data, training=split == "train") for split, data in splits.items()}
     for split, data in splits.items():  # what could not be used, counted and shown, never silent
-        problems = [f"{n} {what.replace('_', ' ')}" for what, n in features[split].counts.items() if n]
-        if data.misaligned:
-            problems.append(f"{len(data.misaligned)} answers whose answer_start does not match the context "
-                            f"(e.g. {'; '.join(data.misaligned[:3])})")
-        if problems:
-            log(f"{data.source}: " + ", ".join(problems) + (" (not trained on)" if split == "train" else ""))
+        log_qa_problems(data, features[split].counts, t.max_query_len, split == "train", log)
 
     def scorer(data, feats, outputs):
         predictions, no_answer = qa.decode(outputs, feats, data, t.n_best, t.max_answer_len)
         gold = {q.qid: list(q.answers) if not q.is_impossible else [] for q in data.questions}
-        return metrics_lib.squad_scores(gold, predictions, no_answer if answerable else None)
+        return metrics_lib.squad_scores(gold, predictions, no_answer if unanswerable else None,
+                                        threshold=t.qa_na_threshold)
 
     evals = {split: (features[split].arrays, functools.partial(scorer, data, features[split]))
              for split, data in eval_examples.items()}
     return features["train"].arrays, evals, [], answerable
+
+
+def log_qa_problems(data, counts: dict[str, int], max_query_len: int, training: bool, log=print) -> None:
+    """One line per split saying what in it could not be used as written, and what happens to each kind."""
+    problems = []
+    if counts.get("truncated_questions"):
+        problems.append(f"{counts['truncated_questions']} questions longer than task.max_query_len "
+                        f"{max_query_len} tokens (cut to it, as the original; "
+                        + ("trained on)" if training else "scored)"))
+    if counts.get("unaligned_answers"):  # only counted in training
+        problems.append(f"{counts['unaligned_answers']} answers that cover no context sub-token (not trained on)")
+    if data.misaligned:
+        problems.append(f"{len(data.misaligned)} answers whose answer_start does not match the context ("
+                        + ("not trained on" if training else "scored by their text")
+                        + f"; e.g. {'; '.join(data.misaligned[:3])})")
+    if problems:
+        log(f"{data.source}: " + ", ".join(problems))
 
 
 # ----------------------------------------------------------------------------- setup and loop
@@ -519,6 +535,8 @@ def finetune(config: ml_collections.ConfigDict, init: str, workdir: str, *, seed
                "runs": [r["selected"] for r in runs], "median": median("selected"),
                "median_final_epoch": median("final"), "median_best_dev_epoch": median("best"),
                "history": [r["history"] for r in runs]}
+    if any(k.endswith("/best_f1") for k in names):  # SQuAD 2.0-style scoring: what the headline numbers mean
+        results["qa_na_threshold"] = config.task.qa_na_threshold
     if jax.process_index() == 0:
         write_text_atomic(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
     return results
