@@ -28,8 +28,10 @@ PATH_FLAGS = ("workdir", "data", "out", "model", "train", "dev", "tokenizer", "d
 def _resolve_paths(args: argparse.Namespace) -> None:
     for name in PATH_FLAGS:
         value = getattr(args, name, None)
-        if isinstance(value, str):
+        if isinstance(value, str) and value != "-":  # "-": stdin / stdout (predict)
             setattr(args, name, resolve(value))
+    if isinstance(getattr(args, "input", None), str) and args.input != "-":  # predict's one input
+        args.input = resolve(args.input)
     if isinstance(getattr(args, "profile", None), str):  # bench --profile DIR (pretrain's is a switch)
         args.profile = resolve(args.profile)
     for name in ("input", "results_files"):
@@ -150,6 +152,17 @@ def _parser() -> argparse.ArgumentParser:
                     help="the --init model's shape and tokenizer but random weights (a baseline)")
     ft.add_argument("--tfds-data-dir", default=None, help="where GLUE / SQuAD are prepared for TFDS")
     ft.add_argument("--download", action="store_true", help="let TFDS download GLUE / SQuAD (needs network)")
+
+    pr = command("predict", "run a fine-tuned model (a finetune workdir or its export) on new data")
+    pr.add_argument("--model", required=True, help="a `finetune` --workdir (its best seed) or its export")
+    pr.add_argument("--input", required=True,
+                    help="the task's file kind (CSV/TSV/JSONL, CoNLL, SQuAD JSON; the gold column optional), "
+                         "or plain lines (.txt, or - for stdin: a pair's texts tab-separated)")
+    pr.add_argument("--out", required=True, help="predictions file (.jsonl or .csv; QA: predictions.json), - for stdout")
+    pr.add_argument("--format", choices=("jsonl", "csv"), default=None, help="default: from --out's extension")
+    pr.add_argument("--seed", type=int, default=None, help="a workdir's seed (default: its best)")
+    pr.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                    help="compute dtype (default: the run's eval_dtype, float32)")
 
     imp = command("import", "HF discriminator + generator -> a step-0 checkpoint to pretrain on (or export)",
                   config_overrides=True)
@@ -663,8 +676,20 @@ def _bench_command(args, config) -> None:
     print(f"  appended to {args.results}")
 
 
+def _predict_command(args) -> None:
+    from electra_jax.finetune.predict import run_predict
+
+    if args.input != "-":
+        _must_exist(args.input, "--input")
+    result = run_predict(args.model, args.input, args.out, seed=args.seed, fmt=args.format, dtype=args.dtype or "")
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in result["scores"].items())
+    print(f"{result['rows']:,} predictions -> {args.out}" + (f" ({scores}: the input had gold labels)" if scores else ""),
+          file=sys.stderr)
+
+
 COMMANDS = {"tokenizer": _tokenizer_command, "build-data": _build_data_command,
             "export": _export_command, "detect": _detect_command, "bench-data": _bench_data_command,
+            "predict": _predict_command,
             "bench-table": _bench_table_command,
             "plot": _plot_command}
 CONFIG_COMMANDS = {"demo": _demo_command, "pretrain": _pretrain_command, "bench": _bench_command,

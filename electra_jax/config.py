@@ -333,6 +333,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     for name in ("dropout_rate", "attention_dropout_rate"):
         _check(0 <= m[name] < 1, f"model.{name}", f"must be in [0, 1), got {m[name]}")
     _check(m.dtype in DTYPES, "model.dtype", f"{m.dtype!r} is not one of {DTYPES}")
+    _check(config.get("eval_dtype", "") in ("", *DTYPES), "eval_dtype",
+           f"{config.get('eval_dtype')!r} is not one of {DTYPES} or '' (the training dtype)")
     _check(m.remat_policy in REMAT_POLICIES, "model.remat_policy",
            f"{m.remat_policy!r} is not one of {REMAT_POLICIES}")
     _check(m.attention in ATTENTIONS, "model.attention", f"{m.attention!r} is not one of {ATTENTIONS}")
@@ -532,6 +534,7 @@ def finetune_config() -> ml_collections.ConfigDict:
     t.labels = ml_collections.FieldReference([], field_type=list)
     t.random_init = False
     t.answerable = False  # QA: the model has a no-answer head (see answerable_classifier)
+    t.unanswerable = False  # QA: the training data had unanswerable questions: "" is predicted and scored
     # Fingerprints of the encoded task data and of the init weights: a rerun into the workdir resumes only
     # when both are the same (an edited file or a further-trained init is another run).
     t.data_fingerprint = ""
@@ -550,6 +553,9 @@ def finetune_config() -> ml_collections.ConfigDict:
     c.loss_reduction = "sum"  # the original sums per-example losses over the batch; "mean" divides
     c.model_selection = "final"  # the final epoch, as the paper; "best": the best dev epoch (optimistic)
     c.eval_every_epoch = True  # False: score the dev set only after the last epoch (model_selection final)
+    # Dev scores and predictions (and `predict`) compute in this dtype: float32, what the export gives in
+    # transformers, whatever the training dtype; "" evaluates in model.dtype.
+    c.eval_dtype = "float32"
     c.num_epochs = 0  # 0: the task's own (3; 10 for RTE and STS-B; 2 for QA)
     c.batch_size = 32
     c.optim.update(name="electra_adam", learning_rate=1e-4, weight_decay=0.01, layerwise_lr_decay=0.8,

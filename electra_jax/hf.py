@@ -138,7 +138,7 @@ def from_hf_state_dict(state_dict: dict, spec: ModelSpec, tower: str, expected=N
     `expected` (our unrolled param tree, arrays or ShapeDtypeStructs) checks every tensor's shape first.
     Raises HFFormatError naming the missing keys or the tensors of the wrong shape.
     """
-    enc = getattr(spec, tower)
+    enc = spec.generator if tower == "generator" else spec.discriminator  # the classifiers are discriminators
     entries = list(_entries(spec, tower))
     missing = [key for _, key, _ in entries if key not in state_dict]
     if missing:

@@ -422,7 +422,8 @@ def test_squad11_trains_the_answerability_head_with_label_0_as_the_original(tok,
     arrays, scorer = evals["dev"]
     outputs = jax.tree.map(np.asarray, model.apply({"params": params}, arrays["input_ids"], arrays["segment_ids"],
                                                   arrays["input_mask"], True))
-    assert set(scorer(outputs)) == {"exact", "f1"}
+    scores, files = scorer(outputs)
+    assert set(scores) == {"exact", "f1"} and set(files) == {"predictions.json"}  # 1.1: no null odds
 
 
 def test_squad2_is_scored_at_the_originals_no_answer_threshold(tok, tmp_path):
@@ -444,11 +445,14 @@ def test_squad2_is_scored_at_the_originals_no_answer_threshold(tok, tmp_path):
     start[0, 0] = end[0, 0] = 4.5  # [CLS]: 9, so the no-answer score is 9 - 10 = -1
     start[1, 0] = end[1, 0] = 10.0  # question b: [CLS] 20 against its best span's 15 (+5)
     start[1, token], end[1, token] = 7.5, 7.5
-    scores = scorer({"start_logits": start, "end_logits": end})
+    scores, files = scorer({"start_logits": start, "end_logits": end})
     assert (scores["exact"], scores["HasAns_exact"], scores["NoAns_exact"]) == (50.0, 0.0, 100.0)
     assert scores["best_exact"] == 100.0  # at the threshold best on this set (optimistic)
     _, (_, evals0, _, _) = _encode(tok, path, "--config.head=hf", "--config.task.qa_na_threshold=0")
-    assert evals0["dev"][1]({"start_logits": start, "end_logits": end})["exact"] == 100.0
+    assert evals0["dev"][1]({"start_logits": start, "end_logits": end})[0]["exact"] == 100.0
+    # The files SQuAD's evaluator reads: "" where the no-answer score is above the threshold.
+    assert json.loads(files["predictions.json"]) == {"a": "", "b": ""}
+    assert json.loads(files["null_odds.json"]) == pytest.approx({"a": -1.0, "b": 5.0})
 
 
 def test_qa_log_says_what_happens_to_each_kind_of_problem(tok, tmp_path):
@@ -637,6 +641,54 @@ def test_squad2_with_the_papers_joint_head_trains_and_reports_has_and_no_answer(
     assert json.loads((tmp_path / "run" / "config.json").read_text())["task"]["answerable"] is True
     assert {"dev/HasAns_exact", "dev/NoAns_exact", "dev/best_f1", "dev/best_f1_thresh"} <= set(median)
     assert median["dev/f1"] > 100 * first_fact + 20, median
+    # The files SQuAD's evaluator reads, scored here by the official rules written out independently,
+    # give results.json's numbers; `predict` on the dev file writes the same predictions.
+    predictions = json.loads((tmp_path / "run" / "seed_0" / "dev_predictions.json").read_text())
+    odds = json.loads((tmp_path / "run" / "seed_0" / "dev_null_odds.json").read_text())
+    official = _official_v2(json.loads((tmp_path / "dev.json").read_text()), predictions, odds, -2.75)
+    run0 = results["runs"][0]
+    for name, value in official.items():
+        assert run0[f"dev/{name}"] == pytest.approx(value, abs=1e-9), name
+    assert main(["predict", "--model", "run", "--input", "dev.json", "--out", "preds.json"]) == 0
+    assert json.loads((tmp_path / "preds.json").read_text()) == predictions
+    assert json.loads((tmp_path / "preds.null_odds.json").read_text()) == odds
+
+
+def _official_v2(dataset, predictions, na_probs, threshold):
+    """SQuAD 2.0's evaluate-v2.0.py, its rules restated: normalise, EM and F1 as the max over gold
+    answers ([""] when none), no answer predicted where the null odds are above the threshold."""
+    import collections
+    import re
+    import string
+
+    def normalize(s):
+        s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
+        return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
+
+    def f1(gold, pred):
+        g, p = normalize(gold).split(), normalize(pred).split()
+        if not g or not p:
+            return float(g == p)
+        common = sum((collections.Counter(g) & collections.Counter(p)).values())
+        return 0.0 if not common else 2 * common / (len(g) + len(p))
+
+    exact, f1s, has = {}, {}, {}
+    for article in dataset["data"]:
+        for paragraph in article["paragraphs"]:
+            for qa_ in paragraph["qas"]:
+                golds = [a["text"] for a in qa_["answers"] if normalize(a["text"])] or [""]
+                has[qa_["id"]] = golds != [""]
+                pred = predictions[qa_["id"]]
+                exact[qa_["id"]] = max(float(normalize(g) == normalize(pred)) for g in golds)
+                f1s[qa_["id"]] = max(f1(g, pred) for g in golds)
+    for scores in (exact, f1s):
+        for q in scores:
+            if na_probs[q] > threshold:
+                scores[q] = float(not has[q])
+    mean = lambda scores, ids: 100.0 * sum(scores[q] for q in ids) / len(ids)
+    groups = {"": list(has), "HasAns_": [q for q in has if has[q]], "NoAns_": [q for q in has if not has[q]]}
+    return {f"{prefix}{name}": mean(scores, ids) for prefix, ids in groups.items()
+            for name, scores in (("exact", exact), ("f1", f1s))}
     # The joint head has no Hugging Face class: export says so and what to do.
     capsys.readouterr()
     assert main(["export", "--workdir", "run", "--out", "hf"]) == 2

@@ -71,10 +71,10 @@ def _question(data: QAData, qid: str, question: str, context: str, texts: list[s
     return Question(qid, question, context, tuple(texts), start, impossible)
 
 
-def read_squad(path: str) -> QAData:
+def read_squad(path: str, labelled: bool = True) -> QAData:
     """A SQuAD 1.1 or 2.0 JSON file. An answer whose `answer_start` does not point at its text in the
     context is kept for scoring (the metrics read only the texts) but not trained on; an empty context
-    is refused."""
+    is refused. `labelled=False` (predictions): questions without `answers` are read as unanswered."""
     if not os.path.isfile(path):
         raise TaskError(f"{path}: no such file")
     try:
@@ -96,6 +96,9 @@ def read_squad(path: str) -> QAData:
                 where_q = f"{where}.qas[{q}]"
                 qid = str(_need(qa, "id", (str, int), where_q, path))
                 question = _need(qa, "question", str, where_q, path)
+                if not labelled and "answers" not in qa:
+                    data.questions.append(Question(qid, question, context, (), -1, False))
+                    continue
                 answers = _need(qa, "answers", list, where_q, path)
                 texts = [_need(a, "text", str, f"{where_q}.answers[{i}]", path) for i, a in enumerate(answers)]
                 starts = [_need(a, "answer_start", int, f"{where_q}.answers[{i}]", path)

@@ -8,6 +8,7 @@ and parameter names), `train.build` (sharded jit, donated state), optax chains f
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -26,6 +27,7 @@ from electra_jax import config as config_lib
 from electra_jax.checkpoint import Checkpoints
 from electra_jax.fs import exists, host_tf, read_text, write_text_atomic
 from electra_jax.finetune import metrics as metrics_lib
+from electra_jax.finetune import outputs as outputs_lib
 from electra_jax.finetune import qa
 from electra_jax.finetune.tasks import (TaskError, TaskSpec, encode, label_names, read_conll,
                                         read_table, read_tfds, task_spec, with_swapped_pairs)
@@ -163,41 +165,57 @@ def trim_padding(data: dict[str, np.ndarray], multiple: int = 8) -> dict[str, np
     return {k: v[:, :keep] if v.ndim >= 2 and v.shape[1] == length else v for k, v in data.items()}
 
 
-def encode_task(config, spec: TaskSpec, train_examples, eval_examples: dict, tokenizer, log=print):
-    """(training arrays, {split: (model inputs, outputs -> metrics)}, class names, QA's no-answer head?)"""
+def encode_task(config, spec: TaskSpec, train_examples, eval_examples: dict, tokenizer, log=print,
+                labels: list[str] | None = None, labelled: bool = True):
+    """(training arrays, {split: (model inputs, evaluate)}, class names, QA's no-answer head?).
+    `evaluate(outputs)` -> ({metric: value}, {file name: text}): the split's scores (none when it is
+    not `labelled`) and its predictions files (`outputs.py`). `labels`: the classes of a trained model
+    (default: the training split's)."""
     t, pad_id = config.task, config.tokens.pad_id
     if spec.kind != "qa":
-        labels = label_names(train_examples, spec)
+        labels = label_names(train_examples, spec) if labels is None else labels
         encode_split = lambda examples: trim_padding(encode(examples, spec, tokenizer, t.max_len, labels, pad_id))
+
+        def evaluate(examples, data, outputs):
+            rows = outputs_lib.rows(spec, examples, labels, outputs, data, labelled)
+            scores = score(spec, outputs, data, labels) if labelled else {}
+            return scores, {"predictions.jsonl": outputs_lib.serialize(rows, "jsonl")}
+
         evals = {}
         for split, examples in eval_examples.items():
             data = encode_split(examples)
-            evals[split] = (data, functools.partial(score, spec, data=data, labels=labels))
-        return encode_split(train_examples), evals, labels, False
+            evals[split] = (data, functools.partial(evaluate, examples, data))
+        return encode_split(train_examples) if train_examples is not None else None, evals, labels, False
 
     if not 1 <= t.max_query_len <= t.max_len - 4:
         raise TaskError(f"task.max_query_len {t.max_query_len}: must be between 1 and task.max_len - 4 "
                         f"({t.max_len - 4}), to leave room for the context")
-    unanswerable = spec.unanswerable if spec.unanswerable is not None else train_examples.has_unanswerable
+    if train_examples is None:  # a trained model's predictions: as it was trained
+        unanswerable = bool(t.unanswerable)
+    else:
+        unanswerable = spec.unanswerable if spec.unanswerable is not None else train_examples.has_unanswerable
     # The model's no-answer head: on every task as the original (trained on 1.1 with label 0), or only
     # where there are unanswerable questions. Scoring uses it only where there are.
     answerable = unanswerable or bool(t.answerable_classifier)
     windows = functools.partial(qa.featurize, tokenizer=tokenizer, max_len=t.max_len,
                                 max_query_len=t.max_query_len, doc_stride=t.doc_stride, pad_id=pad_id)
-    splits = {"train": train_examples, **eval_examples}
+    splits = {"train": train_examples, **eval_examples} if train_examples is not None else dict(eval_examples)
     features = {split: windows(data, training=split == "train") for split, data in splits.items()}
     for split, data in splits.items():  # what could not be used, counted and shown, never silent
         log_qa_problems(data, features[split].counts, t.max_query_len, split == "train", log)
 
     def scorer(data, feats, outputs):
         predictions, no_answer = qa.decode(outputs, feats, data, t.n_best, t.max_answer_len)
+        files = outputs_lib.squad_files(predictions, no_answer, t.qa_na_threshold, unanswerable)
+        if not labelled:
+            return {}, files
         gold = {q.qid: list(q.answers) if not q.is_impossible else [] for q in data.questions}
         return metrics_lib.squad_scores(gold, predictions, no_answer if unanswerable else None,
-                                        threshold=t.qa_na_threshold)
+                                        threshold=t.qa_na_threshold), files
 
     evals = {split: (features[split].arrays, functools.partial(scorer, data, features[split]))
              for split, data in eval_examples.items()}
-    return features["train"].arrays, evals, [], answerable
+    return features["train"].arrays if train_examples is not None else None, evals, [], answerable
 
 
 def log_qa_problems(data, counts: dict[str, int], max_query_len: int, training: bool, log=print) -> None:
@@ -290,8 +308,10 @@ def score(spec: TaskSpec, outputs: np.ndarray, data: dict, labels: list[str]) ->
     return out
 
 
-def _predictor(s: Setup):
-    return jax.jit(lambda params, batch: s.model.apply(
+def _predictor(s: Setup, dtype: str = ""):
+    """The jitted model on a batch, without dropout, computing in `dtype` ("": the training dtype)."""
+    model = s.model.clone(spec=dataclasses.replace(s.model.spec, dtype=dtype)) if dtype else s.model
+    return jax.jit(lambda params, batch: model.apply(
         {"params": params}, batch["input_ids"], batch["segment_ids"], batch["input_mask"], True),
         in_shardings=(s.state_shardings.params, s.batch_sharding), out_shardings=replicated(s.mesh))
 
@@ -358,7 +378,7 @@ def run_seed(config, spec: TaskSpec, train: dict, evals: dict[str, tuple[dict, A
     if lead:
         MetricWriter.drop_after(workdir, saved[0] if saved else 0)  # each step logged once
     writer = MetricWriter(workdir, enabled=lead)
-    predictor = _predictor(s)
+    predictor = _predictor(s, config.get("eval_dtype", ""))
     n, bs = len(train["input_ids"]), config.batch_size
     epochs = config.num_epochs or spec.epochs
     per_epoch = math.ceil(n / bs)
@@ -391,9 +411,15 @@ def run_seed(config, spec: TaskSpec, train: dict, evals: dict[str, tuple[dict, A
             result = None
             if config.eval_every_epoch or epoch == epochs:
                 result = {"epoch": epoch, "step": step}
-                for split, (data, scorer) in evals.items():
-                    scores = scorer(predict(s, state.params, data, bs, predictor))
+                files = {}
+                for split, (data, evaluate) in evals.items():
+                    scores, files[split] = evaluate(predict(s, state.params, data, bs, predictor))
                     result.update({f"{split}/{k}": v for k, v in scores.items()})
+                # The kept epoch's predictions beside its scores: the final epoch's, or the best so far.
+                if lead and (not select_best or all(result[main] > r[main] for r in history)):
+                    for split, named in files.items():
+                        for name, text in named.items():
+                            write_text_atomic(os.path.join(workdir, f"{split}_{name}"), text)
                 writer.write(step, "eval", {k: v for k, v in result.items() if "/" in k})
                 bar.update(step, epoch=str(epoch), **{k.split("/")[-1]: f"{v:.3f}" for k, v in result.items()
                                                       if k.startswith(main_split)})
@@ -508,6 +534,8 @@ def finetune(config: ml_collections.ConfigDict, init: str, workdir: str, *, seed
     config.task.labels = labels
     config.task.random_init = random_init
     config.task.answerable = answerable
+    config.task.unanswerable = spec.kind == "qa" and (spec.unanswerable if spec.unanswerable is not None
+                                                      else train_examples.has_unanswerable)
     config.task.data_fingerprint = _fingerprint({"train": train, **{k: v[0] for k, v in evals.items()}})
     config.task.init_fingerprint = _fingerprint(backbone)
     check_workdir(workdir, 0)
@@ -542,12 +570,18 @@ def finetune(config: ml_collections.ConfigDict, init: str, workdir: str, *, seed
     return results
 
 
-def export_finetuned(workdir: str, out: str, seed: int | None = None, dtype=np.float32) -> str:
-    """The kept epoch of a fine-tuning run (of its best seed, or `seed`) -> one HF directory that
-    ElectraForSequenceClassification / TokenClassification (with id2label) / QuestionAnswering loads."""
-    from electra_jax.hf import ARCHITECTURES, export_model
+# An export's config.json keeps what reading data as fine-tuning did needs (`predict` on an export).
+EXPORT_TASK_KEY = "electra_jax_task"
+EXPORT_TASK_FIELDS = ("name", "text_a", "text_b", "label", "labels", "max_len", "max_query_len", "doc_stride",
+                      "max_answer_len", "n_best", "beam", "qa_na_threshold", "answerable", "unanswerable")
 
+
+def restore_finetuned(workdir: str, seed: int | None = None):
+    """(config, task spec, the run's results entry, params as numpy) of a finished fine-tuning workdir:
+    the kept checkpoint of its best seed by the task's main metric, or of `seed`."""
     config = config_lib.load_workdir_config(workdir)
+    if "task" not in config or not config.task.name:
+        raise TrainingError(f"{workdir} is not a fine-tuning workdir (no task in its config.json)")
     results_path = os.path.join(workdir, "results.json")
     if not host_tf().io.gfile.exists(results_path):
         raise TrainingError(f"{workdir}: no results.json; has the fine-tuning run finished?")
@@ -559,6 +593,21 @@ def export_finetuned(workdir: str, out: str, seed: int | None = None, dtype=np.f
     if seed is not None and seed not in runs:
         raise TrainingError(f"{workdir}: no run with seed {seed}; there are {sorted(runs)}")
     run = runs[seed] if seed is not None else max(results["runs"], key=lambda r: r[main])
+    num_outputs = {"regression": 1, "qa": 2}.get(spec.kind, len(config.task.labels))
+    config.mesh.update(data=-1, fsdp=1, tensor=1)
+    s = classifier_setup(config, num_outputs, spec.kind, jax.devices()[:1], config.task.answerable)
+    checkpoints = Checkpoints(os.path.join(workdir, f"seed_{run['seed']}"), async_save=False)
+    state = checkpoints.restore(run["step"], s.abstract_state())
+    checkpoints.close()
+    return config, spec, run, jax.tree.map(np.asarray, jax.device_get(state.params))
+
+
+def export_finetuned(workdir: str, out: str, seed: int | None = None, dtype=np.float32) -> str:
+    """The kept epoch of a fine-tuning run (of its best seed, or `seed`) -> one HF directory that
+    ElectraForSequenceClassification / TokenClassification (with id2label) / QuestionAnswering loads."""
+    from electra_jax.hf import ARCHITECTURES, export_model
+
+    config, spec, run, params = restore_finetuned(workdir, seed)
     if spec.kind == "tagging":
         kind = "token_classifier"
     elif spec.kind != "qa" and config.pooling != "cls":
@@ -571,13 +620,9 @@ def export_finetuned(workdir: str, out: str, seed: int | None = None, dtype=np.f
         kind = "question_answerer" if spec.kind == "qa" else "sequence_classifier"
     labels = list(config.task.labels)
     num_outputs = {"regression": 1, "qa": 2}.get(spec.kind, len(labels))
-    config.mesh.update(data=-1, fsdp=1, tensor=1)
-    s = classifier_setup(config, num_outputs, spec.kind, jax.devices()[:1], config.task.answerable)
-    checkpoints = Checkpoints(os.path.join(workdir, f"seed_{run['seed']}"), async_save=False)
-    state = checkpoints.restore(run["step"], s.abstract_state())
-    checkpoints.close()
-    params = jax.tree.map(np.asarray, jax.device_get(state.params))
-    extra = {"architectures": [ARCHITECTURES[kind]], "num_labels": num_outputs}
+    extra = {"architectures": [ARCHITECTURES[kind]], "num_labels": num_outputs,
+             EXPORT_TASK_KEY: {**{k: config.task[k] for k in EXPORT_TASK_FIELDS},
+                               "batch_size": config.batch_size, "eval_dtype": config.get("eval_dtype", "")}}
     if spec.kind != "qa":
         extra["problem_type"] = "regression" if spec.kind == "regression" else "single_label_classification"
     if labels:

@@ -204,18 +204,31 @@ def _suspicious_labels(labels: list[str]) -> set[str]:
     return rare | {v for v in counts if '"' in v or "\n" in v}
 
 
-def read_table(path: str, spec: TaskSpec, skip_bad_rows: bool = False, log=print) -> Examples:
+def read_table(path: str, spec: TaskSpec, skip_bad_rows: bool = False, log=print,
+               label_optional: bool = False) -> Examples:
     """A CSV/TSV/JSONL file with the spec's text_a, optional text_b and label columns, read strictly:
     a malformed row, a row with the wrong number of fields, a missing label or a label that looks like
-    a broken row's text is refused naming file and line, or with `skip_bad_rows` skipped and counted."""
+    a broken row's text is refused naming file and line, or with `skip_bad_rows` skipped and counted.
+    `label_optional` (predictions): a file without the label column is read with labels None."""
     if not os.path.isfile(path):
         raise TaskError(f"{path}: no such file")
     table = _table(path)
     columns = table.columns
+    if label_optional and not table.rows and not table.bad:
+        raise TaskError(f"{path}: no rows")
+    if label_optional and spec.label not in columns:
+        spec = dataclasses.replace(spec, label="")
     for column in (spec.text_a, spec.text_b, spec.label):
         if column and column not in columns:
             raise TaskError(f"{path}: no column {column!r}; the columns are {columns} (choose them with "
                             "--config.task.text_a / text_b / label)")
+    if not spec.label:  # unlabelled rows to predict: the texts, strictly
+        bad = list(table.bad) + [(line, f"no {c!r} value") for row, line in zip(table.rows, table.lines)
+                                 for c in (spec.text_a, spec.text_b) if c and row.get(c) is None]
+        if bad:
+            raise TaskError(f"{path}: {len(bad)} bad row(s) (" + "; ".join(f"line {n}: {w}" for n, w in sorted(bad)[:3]) + ")")
+        return Examples(path, [str(r[spec.text_a]) for r in table.rows],
+                        [str(r[spec.text_b]) for r in table.rows] if spec.text_b else None, [None] * len(table.rows))
     bad = list(table.bad)
     keep = []
     for row, line in zip(table.rows, table.lines):
@@ -261,27 +274,34 @@ def read_table(path: str, spec: TaskSpec, skip_bad_rows: bool = False, log=print
                     [str(r[spec.text_b]) for r in rows] if spec.text_b else None, labels)
 
 
-def read_conll(path: str) -> Examples:
-    """CoNLL: one `token ... tag` per line (tag last), blank lines between sentences."""
+def read_conll(path: str, tags_optional: bool = False) -> Examples:
+    """CoNLL: one `token ... tag` per line (tag last), blank lines between sentences. `tags_optional`
+    (predictions): a file of one token per line is read with tags None."""
     if not os.path.isfile(path):
         raise TaskError(f"{path}: no such file")
     sentences, tags, words, word_tags = [], [], [], []
+    tagged = None
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             parts = line.split()
             if not parts or parts[0] == "-DOCSTART-":
                 if words:
                     sentences.append(words)
-                    tags.append(word_tags)
+                    tags.append(word_tags if tagged else None)
                 words, word_tags = [], []
                 continue
-            if len(parts) < 2:
-                raise TaskError(f"{path}:{n}: expected `token ... tag`, got {line.strip()!r}")
+            if tagged is None:
+                tagged = len(parts) >= 2 or not tags_optional
+            if len(parts) < 2 and tagged or (len(parts) != 1 and not tagged):
+                expected = "`token ... tag`" if tagged else "one token (as the file's first line)"
+                raise TaskError(f"{path}:{n}: expected {expected}, got {line.strip()!r}")
             words.append(parts[0])
             word_tags.append(parts[-1])
     if words:
         sentences.append(words)
-        tags.append(word_tags)
+        tags.append(word_tags if tagged else None)
+    if not sentences:
+        raise TaskError(f"{path}: no sentences")
     return Examples(path, sentences, None, tags)
 
 
