@@ -152,6 +152,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="the --init model's shape and tokenizer but random weights (a baseline)")
     ft.add_argument("--tfds-data-dir", default=None, help="where GLUE / SQuAD are prepared for TFDS")
     ft.add_argument("--download", action="store_true", help="let TFDS download GLUE / SQuAD (needs network)")
+    ft.add_argument("--write-test", action="store_true",
+                    help="GLUE: then write the test-set submission files to WORKDIR/test/ (config.write_test)")
 
     pr = command("predict", "run a fine-tuned model (a finetune workdir or its export) on new data")
     pr.add_argument("--model", required=True, help="a `finetune` --workdir (its best seed) or its export")
@@ -454,9 +456,20 @@ def _finetune_command(args, overrides) -> None:
     config.task.download = config.task.download or args.download
     if args.seeds < 1:
         raise ConfigError("--seeds must be >= 1")
+    config.write_test = config.write_test or args.write_test
+    if config.write_test:
+        from electra_jax.finetune.tasks import task_spec
+
+        if not task_spec(config.task.name).submissions:  # before hours of fine-tuning, not after
+            raise ConfigError(f"--write-test: task {config.task.name!r} has no GLUE test split; `electra-jax "
+                              "predict` writes predictions for any file (SQuAD's test set is hidden)")
     results = finetune(config, args.init, args.workdir, seeds=args.seeds, random_init=args.random_init)
     if results.get("interrupted"):
         return  # saved; the message said how to resume
+    if config.write_test:
+        from electra_jax.finetune.predict import write_glue_test
+
+        write_glue_test(args.workdir, data_dir=config.task.tfds_data_dir or None, download=config.task.download)
     for run in results["runs"]:
         print(f"seed {run['seed']} ({results['model_selection']} epoch, {run['epoch']}): " +
               ", ".join(f"{k} {v:.4f}" for k, v in run.items() if "/" in k))

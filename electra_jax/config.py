@@ -556,6 +556,9 @@ def finetune_config() -> ml_collections.ConfigDict:
     # Dev scores and predictions (and `predict`) compute in this dtype: float32, what the export gives in
     # transformers, whatever the training dtype; "" evaluates in model.dtype.
     c.eval_dtype = "float32"
+    # GLUE: after fine-tuning, the best seed's test-set predictions as the benchmark's submission files
+    # (WORKDIR/test/<Task>.tsv), the original's write_test_outputs.
+    c.write_test = False
     c.num_epochs = 0  # 0: the task's own (3; 10 for RTE and STS-B; 2 for QA)
     c.batch_size = 32
     c.optim.update(name="electra_adam", learning_rate=1e-4, weight_decay=0.01, layerwise_lr_decay=0.8,

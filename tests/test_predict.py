@@ -93,3 +93,35 @@ def test_predict_refuses_bad_input_with_one_line_and_writes_nothing(run, monkeyp
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
         assert not (run / "bad.jsonl").exists()
+
+
+def test_write_test_gives_glue_submission_files(tmp_path, monkeypatch, capsys):
+    # TFDS's mock data stands in for GLUE (random texts and labels, test labels hidden as the real ones).
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from test_qa import _random_init
+
+    monkeypatch.chdir(tmp_path)
+    init = _random_init(tmp_path)
+    expected = {"mnli": {"MNLI-m.tsv", "MNLI-mm.tsv", "AX.tsv"}, "cola": {"CoLA.tsv"}, "stsb": {"STS-B.tsv"}}
+    with tfds.testing.mock_data(num_examples=6):
+        for task, files in expected.items():
+            assert main(["finetune", "--init", init, "--task", task, "--workdir", task, "--config", "finetune/tiny",
+                         "--config.num_epochs=1", "--config.task.max_len=16", "--config.head=hf", "--download",
+                         "--write-test"]) == 0, task
+            assert {p.name for p in (tmp_path / task / "test").iterdir()} == files
+            for name in files:
+                lines = (tmp_path / task / "test" / name).read_text().splitlines()
+                assert lines[0] == "index\tprediction" and len(lines) == 1 + 6, (name, lines)
+                index, values = zip(*(line.split("\t") for line in lines[1:]))
+                assert list(map(int, index)) == sorted(map(int, index))
+                if task == "mnli":
+                    assert set(values) <= {"entailment", "neutral", "contradiction"}
+                elif task == "cola":
+                    assert set(values) <= {"0", "1"}
+                else:
+                    assert all(len(v.split(".")[1]) == 3 for v in values)  # a similarity on 0-5, 3 decimals
+    capsys.readouterr()  # a task without a GLUE test split: refused before fine-tuning
+    (tmp_path / "x.csv").write_text("sentence,label\na b,x\n")
+    assert main(["finetune", "--init", init, "--task", "classification", "--train", "x.csv", "--dev", "x.csv",
+                 "--workdir", "f", "--write-test"]) == 2
+    assert "has no GLUE test split" in capsys.readouterr().err and not (tmp_path / "f").exists()

@@ -22,7 +22,7 @@ from electra_jax.finetune import qa
 from electra_jax.finetune.run import (EXPORT_TASK_KEY, classifier_setup, encode_task, predict,
                                       restore_finetuned, _predictor)
 from electra_jax.finetune.tasks import Examples, TaskError, TaskSpec, read_conll, read_table, task_spec
-from electra_jax.fs import exists, read_text, write_text_atomic
+from electra_jax.fs import exists, host_tf, read_text, write_text_atomic
 
 FINETUNED = {"ElectraForSequenceClassification": "sequence_classifier",
              "ElectraForTokenClassification": "token_classifier",
@@ -105,14 +105,11 @@ def read_input(path: str, spec: TaskSpec, stdin=None):
     return examples, all(label is not None for label in examples.labels)
 
 
-def run_predict(model: str, input_path: str, out: str, seed: int | None = None, fmt: str | None = None,
-                dtype: str = "", stdin=None, stdout=None) -> dict:
-    """Predictions of `model` on `input_path` written to `out`; returns {rows, scores (when labelled)}."""
+def model_outputs(config, spec: TaskSpec, params, examples, labelled: bool, dtype: str = ""):
+    """({metric: value} when `labelled`, {file name: text}) of the model on `examples`, batched and
+    sharded as evaluation (its eval_dtype unless `dtype`)."""
     from electra_jax.data.tokenizer import load_tokenizer
 
-    fmt = fmt or ("csv" if out.endswith(".csv") else "jsonl")
-    config, spec, params = load_model(model, seed)
-    examples, labelled = read_input(input_path, spec, stdin)
     labels = list(config.task.labels)
     if spec.kind in ("classification", "tagging") and not labelled:  # any known class: not read as gold
         fill = [[labels[0]] * len(w) for w in examples.text_a] if spec.kind == "tagging" else [labels[0]] * len(examples.text_a)
@@ -126,15 +123,23 @@ def run_predict(model: str, input_path: str, out: str, seed: int | None = None, 
     config.mesh.update(data=-1, fsdp=1, tensor=1)
     s = classifier_setup(config, num_outputs, spec.kind, answerable=config.task.answerable)
     placed = jax.device_put(params, s.state_shardings.params)
-    outputs = predict(s, placed, data, config.batch_size, _predictor(s, dtype or config.get("eval_dtype", "")))
-    scores, files = evaluate(outputs)
+    return evaluate(predict(s, placed, data, config.batch_size, _predictor(s, dtype or config.get("eval_dtype", ""))))
+
+
+def run_predict(model: str, input_path: str, out: str, seed: int | None = None, fmt: str | None = None,
+                dtype: str = "", stdin=None, stdout=None) -> dict:
+    """Predictions of `model` on `input_path` written to `out`; returns {rows, scores (when labelled)}."""
+    from electra_jax.finetune.outputs import serialize
+
+    fmt = fmt or ("csv" if out.endswith(".csv") else "jsonl")
+    config, spec, params = load_model(model, seed)
+    examples, labelled = read_input(input_path, spec, stdin)
+    scores, files = model_outputs(config, spec, params, examples, labelled, dtype)
     if spec.kind == "qa":
         text = files["predictions.json"]
         if "null_odds.json" in files and out != "-":
             write_text_atomic(os.path.splitext(out)[0] + ".null_odds.json", files["null_odds.json"])
     else:
-        from electra_jax.finetune.outputs import serialize
-
         text = serialize([json.loads(line) for line in files["predictions.jsonl"].splitlines()], fmt)
     if out == "-":
         (stdout or sys.stdout).write(text)
@@ -142,3 +147,34 @@ def run_predict(model: str, input_path: str, out: str, seed: int | None = None, 
         write_text_atomic(out, text)
     n = len(examples.questions) if spec.kind == "qa" else len(examples.text_a)
     return {"rows": n, "scores": scores}
+
+
+def write_glue_test(workdir: str, seed: int | None = None, data_dir: str | None = None,
+                    download: bool = False, log=print) -> list[str]:
+    """The GLUE benchmark's submission files for a fine-tuned GLUE task (its best seed, or `seed`):
+    WORKDIR/test/<Task>.tsv, `index<TAB>prediction` in test-set order, labels as the benchmark reads
+    them (class indices for CoLA, SST-2, MRPC, QQP; names for MNLI, QNLI, RTE and AX; STS-B on 0-5)."""
+    from electra_jax.finetune.tasks import read_tfds_test
+
+    config, spec, params = load_model(workdir, seed)
+    if not spec.submissions:
+        raise TaskError(f"task {spec.name!r} has no GLUE test split to submit; `electra-jax predict` writes "
+                        "predictions for any file (SQuAD's test set is hidden: its site runs the model)")
+    written = []
+    host_tf().io.gfile.makedirs(os.path.join(workdir, "test"))
+    for dataset, split, name in spec.submissions:
+        examples, index, names = read_tfds_test(spec, dataset, split, data_dir or config.task.tfds_data_dir or None,
+                                                download)
+        _, files = model_outputs(config, spec, params, examples, labelled=False)
+        predictions = [json.loads(line)["prediction"] for line in files["predictions.jsonl"].splitlines()]
+        if spec.kind == "regression":
+            values = [f"{p:.3f}" for p in predictions]
+        elif spec.submit_indices:
+            values = [str(names.index(p)) for p in predictions]
+        else:
+            values = predictions
+        path = os.path.join(workdir, "test", name)
+        write_text_atomic(path, "index\tprediction\n" + "".join(f"{i}\t{v}\n" for i, v in zip(index, values)))
+        log(f"{dataset}:{split}: {len(values):,} test predictions -> {path}")
+        written.append(path)
+    return written

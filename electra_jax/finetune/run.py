@@ -483,7 +483,7 @@ def check_rerun(config, workdir: str) -> bool:
 
 
 # Fields a rerun may change without changing the run.
-RERUN_MAY_CHANGE = ("task.download", "task.tfds_data_dir")
+RERUN_MAY_CHANGE = ("task.download", "task.tfds_data_dir", "write_test")
 
 
 def finetune(config: ml_collections.ConfigDict, init: str, workdir: str, *, seeds: int = 1,

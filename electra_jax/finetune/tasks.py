@@ -39,26 +39,39 @@ class TaskSpec:
     label_scale: float = 1.0  # regression targets x this: STS-B's 0-5 -> 0-1, as the original's (x - 0) / 5
     max_len: int = 128  # the original's max_seq_length: 128, and 512 for question answering
     unanswerable: bool | None = False  # QA: SQuAD 2.0's no-answer questions (None: as the data has them)
+    # GLUE's test-set submission: (TFDS dataset, split, the benchmark's file name) per file, and whether
+    # the benchmark reads class indices (CoLA, SST-2, MRPC, QQP) rather than label names (NLI tasks).
+    submissions: tuple[tuple[str, str, str], ...] = ()
+    submit_indices: bool = False
 
 
 def _glue(name, metrics, a, b=None, epochs=3, kind="classification", eval_splits=("validation",),
-          symmetric=False, label_scale=1.0):
+          symmetric=False, label_scale=1.0, submissions=None, submit_indices=False):
     return TaskSpec(name, kind, metrics, epochs, a, b, "label", f"glue/{name}", "train", eval_splits,
-                    symmetric, label_scale)
+                    symmetric, label_scale, submissions=submissions, submit_indices=submit_indices)
+
+
+def _test(name, file):
+    return ((f"glue/{name}", "test", file),)
 
 
 # Epochs as the original's configure_finetuning.py: 3, and 10 for the small RTE and STS-B.
 GLUE = {
-    "cola": _glue("cola", ("mcc", "accuracy"), "sentence"),
-    "sst2": _glue("sst2", ("accuracy",), "sentence"),
-    "mrpc": _glue("mrpc", ("accuracy", "f1"), "sentence1", "sentence2", symmetric=True),
+    "cola": _glue("cola", ("mcc", "accuracy"), "sentence", submissions=_test("cola", "CoLA.tsv"), submit_indices=True),
+    "sst2": _glue("sst2", ("accuracy",), "sentence", submissions=_test("sst2", "SST-2.tsv"), submit_indices=True),
+    "mrpc": _glue("mrpc", ("accuracy", "f1"), "sentence1", "sentence2", symmetric=True,
+                  submissions=_test("mrpc", "MRPC.tsv"), submit_indices=True),
     "stsb": _glue("stsb", ("spearman", "pearson"), "sentence1", "sentence2", 10, "regression", symmetric=True,
-                  label_scale=0.2),
-    "qqp": _glue("qqp", ("accuracy", "f1"), "question1", "question2"),
+                  label_scale=0.2, submissions=_test("stsb", "STS-B.tsv")),
+    "qqp": _glue("qqp", ("accuracy", "f1"), "question1", "question2", submissions=_test("qqp", "QQP.tsv"),
+                 submit_indices=True),
+    # AX, the diagnostic set, is scored with MNLI's model (premise / hypothesis, the same labels).
     "mnli": _glue("mnli", ("accuracy",), "premise", "hypothesis",
-                  eval_splits=("validation_matched", "validation_mismatched")),
-    "qnli": _glue("qnli", ("accuracy",), "question", "sentence"),
-    "rte": _glue("rte", ("accuracy",), "sentence1", "sentence2", 10),
+                  eval_splits=("validation_matched", "validation_mismatched"),
+                  submissions=(("glue/mnli", "test_matched", "MNLI-m.tsv"), ("glue/mnli", "test_mismatched", "MNLI-mm.tsv"),
+                               ("glue/ax", "test", "AX.tsv"))),
+    "qnli": _glue("qnli", ("accuracy",), "question", "sentence", submissions=_test("qnli", "QNLI.tsv")),
+    "rte": _glue("rte", ("accuracy",), "sentence1", "sentence2", 10, submissions=_test("rte", "RTE.tsv")),
 }
 # Question answering as the original (2 epochs, 512 tokens); SQuAD's official metrics.
 QA = {
@@ -340,6 +353,20 @@ def read_tfds(spec: TaskSpec, split: str, data_dir: str | None, download: bool =
         value = row[spec.label]
         labels.append(float(value) * spec.label_scale if spec.kind == "regression" else names[int(value)])
     return Examples(source, a, b, labels)
+
+
+def read_tfds_test(spec: TaskSpec, dataset: str, split: str, data_dir: str | None,
+                   download: bool = False) -> tuple[Examples, list[int], list[str]]:
+    """(unlabelled examples, their `idx`, the dataset's class names) of a GLUE test split, in idx order
+    (the test labels are hidden: -1)."""
+    builder = prepared_builder(dataset, split, data_dir, download)
+    import tensorflow_datasets as tfds
+
+    rows = sorted(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)), key=lambda r: int(r["idx"]))
+    text = lambda row, key: row[key].decode("utf-8")
+    examples = Examples(f"tfds {dataset}:{split}", [text(r, spec.text_a) for r in rows],
+                        [text(r, spec.text_b) for r in rows] if spec.text_b else None, [None] * len(rows))
+    return examples, [int(r["idx"]) for r in rows], list(getattr(builder.info.features["label"], "names", []) or [])
 
 
 def label_names(train: Examples, spec: TaskSpec) -> list[str]:
