@@ -125,3 +125,28 @@ def test_write_test_gives_glue_submission_files(tmp_path, monkeypatch, capsys):
     assert main(["finetune", "--init", init, "--task", "classification", "--train", "x.csv", "--dev", "x.csv",
                  "--workdir", "f", "--write-test"]) == 2
     assert "has no GLUE test split" in capsys.readouterr().err and not (tmp_path / "f").exists()
+
+
+def test_tagging_predictions_per_word_from_conll_with_or_without_tags(tmp_path, monkeypatch, capsys):
+    from test_qa import _random_init
+
+    monkeypatch.chdir(tmp_path)
+    sentences = [[("the", "O"), ("lord", "B-PER"), ("spake", "O")], [("unto", "O"), ("moses", "B-PER")]] * 8
+    conll = "\n\n".join("\n".join(f"{w} {t}" for w, t in s) for s in sentences) + "\n"
+    (tmp_path / "train.conll").write_text(conll)
+    (tmp_path / "dev.conll").write_text(conll)
+    assert main(["finetune", "--init", _random_init(tmp_path), "--task", "tagging", "--train", "train.conll",
+                 "--dev", "dev.conll", "--workdir", "ner", "--config", "finetune/tiny", "--config.num_epochs=1",
+                 "--config.task.max_len=16"]) == 0
+    dev = [json.loads(line) for line in (tmp_path / "ner" / "seed_0" / "dev_predictions.jsonl").read_text().splitlines()]
+    assert dev[0]["tokens"] == ["the", "lord", "spake"] and dev[0]["gold"] == ["O", "B-PER", "O"]
+    assert len(dev[0]["prediction"]) == 3 and set(dev[0]["prediction"]) <= {"O", "B-PER"}
+    # Tokens only, one per line (no tags): the same predictions, no gold.
+    (tmp_path / "words.conll").write_text("\n\n".join("\n".join(w for w, _ in s) for s in sentences) + "\n")
+    assert main(["predict", "--model", "ner", "--input", "words.conll", "--out", "p.jsonl"]) == 0
+    got = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [g["prediction"] for g in got] == [d["prediction"] for d in dev] and "gold" not in got[0]
+    (tmp_path / "bad.conll").write_text("the O\nlord\n")
+    capsys.readouterr()
+    assert main(["predict", "--model", "ner", "--input", "bad.conll", "--out", "q.jsonl"]) == 2
+    assert "bad.conll:2: expected `token ... tag`" in capsys.readouterr().err and not (tmp_path / "q.jsonl").exists()
