@@ -20,7 +20,7 @@ import numpy as np
 from electra_jax import config as config_lib
 from electra_jax.finetune import qa
 from electra_jax.finetune.run import (EXPORT_TASK_KEY, classifier_setup, encode_task, predict,
-                                      restore_finetuned, _predictor)
+                                      restore_finetuned, make_predictor)
 from electra_jax.finetune.tasks import Examples, TaskError, TaskSpec, read_conll, read_table, task_spec
 from electra_jax.fs import exists, host_tf, read_text, write_text_atomic
 
@@ -123,7 +123,8 @@ def model_outputs(config, spec: TaskSpec, params, examples, labelled: bool, dtyp
     config.mesh.update(data=-1, fsdp=1, tensor=1)
     s = classifier_setup(config, num_outputs, spec.kind, answerable=config.task.answerable)
     placed = jax.device_put(params, s.state_shardings.params)
-    return evaluate(predict(s, placed, data, config.batch_size, _predictor(s, dtype or config.get("eval_dtype", ""))))
+    predictor = make_predictor(s, dtype or config.get("eval_dtype", ""))
+    return evaluate(predict(s, placed, data, config.batch_size, predictor))
 
 
 def run_predict(model: str, input_path: str, out: str, seed: int | None = None, fmt: str | None = None,

@@ -308,7 +308,7 @@ def score(spec: TaskSpec, outputs: np.ndarray, data: dict, labels: list[str]) ->
     return out
 
 
-def _predictor(s: Setup, dtype: str = ""):
+def make_predictor(s: Setup, dtype: str = ""):
     """The jitted model on a batch, without dropout, computing in `dtype` ("": the training dtype)."""
     model = s.model.clone(spec=dataclasses.replace(s.model.spec, dtype=dtype)) if dtype else s.model
     return jax.jit(lambda params, batch: model.apply(
@@ -318,7 +318,7 @@ def _predictor(s: Setup, dtype: str = ""):
 
 def predict(s: Setup, params, data: dict, batch_size: int, predictor=None):
     """The model's outputs (an array, or a dict of arrays for QA) on every row of `data`, in order."""
-    predictor = predictor or _predictor(s)
+    predictor = predictor or make_predictor(s)
     n = len(data["input_ids"])
     outs = [jax.device_get(predictor(params, _put(b, s.batch_sharding)))
             for b in _batches(data, batch_size, np.arange(n))]
@@ -378,7 +378,7 @@ def run_seed(config, spec: TaskSpec, train: dict, evals: dict[str, tuple[dict, A
     if lead:
         MetricWriter.drop_after(workdir, saved[0] if saved else 0)  # each step logged once
     writer = MetricWriter(workdir, enabled=lead)
-    predictor = _predictor(s, config.get("eval_dtype", ""))
+    predictor = make_predictor(s, config.get("eval_dtype", ""))
     n, bs = len(train["input_ids"]), config.batch_size
     epochs = config.num_epochs or spec.epochs
     per_epoch = math.ceil(n / bs)
