@@ -362,7 +362,7 @@ def _demo_command(args, config) -> None:
     print(f"4/4 electra-jax detect --model {os.path.join(out, 'discriminator')} \"{DEMO_SENTENCE}\"\n"
           "    (\"bread\" replaces \"light\"; a tiny model trained for minutes is a weak detector)")
     _detect_command(argparse.Namespace(model=os.path.join(out, "discriminator"), text=[DEMO_SENTENCE],
-                                       json=False))
+                                       json=False, dtype="float32"))
     print(f"done in {time.perf_counter() - start:.0f} s")
 
 
