@@ -83,7 +83,11 @@ def read_input(path: str, spec: TaskSpec, stdin=None):
         data = qa.read_squad(path, labelled=False)
         return data, any(q.answers or q.is_impossible for q in data.questions)
     if plain:
-        lines = [line.rstrip("\n") for line in (stdin or sys.stdin if path == "-" else open(path, encoding="utf-8"))]
+        if path == "-":
+            lines = (stdin or sys.stdin).read().splitlines()
+        else:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
         lines = [line for line in lines if line.strip()]
         if not lines:
             raise TaskError(f"{path}: no lines of text")
