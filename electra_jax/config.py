@@ -41,6 +41,16 @@ DEFAULT_SHARDING_RULES = (
     ("position", None),
     ("norm", None),
     ("layers", None),
+    # Activations (model.py constrains each layer's input and output, q/k/v, the attention context, the
+    # FFN's inner activation and the logits, as MaxText does), so XLA never guesses their layout: rows
+    # split like the batch, hidden units whole (Megatron-style: the tensor axis splits heads and FFN units).
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv", None),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
 )
 
 
@@ -74,6 +84,9 @@ def default_config() -> ml_collections.ConfigDict:
     # Compute dtype; parameters and optimizer state are always float32. Presets target accelerators;
     # use float32 on CPU (configs/tiny.py does).
     m.dtype = "bfloat16"
+    # Weight matrices cast to `dtype` once per step, on each chip's shard, before use: FSDP then gathers
+    # bf16, not float32 (train.cast_for_compute). Gradients still update the float32 parameters.
+    m.cast_params = True
     m.scan_layers = False
     m.remat_policy = "none"
     # "xla": softmax(QK^T) written out, with the original's attention-probability dropout.
@@ -153,11 +166,18 @@ def default_config() -> ml_collections.ConfigDict:
     tr.save_every = 10_000
     tr.keep_checkpoints = 3
     tr.async_checkpoints = True
+    # The norm of all parameters each step (a metric and a non-finite check; the loss and gradient-norm
+    # checks stay): one more reduction over the whole state per step. False drops it.
+    tr.param_norm = True
     tr.profile_steps = 0  # > 0: a jax.profiler trace of this many steps after warm-up (`--profile`)
 
-    # Mesh axis sizes; -1 takes all remaining devices.
-    # dcn_data: how many TPU slices / GPU nodes the data axis spans over the data-centre network.
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))
+    # Mesh axis sizes; -1 takes all remaining devices. The default is FSDP (ZeRO-3) over every chip:
+    # parameters, gradients and optimizer state split across the slice, each chip updating its share,
+    # weights gathered (in the compute dtype, model.cast_params) layer by layer. data=-1, fsdp=1 is plain
+    # data parallelism (every chip holds and updates everything).
+    # dcn_data: how many TPU slices / GPU nodes the data axis spans over the data-centre network; with
+    # data=1 it becomes the data axis (data over DCN, FSDP inside each slice or node).
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, dcn_data=1))
     c.sharding_rules = [list(r) for r in DEFAULT_SHARDING_RULES]
     return c
 
@@ -197,6 +217,9 @@ class ModelSpec:
     attention: str = "xla"
     objective: str = "electra"  # "mlm": no discriminator; `generator` is the full-size masked LM
     uniform_generator: bool = False  # no generator module: its logits are zeros (objective.uniform_generator)
+    # Logical activation axis -> mesh axes (the config's sharding rules); applied while a step is traced
+    # on a mesh (sharding.activation_layout), ignored elsewhere.
+    activation_rules: tuple = ()
 
 
 def generator_encoder(m: ml_collections.ConfigDict) -> EncoderSpec:
@@ -231,7 +254,17 @@ def model_spec(config: ml_collections.ConfigDict) -> ModelSpec:
         attention=m.attention,
         objective="mlm" if mlm else "electra",
         uniform_generator=not mlm and bool(config.objective.get("uniform_generator", False)),
+        activation_rules=tuple(r for r in logical_rules(config) if r[0].startswith("activation_")),
     )
+
+
+def logical_rules(config: ml_collections.ConfigDict) -> tuple:
+    """The config's sharding rules as tuples, then the default rule of any logical name they leave out
+    (a run saved before activation rules existed keeps its parameter rules and gets the activations'
+    defaults, not an unconstrained -- replicated -- layout)."""
+    rules = [(name, tuple(t) if isinstance(t, (list, tuple)) else t) for name, t in config.sharding_rules]
+    named = {name for name, _ in rules}
+    return tuple(rules + [r for r in DEFAULT_SHARDING_RULES if r[0] not in named])
 
 
 def max_predictions_per_seq(config: ml_collections.ConfigDict) -> int:
@@ -282,6 +315,9 @@ def objective_spec(config: ml_collections.ConfigDict) -> ObjectiveSpec:
 def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
     """Resolve the single -1 in the mesh sizes against the device count."""
     sizes = {a: int(config.mesh[a]) for a in MESH_AXES}
+    dcn = int(config.mesh.get("dcn_data", 1))
+    if dcn > 1 and sizes["data"] == 1:  # the default mesh across slices: data over DCN, FSDP inside
+        sizes["data"] = dcn
     free = [a for a, s in sizes.items() if s == -1]
     fixed = math.prod(s for s in sizes.values() if s != -1)
     if len(free) > 1:

@@ -69,6 +69,22 @@ def _layer_norm(name, spec: ModelSpec):
     )
 
 
+# Logical axes of activations; the config's sharding rules map them onto the mesh while a step is traced
+# (sharding.activation_layout). [batch, length, hidden] between layers, [.., heads, head_dim] in attention.
+_BLE = ("activation_batch", "activation_length", "activation_embed")
+_BLHD = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+
+
+def _constrain(x, axes, spec: ModelSpec):
+    """Pin an activation's layout by logical names, so XLA does not guess it (a guessed layout moved
+    token ids and f32 [B, S, H] activations between chips). Active only while a step is traced on a mesh
+    (sharding.activation_layout); the rules are the ModelSpec's, not a context of flax's (flax's would
+    also constrain parameter boxes at init, which DenseGeneral's reshaped kernels reject)."""
+    if not spec.activation_rules or jax.sharding.get_abstract_mesh().empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, nn.logical_to_mesh_axes(axes, spec.activation_rules))
+
+
 def _dropout(x, rate, key, deterministic):
     return nn.Dropout(rate)(x, deterministic=deterministic, rng=key)
 
@@ -91,10 +107,13 @@ class Embeddings(nn.Module):
 
     def __call__(self, input_ids: Array, segment_ids: Array) -> Array:
         seq_len = input_ids.shape[-1]
-        x = (jnp.take(self.word_embeddings, input_ids, axis=0)
+        # The table whole on each chip (under FSDP: gathered, in bf16 with cast_params) for a local
+        # lookup; else XLA gathers the whole batch's [B, S, E] gradient to scatter it into each shard.
+        table = _constrain(self.word_embeddings, ("activation_vocab", "activation_embed"), self.spec)
+        x = (jnp.take(table, input_ids, axis=0)
              + jnp.take(self.token_type_embeddings, segment_ids, axis=0)
              + self.position_embeddings[None, :seq_len])
-        return self.layer_norm(x)
+        return _constrain(self.layer_norm(_constrain(x, _BLE, self.spec)), _BLE, self.spec)
 
 
 
@@ -111,7 +130,7 @@ class SelfAttention(nn.Module):
             kernel_init=_p(_normal(s), ("embed", "heads", "kv")),
             bias_init=_p(nn.initializers.zeros, ("heads", "kv")),
             dtype=s.dtype, param_dtype=jnp.float32)
-        q, k, v = qkv(name="query")(x), qkv(name="key")(x), qkv(name="value")(x)
+        q, k, v = (_constrain(qkv(name=name)(x), _BLHD, s) for name in ("query", "key", "value"))
         if s.attention == "fused":  # no probability dropout (config validation requires rate 0)
             context = jax.nn.dot_product_attention(q, k, v, bias=attention_bias.astype(q.dtype))
         else:
@@ -120,6 +139,7 @@ class SelfAttention(nn.Module):
             probs = jax.nn.softmax(scores, axis=-1)
             probs = _dropout(probs, s.attention_dropout_rate, key, self.deterministic)
             context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+        context = _constrain(context, _BLHD, s)
         return nn.DenseGeneral(
             e.hidden_size, axis=(-2, -1),
             kernel_init=_p(_normal(s), ("heads", "kv", "embed")),
@@ -138,13 +158,15 @@ class EncoderLayer(nn.Module):
     def __call__(self, x: Array, attention_bias: Array, key: Array) -> Array:
         s, e = self.spec, self.enc
         k_attn, k_attn_out, k_ffn_out = jax.random.split(key, 3)
+        x = _constrain(x, _BLE, s)
         h = SelfAttention(s, e, self.deterministic, name="attention")(x, attention_bias, k_attn)
         h = _dropout(h, s.dropout_rate, k_attn_out, self.deterministic)
         x = _layer_norm("attention_layer_norm", s)(x + h)
         h = _gelu(_dense(e.intermediate_size, ("embed", "mlp"), "intermediate", s)(x))
+        h = _constrain(h, ("activation_batch", "activation_length", "activation_mlp"), s)
         h = _dense(e.hidden_size, ("mlp", "embed"), "output", s, bias_axis="norm")(h)
         h = _dropout(h, s.dropout_rate, k_ffn_out, self.deterministic)
-        return _layer_norm("output_layer_norm", s)(x + h)
+        return _constrain(_layer_norm("output_layer_norm", s)(x + h), _BLE, s)
 
 
 class _ScannedLayer(EncoderLayer):
@@ -172,6 +194,7 @@ class Encoder(nn.Module):
         if s.embedding_size != e.hidden_size:
             x = _dense(e.hidden_size, ("embed", "proj"), "embeddings_project", s,
                        init=nn.initializers.glorot_uniform())(x)
+        x = _constrain(x, _BLE, s)
         # Additive mask on keys only, as the original (-10000, not -inf).
         attention_bias = ((1.0 - input_mask.astype(jnp.float32)) * -10000.0)[:, None, None, :]
         layer_keys = jax.random.split(k_layers, e.num_layers)
@@ -200,13 +223,14 @@ class Generator(nn.Module):
     def __call__(self, embedded, input_mask, positions, word_embeddings, deterministic) -> Array:
         s = self.spec
         x = Encoder(s, s.generator, name="encoder")(embedded, input_mask, deterministic)
-        x = jnp.take_along_axis(x, positions[..., None], axis=1)  # [B, N, H]
+        x = _constrain(jnp.take_along_axis(x, positions[..., None], axis=1), _BLE, s)  # [B, N, H]
         x = _gelu(_dense(s.embedding_size, ("embed", "proj"), "dense", s)(x))
         x = _layer_norm("layer_norm", s)(x)
         bias = self.param("output_bias", _p(nn.initializers.zeros, ("vocab",)), (s.vocab_size,))
-        logits = jnp.einsum("bne,ve->bnv", x, word_embeddings.astype(x.dtype),
+        table = _constrain(word_embeddings.astype(x.dtype), ("activation_vocab", "activation_embed"), s)
+        logits = jnp.einsum("bne,ve->bnv", x, table,
                             preferred_element_type=jnp.float32)
-        return logits + bias
+        return _constrain(logits + bias, ("activation_batch", "activation_length", "activation_vocab"), s)
 
 
 class Discriminator(nn.Module):
@@ -220,7 +244,7 @@ class Discriminator(nn.Module):
         x = Encoder(s, s.discriminator, name="encoder")(embedded, input_mask, deterministic)
         x = _gelu(_dense(s.discriminator.hidden_size, ("embed", "proj"), "dense", s)(x))
         x = _dense(1, ("embed", "proj"), "dense_prediction", s, init=nn.initializers.glorot_uniform())(x)
-        return x[..., 0].astype(jnp.float32)
+        return _constrain(x[..., 0].astype(jnp.float32), _BLE[:2], s)
 
 
 class Electra(nn.Module):

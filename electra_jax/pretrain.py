@@ -27,7 +27,7 @@ from electra_jax.checkpoint import Checkpoints
 from electra_jax.errors import UserError
 from electra_jax.fs import exists, host_tf, is_remote, read_text, split_step, writable_dir, write_text_atomic
 from electra_jax.objective import eval_metrics, eval_statistics
-from electra_jax.sharding import replicated
+from electra_jax.sharding import replicated, with_activation_layout
 from electra_jax.signals import StopRequest
 from electra_jax.train import Setup, setup
 from electra_jax.writers import MetricWriter, Progress
@@ -195,10 +195,10 @@ def check_finite(metrics: dict, step: int, last_good: int | None, skip_limit: in
         bad = values["consecutive_skipped"] > skip_limit
     else:
         bad = not (np.isfinite(values["loss"]) and np.isfinite(values["grad_norm"]))
-    if bad or not np.isfinite(values["param_norm"]):
+    if bad or not np.isfinite(values.get("param_norm", 0.0)):
         raise TrainingError(
             f"loss, gradients or parameters are not finite at step {step} (loss {values['loss']}, "
-            f"grad norm {values['grad_norm']}, param norm {values['param_norm']}); the last good "
+            f"grad norm {values['grad_norm']}, param norm {values.get('param_norm', 'not measured')}); the last good "
             f"checkpoint is step {last_good}. Lower optim.learning_rate, check the data, or set "
             "optim.skip_nonfinite=N to skip up to N bad steps in a row.")
     return values
@@ -210,7 +210,9 @@ class _Evaluator:
     def __init__(self, s: Setup, config):
         self.s, self.config = s, config
         self.step = jax.jit(
-            functools.partial(eval_statistics, model=s.model, spec=config_lib.objective_spec(config)),
+            with_activation_layout(functools.partial(eval_statistics, model=s.model,
+                                                     spec=config_lib.objective_spec(config)),
+                                   s.mesh),
             in_shardings=(s.state_shardings.params, s.batch_sharding, replicated(s.mesh)),
             out_shardings=replicated(s.mesh))
         self.rng = jax.random.key(config.seed + 1, impl=config.rng_impl)

@@ -6,7 +6,9 @@ the config map those onto mesh axes. A one-device mesh is the degenerate case of
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+import functools
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -15,7 +17,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from electra_jax.config import MESH_AXES, mesh_shape
+from electra_jax.config import MESH_AXES, logical_rules, mesh_shape  # noqa: F401 (logical_rules: re-exported)
 
 
 def device_grid(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> np.ndarray:
@@ -47,9 +49,21 @@ def bytes_per_device(abstract_tree: Any, shardings: Any) -> int:
                for x, sh in zip(jax.tree.leaves(abstract_tree), jax.tree.leaves(shardings)))
 
 
-def logical_rules(config: ml_collections.ConfigDict) -> tuple:
-    return tuple((name, tuple(t) if isinstance(t, (list, tuple)) else t)
-                 for name, t in config.sharding_rules)
+@contextlib.contextmanager
+def activation_layout(mesh: Mesh):
+    """While tracing a step: the model's activation constraints (model._constrain, rules from the
+    ModelSpec) resolve on `mesh`; outside it they are no-ops (a plain `model.apply`)."""
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        yield
+
+
+def with_activation_layout(fn: Callable, mesh: Mesh) -> Callable:
+    """`fn` traced under `activation_layout(mesh)`: wrap what is handed to jax.jit."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with activation_layout(mesh):
+            return fn(*args, **kwargs)
+    return wrapped
 
 
 def shardings_for(boxed_tree: Any, mesh: Mesh, rules) -> Any:

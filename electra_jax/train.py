@@ -24,7 +24,8 @@ from electra_jax import config as config_lib
 from electra_jax.model import Electra, init_params
 from electra_jax.objective import electra_loss, mask_batch, summarize
 from electra_jax.optim import make_optimizer
-from electra_jax.sharding import batch_sharding, logical_rules, make_mesh, replicated, shardings_for
+from electra_jax.sharding import (batch_sharding, logical_rules, make_mesh, replicated, shardings_for,
+                                  with_activation_layout)
 
 
 @flax.struct.dataclass
@@ -34,14 +35,16 @@ class TrainState:
     opt_state: Any
 
 
-def gradients(params, batch: dict, rng: jax.Array, *, model: Electra, spec: config_lib.ObjectiveSpec,
-              micro_batches: int = 1) -> tuple[Any, dict]:
+def gradients(params, batch: dict, rng: jax.Array, constrain: Callable = lambda tree: tree, *, model: Electra,
+              spec: config_lib.ObjectiveSpec, micro_batches: int = 1) -> tuple[Any, dict]:
     """(grads, {name: [num, den]}) of the ELECTRA loss on a global batch, optionally in micro-batches.
 
     With micro-batches the whole batch is masked first, exactly as without, and each micro-batch's
     loss is normalised by the whole batch's counts, so the summed gradient is the whole batch's
     gradient (only dropout and sampling draw different numbers). Micro-batch i takes rows i, i+k,
-    i+2k, ...: every device keeps its rows and no data moves.
+    i+2k, ...: every device keeps its rows and no data moves. The sum is kept in float32 (gradients of
+    bf16 parameter copies arrive in bf16) and laid out as the parameters (`constrain`), so under FSDP
+    each chip accumulates only its shard.
     """
     grad_fn = jax.value_and_grad(functools.partial(electra_loss, model=model, spec=spec), has_aux=True)
     if micro_batches == 1:
@@ -56,11 +59,13 @@ def gradients(params, batch: dict, rng: jax.Array, *, model: Electra, spec: conf
     def accumulate(carry, inputs):
         i, (b, m) = inputs
         (_, metrics), grads = grad_fn(params, b, jax.random.fold_in(rng, i), masked=m, totals=totals)
-        return jax.tree.map(jnp.add, carry, (grads, metrics)), None
+        grads = constrain(jax.tree.map(lambda g, acc: acc + g.astype(acc.dtype), grads, carry[0]))
+        return (grads, jax.tree.map(jnp.add, carry[1], metrics)), None
 
     first = jax.tree.map(lambda x: x[0], micro)
     shapes = jax.eval_shape(lambda: grad_fn(params, first[0], rng, masked=first[1], totals=totals))
-    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (shapes[1], shapes[0][1]))
+    wide = lambda x: jnp.zeros(x.shape, jnp.float32 if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype)
+    zeros = (constrain(jax.tree.map(wide, shapes[1])), jax.tree.map(wide, shapes[0][1]))
     (grads, metrics), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(micro_batches), micro))
     for name in ("loss", "mlm_loss", "disc_loss"):  # summed shares of one whole-batch value
         if name in metrics:
@@ -68,18 +73,36 @@ def gradients(params, batch: dict, rng: jax.Array, *, model: Electra, spec: conf
     return grads, metrics
 
 
+def cast_for_compute(params, dtype, constrain: Callable = lambda tree: tree):
+    """float32 weight matrices (ndim >= 2) as `dtype` copies laid out as the parameters themselves, so
+    the cast happens on each chip's shard and FSDP gathers `dtype` (bf16: half the bytes of gathering
+    float32 and casting at use); vectors (biases, LayerNorm) stay float32. The identity for float32."""
+    if jnp.dtype(dtype) == jnp.float32:
+        return params
+    low = lambda p: p.astype(dtype) if p.dtype == jnp.float32 and p.ndim >= 2 else p
+    return constrain(jax.tree.map(low, params))
+
+
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, grad_fn: Callable,
-               tx: optax.GradientTransformation, schedule: optax.Schedule) -> tuple[TrainState, dict]:
-    """One optimizer step on a global batch; `grad_fn(params, batch, rng) -> (grads, {name: [num, den]})`
-    is the task (`gradients` for ELECTRA pretraining, a classifier loss for fine-tuning)."""
+               tx: optax.GradientTransformation, schedule: optax.Schedule, compute_dtype: str = "float32",
+               constrain: Callable = lambda tree: tree, param_norm: bool = True) -> tuple[TrainState, dict]:
+    """One optimizer step on a global batch; `grad_fn(params, batch, rng, constrain) -> (grads, {name:
+    [num, den]})` is the task (`gradients` for ELECTRA pretraining, a classifier loss for fine-tuning).
+    The task sees the parameters cast to `compute_dtype` (`cast_for_compute`); its gradients, taken
+    with respect to those copies, are the float32 parameters' (the transpose of a cast is a cast).
+    `constrain` lays a parameter-shaped tree out as the parameters. `param_norm` False drops that
+    metric (a reduction over every parameter each step) and its non-finite check."""
     step_rng = jax.random.fold_in(rng, state.step)
-    grads, metrics = grad_fn(state.params, batch, step_rng)
+    grads, metrics = grad_fn(cast_for_compute(state.params, compute_dtype, constrain), batch, step_rng,
+                             constrain)
+    grads = constrain(jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params))
     with jax.named_scope("optimizer"):  # named scopes label the ops in profiles (bench --profile)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
     metrics = summarize(metrics)
     metrics["grad_norm"] = optax.tree.norm(grads)
-    metrics["param_norm"] = optax.tree.norm(params)  # an overflowing norm means a broken state
+    if param_norm:
+        metrics["param_norm"] = optax.tree.norm(params)  # an overflowing norm means a broken state
     metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
     if isinstance(opt_state, optax.ApplyIfFiniteState):  # config.optim.skip_nonfinite > 0
         metrics["skipped_steps"] = opt_state.total_notfinite.astype(jnp.float32)
@@ -138,8 +161,12 @@ def build(config: ml_collections.ConfigDict, devices, model: nn.Module, init_fn:
     init = jax.jit(lambda rng: nn.unbox(boxed_init(rng)), out_shardings=state_shardings)
 
     batch_sh = batch_sharding(mesh, rules)
+    constrain = functools.partial(jax.lax.with_sharding_constraint, shardings=state_shardings.params)
+    compute_dtype = config.model.dtype if config.model.get("cast_params", True) else "float32"
     step = jax.jit(
-        functools.partial(train_step, grad_fn=grad_fn, tx=tx, schedule=schedule),
+        with_activation_layout(functools.partial(
+            train_step, grad_fn=grad_fn, tx=tx, schedule=schedule, compute_dtype=compute_dtype,
+            constrain=constrain, param_norm=config.train.get("param_norm", True)), mesh),
         in_shardings=(state_shardings, batch_sh, replicated(mesh)),
         out_shardings=(state_shardings, replicated(mesh)),
         donate_argnums=0,

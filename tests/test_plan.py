@@ -95,6 +95,45 @@ ENTRY %main (a: bf16[64,32]) -> f32[] {
     assert got["all-gather"] == {"count": 1, "bytes": 512 * 32 * 2}  # the async pair's destination
 
 
+def _collective_arrays(hlo: str) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(kind, dtype, shape) of every array each collective in a compiled module produces."""
+    import re
+
+    from electra_jax.plan import COLLECTIVES
+
+    out = []
+    for line in hlo.splitlines():
+        m = re.match(r"\s*(?:ROOT\s+)?%\S+\s*=\s*(.*?)\s(" + "|".join(COLLECTIVES) + r")(-start)?\(", line)
+        if m:
+            out += [(m.group(2), dtype, tuple(int(d) for d in dims.split(",") if d))
+                    for dtype, dims in re.findall(r"\b([a-z]+\d*)\[([\d,]*)\]", m.group(1))]
+    return out
+
+
+@needs_libtpu
+def test_fsdp_step_on_a_tpu_moves_bf16_weights_and_no_activations(tiny_config):
+    """The tiny step compiled for a v5e-8 on a data 2 x fsdp 4 mesh in bf16. Weights are gathered in bf16
+    (cast on each chip's shard) and no activation, token id or mask crosses chips: no collective result
+    has the sequence length (40) but the position table's first rows, and nothing is all-to-all'd. Before
+    the activation constraints XLA gathered the whole batch's float32 [16, 40, 32] embedding gradient on
+    every chip, all-gathered the token ids and moved the embeddings by an all-to-all.
+    (Compiled for TPU: XLA's CPU backend computes bf16 in float32, so its collectives show no bf16.)"""
+    from electra_jax.plan import compile_step, target_devices
+
+    tiny_config.mesh.update(data=2, fsdp=4)
+    tiny_config.model.dtype = "bfloat16"
+    tiny_config.data.seq_len, tiny_config.batch_size = 40, 16
+    result = compile_step(tiny_config, target_devices(parse_target("v5e-8")), 16 * 2**30)
+    arrays = _collective_arrays(result.hlo)
+    gathers = [(dtype, shape) for kind, dtype, shape in arrays if kind == "all-gather"]
+    assert gathers and all(dtype != "f32" for dtype, _ in gathers), gathers
+    assert any(dtype == "bf16" and len(shape) >= 2 for dtype, shape in gathers)
+    # Only the position table's first 40 rows (a weight, [40, 32]) may have the sequence length.
+    moved = [(kind, dtype, shape) for kind, dtype, shape in arrays if 40 in shape and shape != (40, 32)]
+    assert not moved, moved
+    assert not [kind for kind, _, _ in arrays if kind == "all-to-all"]
+
+
 @needs_libtpu
 def test_state_bytes_per_chip_match_a_hand_count_and_halve_under_fsdp(tiny_config):
     from electra_jax import train

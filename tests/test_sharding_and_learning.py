@@ -191,7 +191,7 @@ def test_the_readmes_fsdp_table(preset, row):
     from electra_jax.sharding import bytes_per_device
 
     for fsdp, mib in zip((1, 2, 4, 8), row):
-        c = config_lib.load_config(preset, [f"--config.mesh.fsdp={fsdp}"])
+        c = config_lib.load_config(preset, [f"--config.mesh.fsdp={fsdp}", "--config.mesh.data=-1"])
         s = setup(c, jax.devices()[:8])
         got = bytes_per_device(s.abstract_state(), s.state_shardings) / 2 ** 20
         assert got == pytest.approx(mib, abs=0.05 if preset == "small" else 0.5), (preset, fsdp, got)  # as rounded

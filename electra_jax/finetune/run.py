@@ -260,7 +260,7 @@ def classifier_setup(config: ml_collections.ConfigDict, num_outputs: int, kind: 
         ids = jnp.zeros((1, max_len), jnp.int32)
         return model.init({"params": rng}, ids, ids, jnp.ones_like(ids))["params"]
 
-    def grad_fn(params, batch, rng):
+    def grad_fn(params, batch, rng, constrain=None):
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
         return grads, metrics
 
@@ -311,8 +311,8 @@ def score(spec: TaskSpec, outputs: np.ndarray, data: dict, labels: list[str]) ->
 def make_predictor(s: Setup, dtype: str = ""):
     """The jitted model on a batch, without dropout, computing in `dtype` ("": the training dtype)."""
     model = s.model.clone(spec=dataclasses.replace(s.model.spec, dtype=dtype)) if dtype else s.model
-    return jax.jit(lambda params, batch: model.apply(
-        {"params": params}, batch["input_ids"], batch["segment_ids"], batch["input_mask"], True),
+    return jax.jit(with_activation_layout(lambda params, batch: model.apply(
+        {"params": params}, batch["input_ids"], batch["segment_ids"], batch["input_mask"], True), s.mesh),
         in_shardings=(s.state_shardings.params, s.batch_sharding), out_shardings=replicated(s.mesh))
 
 
