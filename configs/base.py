@@ -1,7 +1,7 @@
 """ELECTRA-Base (paper Table 6): 12 x 768, 12 heads, FFN 3072, embeddings 768, generator 1/3,
 15% masking at seq 512, batch 256, lr 2e-4, 766K steps, warmup 10k."""
 
-from electra_jax.config import default_config
+from electra_jax.config import accelerator_layout, default_config
 
 
 def get_config():
@@ -12,4 +12,4 @@ def get_config():
     c.batch_size = 256
     c.optim.learning_rate = 2e-4
     c.num_train_steps = 766_000
-    return c
+    return accelerator_layout(c)

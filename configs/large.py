@@ -1,7 +1,7 @@
 """ELECTRA-Large (paper Table 6): 24 x 1024, 16 heads, FFN 4096, embeddings 1024, generator 1/4,
 25% masking at seq 512, batch 2048, lr 2e-4, 400K steps (the released model: 1.75M), warmup 10k."""
 
-from electra_jax.config import default_config
+from electra_jax.config import accelerator_layout, default_config
 
 
 def get_config():
@@ -13,4 +13,4 @@ def get_config():
     c.batch_size = 2048
     c.optim.learning_rate = 2e-4
     c.num_train_steps = 400_000
-    return c
+    return accelerator_layout(c)

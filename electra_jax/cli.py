@@ -14,6 +14,7 @@ import sys
 from electra_jax.config import ConfigError, load_config, load_workdir_config
 from electra_jax.errors import UserError
 from electra_jax.fs import exists, resolve, split_step, writable_dir
+from electra_jax import xla_flags
 from electra_jax.plan import TARGET_HELP
 
 # The demo's detect sentence: Genesis 1:3 with one word swapped ("light" -> "bread"), so there is a
@@ -658,6 +659,23 @@ def _aot_environment(argv: list[str]) -> None:
     if target is None and "--target" in argv[:-1]:
         target = argv[argv.index("--target") + 1]
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", (target or "v5litepod-8").replace("v5e-", "v5litepod-"))
+    if os.environ.get("ELECTRA_JAX_XLA_FLAGS", "1") != "0":  # the flags a run will compile with
+        xla_flags.apply("gpu" if (target or "").lower().startswith("h") else "tpu")
+
+
+def _accelerator_flags() -> None:
+    """The TPU or GPU compiler flags (electra_jax.xla_flags) for a run on one, before JAX starts:
+    TPU where JAX will use libtpu, GPU where JAX_PLATFORMS names cuda (as launch/gpu.sh and
+    launch/slurm.sbatch set it). ELECTRA_JAX_XLA_FLAGS=0 leaves the environment alone."""
+    import importlib.util
+
+    if os.environ.get("ELECTRA_JAX_XLA_FLAGS", "1") == "0":
+        return
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    if "cuda" in platforms or "gpu" in platforms:
+        xla_flags.apply("gpu")
+    elif importlib.util.find_spec("libtpu") is not None and (not platforms or "tpu" in platforms):
+        xla_flags.apply("tpu")
 
 
 def _no_tpu_probe() -> None:
@@ -721,6 +739,7 @@ def main(argv: list[str] | None = None) -> int:
         _aot_environment(args_only)
     else:
         _no_tpu_probe()
+        _accelerator_flags()
 
     try:
         if hasattr(args, "coordinator"):  # before anything touches a JAX backend

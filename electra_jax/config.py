@@ -18,9 +18,9 @@ from electra_jax.errors import UserError
 
 OPTIMIZERS = ("electra_adam", "adamw", "lamb")
 DTYPES = ("float32", "bfloat16")
-RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
-REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
-ATTENTIONS = ("xla", "fused")
+RNG_IMPLS = ("auto", "threefry2x32", "rbg", "unsafe_rbg")
+REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "auto")
+ATTENTIONS = ("xla", "fused", "cudnn", "splash")
 SAMPLERS = ("inverse_cdf", "gumbel")
 OBJECTIVES = ("electra", "mlm")
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -62,8 +62,10 @@ def default_config() -> ml_collections.ConfigDict:
     """ELECTRA-Small as in google-research/electra `configure_pretraining.py`; presets override it."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    # PRNG for masking, dropout and sampling; see README "Randomness" for the measured trade-off.
-    c.rng_impl = "threefry2x32"
+    # PRNG for masking, dropout and sampling; see README "Randomness" for the measured trade-off. "auto":
+    # rbg on TPU (the hardware generator; with xla_flags' --xla_tpu_spmd_rng_bit_generator_unsafe each
+    # chip draws only its shard), threefry2x32 elsewhere (bit-identical across CPU/GPU and mesh shapes).
+    c.rng_impl = "auto"
 
     c.model = m = ml_collections.ConfigDict()
     m.vocab_size = 30522
@@ -88,10 +90,14 @@ def default_config() -> ml_collections.ConfigDict:
     # bf16, not float32 (train.cast_for_compute). Gradients still update the float32 parameters.
     m.cast_params = True
     m.scan_layers = False
+    # What each layer keeps for the backward pass. "auto": the cheapest of none, dots, full whose
+    # compiled step fits the chips' memory (train.fitting_remat: compiled, not guessed; "none" on CPU).
     m.remat_policy = "none"
-    # "xla": softmax(QK^T) written out, with the original's attention-probability dropout.
-    # "fused": jax.nn.dot_product_attention (cuDNN flash attention on NVIDIA GPUs in bf16, XLA
-    # elsewhere); it has no dropout on the probabilities, so it needs attention_dropout_rate=0.
+    # "xla": softmax(QK^T) written out, with the original's attention-probability dropout (the paper's).
+    # "fused": the platform's fused kernel, resolved for the devices by train.setup: "cudnn" on GPUs
+    # (cuDNN flash attention, padding given as sequence lengths), "splash" on TPUs (the Pallas Splash
+    # kernel, padding as segment ids; sequence a multiple of 128), and on CPUs XLA's implementation of
+    # jax.nn.dot_product_attention. None has dropout on the probabilities: attention_dropout_rate=0.
     m.attention = "xla"
 
     # Special token ids come from the tokenizer; these are BERT-uncased's.
@@ -182,6 +188,14 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+def accelerator_layout(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The paper presets' layout for TPUs and GPUs (BENCHMARKS.md, "Plans"): scanned layers (one layer
+    compiled once: ~4x faster TPU compiles) and remat "auto" (none, dots or full, whichever is the
+    fastest that fits the chips, found by compiling; none on CPU). Numbers are the same as unscanned."""
+    c.model.update(scan_layers=True, remat_policy="auto")
+    return c
+
+
 # ----------------------------------------------------------------------------- derived values
 
 
@@ -233,8 +247,21 @@ def generator_encoder(m: ml_collections.ConfigDict) -> EncoderSpec:
     )
 
 
-def model_spec(config: ml_collections.ConfigDict) -> ModelSpec:
+def resolve_attention(attention: str, platform: str) -> str:
+    """model.attention for a platform ("tpu", "gpu", "cpu"): "fused" becomes that platform's kernel."""
+    if attention != "fused":
+        return attention
+    return {"gpu": "cudnn", "cuda": "cudnn", "tpu": "splash"}.get(platform, "fused")
+
+
+def model_spec(config: ml_collections.ConfigDict, platform: str | None = None) -> ModelSpec:
+    """The model's hashable description; `platform` (default: JAX's default backend) resolves
+    attention "fused" to the kernel that platform has."""
     m = config.model
+    if platform is None and m.attention == "fused":
+        import jax
+
+        platform = jax.default_backend()
     full = EncoderSpec(m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size)
     mlm = config.objective.get("name", "electra") == "mlm"
     return ModelSpec(
@@ -250,12 +277,19 @@ def model_spec(config: ml_collections.ConfigDict) -> ModelSpec:
         generator=full if mlm else generator_encoder(m),
         dtype=m.dtype,
         scan_layers=m.scan_layers,
-        remat_policy=m.remat_policy,
-        attention=m.attention,
+        remat_policy="none" if m.remat_policy == "auto" else m.remat_policy,  # resolved before setup
+        attention=resolve_attention(m.attention, platform or "cpu"),
         objective="mlm" if mlm else "electra",
         uniform_generator=not mlm and bool(config.objective.get("uniform_generator", False)),
         activation_rules=tuple(r for r in logical_rules(config) if r[0].startswith("activation_")),
     )
+
+
+def resolve_rng_impl(config: ml_collections.ConfigDict, platform: str) -> str:
+    """config.rng_impl, with "auto" resolved for the devices' platform ("tpu", "gpu", "cpu")."""
+    if config.rng_impl != "auto":
+        return config.rng_impl
+    return "rbg" if platform == "tpu" else "threefry2x32"
 
 
 def logical_rules(config: ml_collections.ConfigDict) -> tuple:
@@ -374,8 +408,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _check(m.remat_policy in REMAT_POLICIES, "model.remat_policy",
            f"{m.remat_policy!r} is not one of {REMAT_POLICIES}")
     _check(m.attention in ATTENTIONS, "model.attention", f"{m.attention!r} is not one of {ATTENTIONS}")
-    _check(m.attention != "fused" or m.attention_dropout_rate == 0, "model.attention",
-           f"fused attention has no dropout on the attention probabilities, but "
+    _check(m.attention == "xla" or m.attention_dropout_rate == 0, "model.attention",
+           f"{m.attention} attention has no dropout on the attention probabilities, but "
            f"model.attention_dropout_rate={m.attention_dropout_rate}; set it to 0 (a departure from "
            "the paper) or use model.attention=xla")
     _check(config.rng_impl in RNG_IMPLS, "rng_impl", f"{config.rng_impl!r} is not one of {RNG_IMPLS}")

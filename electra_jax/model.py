@@ -117,13 +117,56 @@ class Embeddings(nn.Module):
 
 
 
+def _attention_bias(input_mask: Array) -> Array:
+    """Additive mask on keys only, as the original (-10000, not -inf): [B, 1, 1, S]."""
+    return ((1.0 - input_mask.astype(jnp.float32)) * -10000.0)[:, None, None, :]
+
+
+def splash_attention(q: Array, k: Array, v: Array, input_mask: Array, spec: ModelSpec,
+                     interpret: bool | None = None) -> Array:
+    """Softmax attention [B, S, N, D] by the Splash (Pallas) TPU kernel, as MaxText uses from length 128:
+    the padding as segment ids (a real token sees only real tokens), q pre-scaled by 1/sqrt(D). A Pallas
+    kernel is not partitioned by XLA, so under a mesh it runs per shard (shard_map: rows split as the
+    batch, heads as the tensor axis). `interpret` (default: off a TPU) runs the kernel's Python
+    semantics, which is how it is checked on a CPU."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernels
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+
+    seq = q.shape[1]
+    mesh = jax.sharding.get_abstract_mesh()
+    if interpret is None:
+        device = None if mesh.empty else mesh.abstract_device
+        interpret = (device.platform if device is not None else jax.default_backend()) != "tpu"
+    block = min(seq, 512)
+    if seq % block or block % 128:
+        raise ValueError(f"splash attention needs a sequence length that is a multiple of 128, got {seq}")
+    sizes = kernels.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+                               block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+
+    def local(q, k, v, segments):
+        heads = q.shape[2]
+        kernel = kernels.make_splash_mha(masks.MultiHeadMask([masks.FullMask((seq, seq))] * heads),
+                                         block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+        per_head = lambda x: jnp.swapaxes(x, 1, 2)  # [b, S, n, d] <-> [b, n, S, d]
+        ids = kernels.SegmentIds(q=segments, kv=segments)
+        out = jax.vmap(kernel)(per_head(q * q.shape[-1] ** -0.5), per_head(k), per_head(v), segment_ids=ids)
+        return per_head(out)
+
+    segments = input_mask.astype(jnp.int32)
+    if mesh.empty or not spec.activation_rules:
+        return local(q, k, v, segments)
+    qkv = nn.logical_to_mesh_axes(_BLHD, spec.activation_rules)
+    rows = nn.logical_to_mesh_axes(_BLE[:2], spec.activation_rules)
+    return jax.shard_map(local, in_specs=(qkv, qkv, qkv, rows), out_specs=qkv, check_vma=False)(q, k, v, segments)
+
+
 class SelfAttention(nn.Module):
     spec: ModelSpec
     enc: EncoderSpec
     deterministic: bool
 
     @nn.compact
-    def __call__(self, x: Array, attention_bias: Array, key: Array) -> Array:
+    def __call__(self, x: Array, input_mask: Array, key: Array) -> Array:
         s, e = self.spec, self.enc
         qkv = functools.partial(
             nn.DenseGeneral, features=(e.num_heads, e.head_dim),
@@ -131,11 +174,18 @@ class SelfAttention(nn.Module):
             bias_init=_p(nn.initializers.zeros, ("heads", "kv")),
             dtype=s.dtype, param_dtype=jnp.float32)
         q, k, v = (_constrain(qkv(name=name)(x), _BLHD, s) for name in ("query", "key", "value"))
-        if s.attention == "fused":  # no probability dropout (config validation requires rate 0)
-            context = jax.nn.dot_product_attention(q, k, v, bias=attention_bias.astype(q.dtype))
+        # Fused kernels have no dropout on the probabilities (config validation requires rate 0).
+        if s.attention == "cudnn":  # cuDNN flash attention; padding given as lengths (it is at the end)
+            lengths = jnp.sum(input_mask, axis=-1, dtype=jnp.int32)
+            context = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation="cudnn")
+        elif s.attention == "splash":
+            context = splash_attention(q, k, v, input_mask, s)
+        elif s.attention == "fused":  # XLA's implementation of the same op (CPU; and a reference)
+            context = jax.nn.dot_product_attention(q, k, v, bias=_attention_bias(input_mask).astype(q.dtype),
+                                                   implementation="xla")
         else:
             scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-            scores = scores * (e.head_dim ** -0.5) + attention_bias
+            scores = scores * (e.head_dim ** -0.5) + _attention_bias(input_mask)
             probs = jax.nn.softmax(scores, axis=-1)
             probs = _dropout(probs, s.attention_dropout_rate, key, self.deterministic)
             context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
@@ -155,11 +205,11 @@ class EncoderLayer(nn.Module):
     deterministic: bool
 
     @nn.compact
-    def __call__(self, x: Array, attention_bias: Array, key: Array) -> Array:
+    def __call__(self, x: Array, input_mask: Array, key: Array) -> Array:
         s, e = self.spec, self.enc
         k_attn, k_attn_out, k_ffn_out = jax.random.split(key, 3)
         x = _constrain(x, _BLE, s)
-        h = SelfAttention(s, e, self.deterministic, name="attention")(x, attention_bias, k_attn)
+        h = SelfAttention(s, e, self.deterministic, name="attention")(x, input_mask, k_attn)
         h = _dropout(h, s.dropout_rate, k_attn_out, self.deterministic)
         x = _layer_norm("attention_layer_norm", s)(x + h)
         h = _gelu(_dense(e.intermediate_size, ("embed", "mlp"), "intermediate", s)(x))
@@ -172,8 +222,8 @@ class EncoderLayer(nn.Module):
 class _ScannedLayer(EncoderLayer):
     """EncoderLayer in nn.scan's (carry, xs) -> (carry, ys) form."""
 
-    def __call__(self, x, attention_bias, key):  # pytype: disable=signature-mismatch
-        return super().__call__(x, attention_bias, key), None
+    def __call__(self, x, input_mask, key):  # pytype: disable=signature-mismatch
+        return super().__call__(x, input_mask, key), None
 
 
 class Encoder(nn.Module):
@@ -195,8 +245,7 @@ class Encoder(nn.Module):
             x = _dense(e.hidden_size, ("embed", "proj"), "embeddings_project", s,
                        init=nn.initializers.glorot_uniform())(x)
         x = _constrain(x, _BLE, s)
-        # Additive mask on keys only, as the original (-10000, not -inf).
-        attention_bias = ((1.0 - input_mask.astype(jnp.float32)) * -10000.0)[:, None, None, :]
+        input_mask = input_mask.astype(jnp.int32)
         layer_keys = jax.random.split(k_layers, e.num_layers)
 
         layer = _ScannedLayer if s.scan_layers else EncoderLayer
@@ -207,10 +256,10 @@ class Encoder(nn.Module):
                 layer, variable_axes={"params": 0}, split_rngs={"params": True},
                 in_axes=(nn.broadcast, 0), length=e.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"})
-            x, _ = stack(s, e, deterministic, name="layers")(x, attention_bias, layer_keys)
+            x, _ = stack(s, e, deterministic, name="layers")(x, input_mask, layer_keys)
         else:
             for i in range(e.num_layers):
-                x = layer(s, e, deterministic, name=f"layer_{i}")(x, attention_bias, layer_keys[i])
+                x = layer(s, e, deterministic, name=f"layer_{i}")(x, input_mask, layer_keys[i])
         return x
 
 

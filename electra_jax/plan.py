@@ -251,7 +251,6 @@ def compile_step(config: ml_collections.ConfigDict, devices: list, hbm_bytes: in
                  keep_hlo: bool = True) -> Compiled:
     """Lower the real train step of `config` over `devices` from abstract shapes and compile it."""
     import jax
-    import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec
 
     from electra_jax import train
@@ -259,10 +258,8 @@ def compile_step(config: ml_collections.ConfigDict, devices: list, hbm_bytes: in
 
     s = train.setup(config, devices=devices)
     abstract = s.abstract_state()
-    shape = (config.batch_size, config.data.seq_len)
-    batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=s.batch_sharding)
-             for k in ("input_ids", "input_mask", "segment_ids")}
-    key = jax.eval_shape(lambda: jax.random.key(0, impl=config.rng_impl))
+    batch = train.abstract_batch(config, s.batch_sharding)
+    key = jax.eval_shape(lambda: jax.random.key(0, impl=s.rng_impl))
     rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=NamedSharding(s.mesh, PartitionSpec()))
     result = Compiled(config.batch_size, False, 0.0, mesh=dict(s.mesh.shape),
                       param_bytes=bytes_per_device(abstract.params, s.state_shardings.params),
@@ -282,10 +279,8 @@ def compile_step(config: ml_collections.ConfigDict, devices: list, hbm_bytes: in
             result.needed_bytes = int(temp + result.param_bytes + result.opt_bytes)
         return result
     result.compile_s = time.perf_counter() - start
-    mem = compiled.memory_analysis()
-    result.peak_bytes = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-                         + mem.temp_size_in_bytes)
-    result.temp_bytes = mem.temp_size_in_bytes
+    result.peak_bytes = train.peak_bytes(compiled)
+    result.temp_bytes = compiled.memory_analysis().temp_size_in_bytes
     result.fits = result.peak_bytes <= hbm_bytes
     cost = compiled.cost_analysis()
     result.cost = {k: float(v) for k, v in (cost or {}).items() if k in ("flops", "bytes accessed")}
@@ -450,7 +445,20 @@ def make_plan(config: ml_collections.ConfigDict, target: Target, *, search_batch
                         len(replicated) > 1 else "") + "; change config.sharding_rules or the mesh, pad the "
                         "dimension, or pass --allow-replicated")
     log(f"compiling the train step for {target.describe()} ...")
-    main = compile_step(config, devices, target.budget_bytes)
+    main = None
+    if config.model.remat_policy == "auto":
+        from electra_jax.train import fitting_remat, with_remat
+
+        tried = {}
+
+        def peak(c):
+            tried[c.model.remat_policy] = compile_step(c, devices, target.budget_bytes)
+            return tried[c.model.remat_policy].peak_bytes
+
+        log("remat_policy auto: compiling none, dots, full until one fits:")
+        config = with_remat(config, fitting_remat(config, devices, target.budget_bytes, peak, log))
+        main = tried.get(config.model.remat_policy)
+    main = main or compile_step(config, devices, target.budget_bytes)
     plan = Plan(target, config, main, model_flops(config), replicated=replicated)
     if not main.fits and suggest:
         sizes = mesh_shape(config, target.chips)

@@ -215,7 +215,7 @@ class _Evaluator:
                                    s.mesh),
             in_shardings=(s.state_shardings.params, s.batch_sharding, replicated(s.mesh)),
             out_shardings=replicated(s.mesh))
-        self.rng = jax.random.key(config.seed + 1, impl=config.rng_impl)
+        self.rng = jax.random.key(config.seed + 1, impl=s.rng_impl)
 
     def __call__(self, params) -> dict:
         from electra_jax.data.reader import eval_dataset

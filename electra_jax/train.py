@@ -122,6 +122,7 @@ class Setup:
     state_shardings: Any
     logical_state: Any  # the state's shapes with their logical axis names (nn.LogicallyPartitioned)
     batch_sharding: NamedSharding
+    rng_impl: str  # config.rng_impl for these devices ("auto" resolved)
     init: Callable[[jax.Array], TrainState]  # init(init_rng) -> sharded TrainState
     step: Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]
 
@@ -140,7 +141,7 @@ class Setup:
 
     def rngs(self) -> tuple[jax.Array, jax.Array]:
         """(init_rng, train_rng) from the config seed, in the configured PRNG implementation."""
-        base = jax.random.key(self.config.seed, impl=self.config.rng_impl)
+        base = jax.random.key(self.config.seed, impl=self.rng_impl)
         return jax.random.split(base)
 
 
@@ -155,7 +156,8 @@ def build(config: ml_collections.ConfigDict, devices, model: nn.Module, init_fn:
         params = init_fn(rng)
         return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params))
 
-    abstract_rng = jax.eval_shape(lambda: jax.random.key(0, impl=config.rng_impl))
+    rng_impl = config_lib.resolve_rng_impl(config, mesh.devices.flat[0].platform)
+    abstract_rng = jax.eval_shape(lambda: jax.random.key(0, impl=rng_impl))
     logical_state = jax.eval_shape(boxed_init, abstract_rng)
     state_shardings = shardings_for(logical_state, mesh, rules)
     init = jax.jit(lambda rng: nn.unbox(boxed_init(rng)), out_shardings=state_shardings)
@@ -171,14 +173,74 @@ def build(config: ml_collections.ConfigDict, devices, model: nn.Module, init_fn:
         out_shardings=(state_shardings, replicated(mesh)),
         donate_argnums=0,
     )
-    return Setup(config, mesh, model, tx, schedule, state_shardings, logical_state, batch_sh, init, step)
+    return Setup(config, mesh, model, tx, schedule, state_shardings, logical_state, batch_sh, rng_impl, init, step)
+
+
+def abstract_batch(config: ml_collections.ConfigDict, sharding: NamedSharding) -> dict:
+    """A pretraining batch's shapes, dtypes and layout (nothing allocated): what `step` is lowered with."""
+    shape = (config.batch_size, config.data.seq_len)
+    return {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding)
+            for k in ("input_ids", "input_mask", "segment_ids")}
+
+
+def peak_bytes(compiled) -> int:
+    """Per-device memory of a compiled step: arguments + outputs - donated aliases + temporaries."""
+    m = compiled.memory_analysis()
+    return m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+
+
+def with_remat(config: ml_collections.ConfigDict, policy: str) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.model.remat_policy = policy
+    return c
+
+
+def compiled_peak(config: ml_collections.ConfigDict, devices) -> int | None:
+    """Per-device bytes of the compiled pretraining step, or None where XLA refuses it (out of memory)."""
+    s = setup(config, devices)
+    init_rng, _ = s.rngs()
+    try:
+        compiled = s.step.lower(s.abstract_state(), abstract_batch(config, s.batch_sharding),
+                                jax.eval_shape(lambda: init_rng)).compile()
+    except Exception as e:  # XLA's out-of-memory refusal is an answer
+        if "RESOURCE_EXHAUSTED" not in str(e) and "Ran out of memory" not in str(e):
+            raise
+        return None
+    return peak_bytes(compiled)
+
+
+REMAT_ORDER = ("none", "dots", "full")  # fastest (most memory) first
+
+
+def fitting_remat(config: ml_collections.ConfigDict, devices, budget_bytes: int | None = None,
+                  peak_fn: Callable | None = None, log: Callable[[str], None] = lambda line: None) -> str:
+    """remat_policy "auto" for these devices: the first of REMAT_ORDER whose compiled pretraining step
+    needs at most 95% of `budget_bytes` per device (default: what the device's allocator may use), so
+    the choice is XLA's measured memory, not an estimate. CPU: none. `peak_fn(config) -> bytes | None`
+    replaces the compile (`plan` keeps what it compiles)."""
+    if devices[0].platform == "cpu":
+        return "none"
+    if budget_bytes is None:
+        budget_bytes = (devices[0].memory_stats() or {}).get("bytes_limit")
+    if not budget_bytes:
+        return "full"
+    for policy in REMAT_ORDER:
+        peak = (peak_fn or (lambda c: compiled_peak(c, devices)))(with_remat(config, policy))
+        log(f"  remat {policy}: " + ("does not fit (XLA refused)" if peak is None else
+                                     f"{peak / 2**30:.2f} GiB of {budget_bytes / 2**30:.2f} per device"))
+        if peak is not None and peak <= 0.95 * budget_bytes:
+            return policy
+    return "full"
 
 
 def setup(config: ml_collections.ConfigDict, devices=None) -> Setup:
-    """ELECTRA pretraining: validate the config, then build the model, optimizer and sharded step."""
+    """ELECTRA pretraining: validate the config, then build the model, optimizer and sharded step.
+    remat_policy "auto" is resolved here by compiling (`fitting_remat`)."""
     devices = list(devices if devices is not None else jax.devices())
     config_lib.validate(config, num_devices=len(devices))
-    model = Electra(config_lib.model_spec(config))
+    if config.model.remat_policy == "auto":
+        config = with_remat(config, fitting_remat(config, devices))
+    model = Electra(config_lib.model_spec(config, devices[0].platform))
     tx, schedule = make_optimizer(config)
     spec = config_lib.objective_spec(config)
     init_fn = functools.partial(init_params, model, seq_len=config.data.seq_len,

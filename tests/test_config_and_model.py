@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT
 from electra_jax import config as config_lib
-from electra_jax.model import Electra, init_params, stack_layers
+from electra_jax.model import Electra, init_params, stack_layers, unstack_layers
 from electra_jax.train import setup
 
 
@@ -81,18 +81,21 @@ def test_cli_reports_bad_input_in_one_line():
 
 
 @pytest.mark.parametrize("policy,attention", [("none", "xla"), ("full", "xla"), ("dots", "xla"),
-                                              ("dots", "fused")])
+                                              ("dots", "fused"), ("dots", "splash")])
 def test_scan_and_remat_compute_the_same_numbers(tiny_config, policy, attention):
     """The variant (scanned, rematerialised, fused attention) against the plain stack, with hidden
-    dropout on (attention-probability dropout off where the fused kernel is compared)."""
-    if attention == "fused":
+    dropout on (attention-probability dropout off where a fused kernel is compared). Splash is TPU's
+    Pallas kernel, run here in Pallas' interpret mode, at a length of 128 (its block), with padding."""
+    if attention != "xla":
         tiny_config.model.attention_dropout_rate = 0.0
     spec = config_lib.model_spec(tiny_config)
-    ids = np.random.default_rng(0).integers(5, 2048, (2, 16)).astype(np.int32)
+    seq = 128 if attention == "splash" else 16
+    ids = np.random.default_rng(0).integers(5, 2048, (2, seq)).astype(np.int32)
     mask = np.ones_like(ids)
     mask[1, -3:] = 0
+    mask[0, seq // 2:] = 0
     plain = Electra(spec)
-    params = nn.unbox(init_params(plain, jax.random.key(0), 16, 4))
+    params = nn.unbox(init_params(plain, jax.random.key(0), seq, 4))
     variant = Electra(dataclasses.replace(spec, scan_layers=True, remat_policy=policy, attention=attention))
 
     def loss(model, p):  # with dropout on: per-layer keys make it layout-independent
@@ -146,7 +149,8 @@ def _truncated_normal_std(stddev, cut=2.0):
 @pytest.fixture(scope="module")
 def small_params():
     spec = config_lib.model_spec(config_lib.load_config("small"))  # E 128 -> H 256: embeddings_project
-    params = jax.tree.map(np.asarray, nn.unbox(init_params(Electra(spec), jax.random.key(0), 8)))
+    params = nn.unbox(init_params(Electra(spec), jax.random.key(0), 8))
+    params = jax.tree.map(np.asarray, unstack_layers(params))  # the preset scans its layers: one matrix each
     return {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(params)}
 
 

@@ -164,13 +164,14 @@ def test_tiny_compiled_for_v5e_2x2_fits_from_another_directory(tmp_path):
     results = tmp_path / "plans.jsonl"
     r = _plan("--config", "tiny", "--target", "v5e-4", "--results", "plans.jsonl", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "FITS" in r.stdout and "data 4 x fsdp 1 x tensor 1" in r.stdout
+    assert "FITS" in r.stdout and "data 1 x fsdp 4 x tensor 1" in r.stdout
     assert "all-reduce" in r.stdout  # the gradients' mean over the data axis
     assert "error" not in r.stderr.lower() and "TPU_WORKER_HOSTNAMES" not in r.stderr  # libtpu kept quiet
     import json
 
     row = json.loads(results.read_text())
-    assert row["fits"] and row["chips"] == 4 and row["param_gib"] == round(4 * TINY_PARAMS / 2**30, 3)
+    # FSDP by default: each chip holds about a quarter of the float32 parameters (small vectors whole).
+    assert row["fits"] and row["chips"] == 4 and row["param_gib"] <= round(4 * TINY_PARAMS / 2**30 / 4 * 1.1, 4)
     assert row["collectives"]["all-reduce"]["count"] >= 1
 
 

@@ -35,7 +35,7 @@ from electra_jax.model import Classifier, SpanExtractor, answer_mask
 from electra_jax.optim import make_optimizer
 from electra_jax.pretrain import (TrainingError, check_finite, check_workdir, load_discriminator,
                                   write_config)
-from electra_jax.sharding import replicated
+from electra_jax.sharding import replicated, with_activation_layout
 from electra_jax.signals import StopRequest
 from electra_jax.train import Setup, build
 from electra_jax.writers import MetricWriter, Progress
@@ -246,7 +246,7 @@ def classifier_setup(config: ml_collections.ConfigDict, num_outputs: int, kind: 
     config_lib.validate(config, num_devices=len(devices))
     if config.head not in config_lib.HEADS:
         raise TaskError(f"head {config.head!r}: set it (one of {config_lib.HEADS}) or let `finetune` choose the task's")
-    spec = config_lib.model_spec(config)
+    spec = config_lib.model_spec(config, devices[0].platform)
     max_len = config.task.max_len
     if kind == "qa":
         model = SpanExtractor(spec, config.head, config.task.beam, answerable)
