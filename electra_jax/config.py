@@ -89,6 +89,9 @@ def default_config() -> ml_collections.ConfigDict:
     # Weight matrices cast to `dtype` once per step, on each chip's shard, before use: FSDP then gathers
     # bf16, not float32 (train.cast_for_compute). Gradients still update the float32 parameters.
     m.cast_params = True
+    # Activation layouts pinned by the sharding rules' activation_* names (model._constrain); False leaves
+    # them to XLA's propagation (which moved token ids and gathered whole-batch gradients: BENCHMARKS.md).
+    m.activation_constraints = True
     m.scan_layers = False
     # What each layer keeps for the backward pass. "auto": the cheapest of none, dots, full whose
     # compiled step fits the chips' memory (train.fitting_remat: compiled, not guessed; "none" on CPU).
@@ -281,7 +284,8 @@ def model_spec(config: ml_collections.ConfigDict, platform: str | None = None) -
         attention=resolve_attention(m.attention, platform or "cpu"),
         objective="mlm" if mlm else "electra",
         uniform_generator=not mlm and bool(config.objective.get("uniform_generator", False)),
-        activation_rules=tuple(r for r in logical_rules(config) if r[0].startswith("activation_")),
+        activation_rules=(tuple(r for r in logical_rules(config) if r[0].startswith("activation_"))
+                          if m.get("activation_constraints", True) else ()),
     )
 
 
