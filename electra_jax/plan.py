@@ -545,6 +545,11 @@ def record(plan: Plan) -> dict:
            "layers": cfg.model.num_layers, "hidden": cfg.model.hidden_size, "batch_size": cfg.batch_size,
            "seq_len": cfg.data.seq_len, "micro_batches": cfg.micro_batches, "scan_layers": cfg.model.scan_layers,
            "remat_policy": cfg.model.remat_policy, "dtype": cfg.model.dtype, "mesh": c.mesh,
+           "attention": cfg.model.attention, "rng_impl": cfg.rng_impl,
+           "cast_params": cfg.model.get("cast_params", True),
+           "activation_constraints": cfg.model.get("activation_constraints", True),
+           "param_norm": cfg.train.get("param_norm", True),
+           "xla_flags": os.environ.get("LIBTPU_INIT_ARGS" if plan.target.platform == "tpu" else "XLA_FLAGS", ""),
            "fits": c.fits, "compile_s": round(c.compile_s, 1), "peak_gib": _gib(c.peak_bytes),
            "temp_gib": _gib(c.temp_bytes), "param_gib": _gib(c.param_bytes), "opt_gib": _gib(c.opt_bytes),
            "needed_gib": _gib(c.needed_bytes), "error": c.error}
