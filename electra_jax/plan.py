@@ -438,27 +438,27 @@ def make_plan(config: ml_collections.ConfigDict, target: Target, *, search_batch
               log: Callable[[str], None] = print) -> Plan:
     check_before_compile(config, target)
     devices = target_devices(target)
+    main, tried = None, {}
+    if config.model.remat_policy == "auto":
+        from electra_jax.train import fitting_remat, with_remat
+
+        def peak(c):
+            tried[c.model.remat_policy] = compile_step(c, devices, target.budget_bytes)
+            return tried[c.model.remat_policy].peak_bytes
+
+        log(f"remat_policy auto: compiling the step for {target.describe()} with none, dots, full until one "
+            "fits in 95% of a chip:")
+        config = with_remat(config, fitting_remat(config, devices, target.budget_bytes, peak, log))
+        main = tried.get(config.model.remat_policy)
     replicated = undivided_parameters(config, devices)
     if replicated and not allow_replicated:
         raise PlanError(f"{len(replicated)} parameter dimension(s) cannot be split as the sharding rules ask on "
                         f"{target.chips} chips: {replicated[0]}" + (f" (and {len(replicated) - 1} more)" if
                         len(replicated) > 1 else "") + "; change config.sharding_rules or the mesh, pad the "
                         "dimension, or pass --allow-replicated")
-    log(f"compiling the train step for {target.describe()} ...")
-    main = None
-    if config.model.remat_policy == "auto":
-        from electra_jax.train import fitting_remat, with_remat
-
-        tried = {}
-
-        def peak(c):
-            tried[c.model.remat_policy] = compile_step(c, devices, target.budget_bytes)
-            return tried[c.model.remat_policy].peak_bytes
-
-        log("remat_policy auto: compiling none, dots, full until one fits:")
-        config = with_remat(config, fitting_remat(config, devices, target.budget_bytes, peak, log))
-        main = tried.get(config.model.remat_policy)
-    main = main or compile_step(config, devices, target.budget_bytes)
+    if main is None:
+        log(f"compiling the train step for {target.describe()} ...")
+        main = compile_step(config, devices, target.budget_bytes)
     plan = Plan(target, config, main, model_flops(config), replicated=replicated)
     if not main.fits and suggest:
         sizes = mesh_shape(config, target.chips)

@@ -221,7 +221,10 @@ def fitting_remat(config: ml_collections.ConfigDict, devices, budget_bytes: int 
     if devices[0].platform == "cpu":
         return "none"
     if budget_bytes is None:
-        budget_bytes = (devices[0].memory_stats() or {}).get("bytes_limit")
+        try:
+            budget_bytes = (devices[0].memory_stats() or {}).get("bytes_limit")
+        except Exception:  # devices of another process, or a compile-only topology: nothing to ask
+            budget_bytes = None
     if not budget_bytes:
         return "full"
     for policy in REMAT_ORDER:
