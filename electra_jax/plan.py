@@ -19,7 +19,8 @@ from typing import Any, Callable
 
 import ml_collections
 
-from electra_jax.config import ConfigError, max_predictions_per_seq, mesh_shape, model_spec, validate
+from electra_jax.config import (ConfigError, max_predictions_per_seq, mesh_shape, model_spec, resolve_rng_impl,
+                                validate)
 from electra_jax.errors import UserError
 
 GiB = 2**30
@@ -545,7 +546,8 @@ def record(plan: Plan) -> dict:
            "layers": cfg.model.num_layers, "hidden": cfg.model.hidden_size, "batch_size": cfg.batch_size,
            "seq_len": cfg.data.seq_len, "micro_batches": cfg.micro_batches, "scan_layers": cfg.model.scan_layers,
            "remat_policy": cfg.model.remat_policy, "dtype": cfg.model.dtype, "mesh": c.mesh,
-           "attention": cfg.model.attention, "rng_impl": cfg.rng_impl,
+           "attention": cfg.model.attention,
+           "rng_impl": resolve_rng_impl(cfg, "tpu" if plan.target.platform == "tpu" else "gpu"),
            "cast_params": cfg.model.get("cast_params", True),
            "activation_constraints": cfg.model.get("activation_constraints", True),
            "param_norm": cfg.train.get("param_norm", True),
@@ -574,24 +576,40 @@ def append_record(plan: Plan, path: str) -> None:
         f.write(json.dumps(record(plan)) + "\n")
 
 
+def layout_text(row: dict) -> str:
+    """The switches a plan row was compiled with, short; rows from before a switch existed say so by
+    leaving it out."""
+    mesh = row.get("mesh") or {}
+    parts = ["FSDP" if mesh.get("fsdp", 1) > 1 else "DP", "scan" if row["scan_layers"] else "unscanned",
+             f"remat {row['remat_policy']}"]
+    if "attention" in row:
+        parts.append(f"attn {row['attention']}")
+        parts.append(f"rng {row['rng_impl']}")
+        parts += [name for key, name in (("cast_params", "bf16 cast"), ("activation_constraints", "constrained"),
+                                         ("param_norm", "param_norm")) if row.get(key)]
+        parts.append("flags" if row.get("xla_flags") else "no flags")
+    return ", ".join(parts)
+
+
 def markdown_table(rows: list[dict]) -> str:
-    """BENCHMARKS.md's plan table from `plan --results` rows: `python -m electra_jax.plan FILE`."""
-    head = ("| model | target | chips | batch x seq | scan | remat | mesh (data x fsdp x tensor) | fits | GiB/chip "
-            "| largest batch | compile s | all-reduce MiB/step | roofline ms | MFU at bound |")
+    """BENCHMARKS.md's plan table from `plan --results` rows: `python -m electra_jax.plan FILE...`
+    (rows in file order). Collective MiB are each kind's result buffers per step and chip."""
+    head = ("| model | target | batch x seq | layout | mesh (data x fsdp x tensor) | fits | GiB/chip | largest batch "
+            "| compile s | all-reduce MiB | all-gather MiB | reduce-scatter MiB | all-to-all MiB | roofline ms |")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     names = {(12, 256): "Small", (12, 768): "Base", (24, 1024): "Large"}  # the paper's sizes
-    for r in sorted(rows, key=lambda r: (r["layers"] * r["hidden"], r["target"][:2], r["chips"], r["date"])):
+    for r in rows:
         mesh = " x ".join(str(v) for v in (r.get("mesh") or {}).values())
         gib = r["peak_gib"] if r["peak_gib"] is not None else ("needs ~%s" % r["needed_gib"] if r["needed_gib"] else "-")
-        ar = (r.get("collectives") or {}).get("all-reduce", {}).get("bytes")
+        coll = r.get("collectives") or {}
+        mib = lambda kind: "-" if not r.get("hlo_counted", "collectives" in r) else round(coll.get(kind, {}).get("bytes", 0) / 2**20, 1)
         roof = r.get("roofline") or {}
         target = r["target"] + (" x %d slices" % r["slices"] if r["slices"] > 1 else "")
         size = f"{r['layers']} x {r['hidden']}"
-        cells = [f"{names[r['layers'], r['hidden']]} ({size})" if (r["layers"], r["hidden"]) in names else size, target, r["chips"], f"{r['batch_size']} x {r['seq_len']}",
-                 r["scan_layers"], r["remat_policy"], mesh, "yes" if r["fits"] else "**no**", gib,
-                 r.get("largest_batch", "-"), r["compile_s"], "-" if ar is None else round(ar / 2**20, 1),
-                 round(roof["bound_s"] * 1e3, 1) if roof else "-",
-                 "%.0f%%" % (100 * roof["mfu_at_bound"]) if roof else "-"]
+        cells = [names.get((r["layers"], r["hidden"]), size), target, f"{r['batch_size']} x {r['seq_len']}",
+                 layout_text(r), mesh, "yes" if r["fits"] else "**no**", gib, r.get("largest_batch", "-"),
+                 r["compile_s"], mib("all-reduce"), mib("all-gather"), mib("reduce-scatter"), mib("all-to-all"),
+                 round(roof["bound_s"] * 1e3, 1) if roof else "-"]
         out.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(out)
 
