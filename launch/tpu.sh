@@ -35,6 +35,8 @@
 # PLAN=1 (create, create-queued, run): first compile the run (CONFIG, TRAIN_ARGS' --config.*
 # overrides) for ACCELERATOR_TYPE here with `electra-jax plan` (needs the tpu extra here, no TPU), and
 # create nothing unless it fits.
+# The TPU compiler flags (electra_jax/xla_flags.py: async collectives overlapped with compute, sharded
+# rbg keys) are added by electra-jax itself on every worker; set LIBTPU_INIT_ARGS to override one.
 # --dry-run prints every command instead of running it.
 #
 # Runs with macOS's bash 3.2: no bash 4 features, and empty arrays expanded as ${a[@]+"${a[@]}"}.
