@@ -37,17 +37,19 @@ class Chip:
     hbm_bytes: int
     peak_tflops: float  # dense bf16
     hbm_gbytes_per_s: float
+    ici_gbytes_per_s: float  # chip-to-chip, both directions together, as vendors state it (ICI; NVLink)
 
 
-# Vendors' published figures (per chip): Cloud TPU system-architecture pages; NVIDIA H100 SXM / H200
-# data sheets. The GPU memory sizes are those XLA's target configs state.
+# Vendors' published figures (per chip): Cloud TPU system-architecture pages (ICI: v4 2,400 Gbps, v5e
+# 1,600 = 400 GB/s both ways, v5p 4,800, v6e 3,584); NVIDIA H100 SXM / H200 data sheets (NVLink 900 GB/s).
+# The GPU memory sizes are those XLA's target configs state.
 CHIPS = {
-    "v4": Chip("v4", "TPU v4", 32 * GiB, 275.0, 1200.0),
-    "v5e": Chip("v5e", "TPU v5 lite", 16 * GiB, 197.0, 819.0),
-    "v5p": Chip("v5p", "TPU v5", 95 * GiB, 459.0, 2765.0),
-    "v6e": Chip("v6e", "TPU v6 lite", 32 * GiB, 918.0, 1640.0),
-    "h100": Chip("h100", "NVIDIA H100 80GB HBM3", 84_942_979_072, 989.0, 3352.0),
-    "h200": Chip("h200", "NVIDIA H200 141GB HBM3e", 151_397_597_184, 989.0, 4800.0),
+    "v4": Chip("v4", "TPU v4", 32 * GiB, 275.0, 1200.0, 300.0),
+    "v5e": Chip("v5e", "TPU v5 lite", 16 * GiB, 197.0, 819.0, 400.0),
+    "v5p": Chip("v5p", "TPU v5", 95 * GiB, 459.0, 2765.0, 600.0),
+    "v6e": Chip("v6e", "TPU v6 lite", 32 * GiB, 918.0, 1640.0, 448.0),
+    "h100": Chip("h100", "NVIDIA H100 80GB HBM3", 84_942_979_072, 989.0, 3352.0, 900.0),
+    "h200": Chip("h200", "NVIDIA H200 141GB HBM3e", 151_397_597_184, 989.0, 4800.0, 900.0),
 }
 # launch/gpu.sh and launch/slurm.sbatch set XLA_PYTHON_CLIENT_MEM_FRACTION to this (the rest of a GPU is
 # the CUDA context's, cuDNN's and NCCL's), so a GPU plan must fit in it, not in the whole HBM.
@@ -341,11 +343,19 @@ def model_flops(config: ml_collections.ConfigDict) -> float:
                                     max_predictions_per_seq(config)) * config.batch_size
 
 
+def wire_bytes(coll: dict) -> float:
+    """Bytes a chip sends per step for `collectives(...)`, as rings move them: an all-reduce about twice
+    its buffer (reduce-scatter, then all-gather), every other kind about its result buffer once."""
+    return sum(v["bytes"] * (2 if kind == "all-reduce" else 1) for kind, v in coll.items())
+
+
 def roofline(plan: Plan) -> dict[str, Any]:
     """A step-time lower bound from the chip's peak FLOP/s and HBM bandwidth: an estimate, never a
     measurement. Compute: the larger of the model's FLOPs and XLA's (XLA's include remat and softmax,
     but count a loop body once, so they are used only for loop-free programs). Memory: XLA's bytes
-    accessed for loop-free programs, else the train state read and written once."""
+    accessed for loop-free programs, else the train state read and written once. Collectives: their wire
+    bytes at half the chip's stated (two-way) interconnect bandwidth. Each term assumes the others fully
+    overlapped with it, so the largest is a lower bound."""
     chip, c = plan.target.chip, plan.main
     per_chip_model = plan.model_flops_per_step / plan.target.chips
     loops = has_loops(c.hlo or "")
@@ -355,9 +365,10 @@ def roofline(plan: Plan) -> dict[str, Any]:
     accessed = state_traffic if loops or not c.cost else max(c.cost.get("bytes accessed", 0.0), state_traffic)
     compute_s = flops / (chip.peak_tflops * 1e12)
     memory_s = accessed / (chip.hbm_gbytes_per_s * 1e9)
-    bound = max(compute_s, memory_s)
+    network_s = wire_bytes(collectives(c.hlo or "")) / (chip.ici_gbytes_per_s / 2 * 1e9)
+    bound = max(compute_s, memory_s, network_s)
     return {"model_flops_per_chip": per_chip_model, "xla_flops_per_chip": xla_flops,
-            "compute_s": compute_s, "memory_s": memory_s, "bound_s": bound,
+            "compute_s": compute_s, "memory_s": memory_s, "network_s": network_s, "bound_s": bound,
             "mfu_at_bound": per_chip_model / (bound * chip.peak_tflops * 1e12) if bound else None}
 
 
@@ -517,7 +528,9 @@ def report(plan: Plan) -> str:
         lines.append(f"flops    model {r['model_flops_per_chip']:.3g} per chip per step; XLA {xla}")
         lines.append(f"roofline step >= {r['bound_s'] * 1e3:.1f} ms (compute {r['compute_s'] * 1e3:.1f} ms at "
                      f"{t.chip.peak_tflops:g} TFLOP/s, memory {r['memory_s'] * 1e3:.1f} ms at "
-                     f"{t.chip.hbm_gbytes_per_s:g} GB/s): an estimate, MFU <= {100 * r['mfu_at_bound']:.0f}%")
+                     f"{t.chip.hbm_gbytes_per_s:g} GB/s, collectives {r['network_s'] * 1e3:.1f} ms at "
+                     f"{t.chip.ici_gbytes_per_s / 2:g} GB/s each way): an estimate, MFU <= "
+                     f"{100 * r['mfu_at_bound']:.0f}%")
     if plan.largest:
         best, fail, n = plan.largest
         lines.append(f"largest batch that fits: {best}" + (f" ({fail} does not)" if fail else "")
@@ -591,11 +604,24 @@ def layout_text(row: dict) -> str:
     return ", ".join(parts)
 
 
+def _roofline_cell(row: dict) -> str:
+    """The row's bound with its three terms; the collectives' term recomputed from the row's collectives
+    and the chip's interconnect (rows written before that term existed have both)."""
+    roof = row.get("roofline")
+    if not roof:
+        return "-"
+    chip = next((c for c in CHIPS.values() if c.device_kind == row["device_kind"]), None)
+    network = wire_bytes(row.get("collectives") or {}) / (chip.ici_gbytes_per_s / 2 * 1e9) if chip else 0.0
+    terms = (roof["compute_s"], roof["memory_s"], network)
+    return f"**{max(terms) * 1e3:.1f}** ({' / '.join(f'{t * 1e3:.1f}' for t in terms)})"
+
+
 def markdown_table(rows: list[dict]) -> str:
     """BENCHMARKS.md's plan table from `plan --results` rows: `python -m electra_jax.plan FILE...`
     (rows in file order). Collective MiB are each kind's result buffers per step and chip."""
     head = ("| model | target | batch x seq | layout | mesh (data x fsdp x tensor) | fits | GiB/chip | largest batch "
-            "| compile s | all-reduce MiB | all-gather MiB | reduce-scatter MiB | all-to-all MiB | roofline ms |")
+            "| compile s | all-reduce MiB | all-gather MiB | reduce-scatter MiB | all-to-all MiB | roofline ms (compute / "
+            "memory / collectives) |")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     names = {(12, 256): "Small", (12, 768): "Base", (24, 1024): "Large"}  # the paper's sizes
     for r in rows:
@@ -609,7 +635,7 @@ def markdown_table(rows: list[dict]) -> str:
         cells = [names.get((r["layers"], r["hidden"]), size), target, f"{r['batch_size']} x {r['seq_len']}",
                  layout_text(r), mesh, "yes" if r["fits"] else "**no**", gib, r.get("largest_batch", "-"),
                  r["compile_s"], mib("all-reduce"), mib("all-gather"), mib("reduce-scatter"), mib("all-to-all"),
-                 round(roof["bound_s"] * 1e3, 1) if roof else "-"]
+                 _roofline_cell(r)]
         out.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(out)
 
