@@ -29,6 +29,7 @@ ARCHITECTURES = {"discriminator": "ElectraForPreTraining", "generator": "Electra
 
 # Layouts: how one of our arrays becomes an HF tensor.
 COPY, DENSE, QKV, QKV_BIAS, ATTN_OUT = "copy", "dense", "qkv", "qkv_bias", "attn_out"
+VOCAB = "vocab"  # rows per vocabulary entry: our padding rows (model.vocab_multiple) are not exported
 
 
 def _entries(spec: ModelSpec, kind: str) -> Iterator[tuple[tuple[str, ...], str, str]]:
@@ -36,7 +37,7 @@ def _entries(spec: ModelSpec, kind: str) -> Iterator[tuple[tuple[str, ...], str,
     tower = "generator" if kind == "generator" else "discriminator"
     enc: EncoderSpec = getattr(spec, tower)
     emb = ("embeddings",)
-    yield emb + ("word_embeddings",), "electra.embeddings.word_embeddings.weight", COPY
+    yield emb + ("word_embeddings",), "electra.embeddings.word_embeddings.weight", VOCAB
     yield emb + ("position_embeddings",), "electra.embeddings.position_embeddings.weight", COPY
     yield emb + ("token_type_embeddings",), "electra.embeddings.token_type_embeddings.weight", COPY
     yield emb + ("layer_norm", "scale"), "electra.embeddings.LayerNorm.weight", COPY
@@ -79,10 +80,12 @@ def _entries(spec: ModelSpec, kind: str) -> Iterator[tuple[tuple[str, ...], str,
         yield (tower, "layer_norm", "scale"), "generator_predictions.LayerNorm.weight", COPY
         yield (tower, "layer_norm", "bias"), "generator_predictions.LayerNorm.bias", COPY
         # generator_lm_head.weight is tied to the word embeddings; HF re-ties it when it is absent.
-        yield (tower, "output_bias"), "generator_lm_head.bias", COPY
+        yield (tower, "output_bias"), "generator_lm_head.bias", VOCAB
 
 
-def _to_hf(x: np.ndarray, layout: str) -> np.ndarray:
+def _to_hf(x: np.ndarray, layout: str, vocab_size: int = 0) -> np.ndarray:
+    if layout == VOCAB:
+        return x[:vocab_size]
     if layout == DENSE:
         return x.T
     if layout == QKV:  # [H, heads, head_dim] -> [heads * head_dim, H]
@@ -94,7 +97,9 @@ def _to_hf(x: np.ndarray, layout: str) -> np.ndarray:
     return x
 
 
-def _from_hf(w: np.ndarray, layout: str, enc: EncoderSpec) -> np.ndarray:
+def _from_hf(w: np.ndarray, layout: str, enc: EncoderSpec, vocab_rows: int = 0) -> np.ndarray:
+    if layout == VOCAB:  # zero padding rows (never looked up; their logits are masked)
+        return np.concatenate([w, np.zeros((vocab_rows - len(w), *w.shape[1:]), w.dtype)]) if vocab_rows > len(w) else w
     if layout == DENSE:
         return w.T
     if layout == QKV:
@@ -123,8 +128,8 @@ def to_hf_state_dict(params, spec: ModelSpec, tower: str, dtype=np.float32) -> d
     if tower not in ARCHITECTURES:
         raise ValueError(f"tower must be one of {list(ARCHITECTURES)}, got {tower!r}")
     params = unstack_layers(params)
-    return {key: np.ascontiguousarray(_to_hf(np.asarray(_get(params, path), np.float32), layout)
-                                      ).astype(dtype)
+    return {key: np.ascontiguousarray(_to_hf(np.asarray(_get(params, path), np.float32), layout,
+                                             spec.vocab_size)).astype(dtype)
             for path, key, layout in _entries(spec, tower)}
 
 
@@ -146,14 +151,14 @@ def from_hf_state_dict(state_dict: dict, spec: ModelSpec, tower: str, expected=N
     if expected is not None:
         wrong = []
         for path, key, layout in entries:
-            want = _to_hf(np.empty(_get(expected, path).shape, np.int8), layout).shape
+            want = _to_hf(np.empty(_get(expected, path).shape, np.int8), layout, spec.vocab_size).shape
             if tuple(np.shape(state_dict[key])) != want:
                 wrong.append(f"{key} {tuple(np.shape(state_dict[key]))}, expected {want}")
         if wrong:
             raise HFFormatError(f"{len(wrong)} {tower} tensors have the wrong shape: {'; '.join(wrong[:4])}")
     params: dict = {}
     for path, key, layout in entries:
-        _set(params, path, _from_hf(np.asarray(state_dict[key], np.float32), layout, enc))
+        _set(params, path, _from_hf(np.asarray(state_dict[key], np.float32), layout, enc, spec.vocab_rows))
     return params
 
 

@@ -97,7 +97,7 @@ class Embeddings(nn.Module):
     def setup(self):
         s, init = self.spec, _normal(self.spec)
         self.word_embeddings = self.param(
-            "word_embeddings", _p(init, ("vocab", "embed")), (s.vocab_size, s.embedding_size))
+            "word_embeddings", _p(init, ("vocab", "embed")), (s.vocab_rows, s.embedding_size))
         self.position_embeddings = self.param(
             "position_embeddings", _p(init, ("position", "embed")),
             (s.max_position_embeddings, s.embedding_size))
@@ -275,11 +275,14 @@ class Generator(nn.Module):
         x = _constrain(jnp.take_along_axis(x, positions[..., None], axis=1), _BLE, s)  # [B, N, H]
         x = _gelu(_dense(s.embedding_size, ("embed", "proj"), "dense", s)(x))
         x = _layer_norm("layer_norm", s)(x)
-        bias = self.param("output_bias", _p(nn.initializers.zeros, ("vocab",)), (s.vocab_size,))
+        bias = self.param("output_bias", _p(nn.initializers.zeros, ("vocab",)), (s.vocab_rows,))
         table = _constrain(word_embeddings.astype(x.dtype), ("activation_vocab", "activation_embed"), s)
         logits = jnp.einsum("bne,ve->bnv", x, table,
                             preferred_element_type=jnp.float32)
-        return _constrain(logits + bias, ("activation_batch", "activation_length", "activation_vocab"), s)
+        logits = logits + bias
+        if s.vocab_rows > s.vocab_size:  # padding rows: no probability, so never sampled and no gradient
+            logits = jnp.where(jnp.arange(s.vocab_rows) < s.vocab_size, logits, -1e9)
+        return _constrain(logits, ("activation_batch", "activation_length", "activation_vocab"), s)
 
 
 class Discriminator(nn.Module):

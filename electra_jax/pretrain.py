@@ -450,6 +450,9 @@ def load_discriminator(source: str) -> tuple[dict, dict, dict, str]:
             raise TrainingError(f"{workdir}: checkpoints but no config.json; is this a pretrain --workdir?")
         config, step, params = restore_params(workdir, step)
         params = unstack_layers(params)
+        vocab = config.model.vocab_size  # without model.vocab_multiple's padding rows: never looked up
+        params = {**params, "embeddings": {**params["embeddings"],
+                                           "word_embeddings": params["embeddings"]["word_embeddings"][:vocab]}}
         if config.objective.get("name") == "mlm":
             params = _mlm_as_discriminator(params)
         fields = {k: config.model[k] for k in (

@@ -5,6 +5,7 @@ TPU program does with them is tested in test_plan.py (collectives) and measured 
 import os
 import types
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -130,3 +131,40 @@ def test_compiler_flags_are_added_once_and_the_users_win(monkeypatch):
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     cli._accelerator_flags()
     assert "XLA_FLAGS" not in os.environ
+
+
+def test_a_padded_vocabulary_computes_the_same_loss_and_exports_the_real_one(tiny_config):
+    """vocab_multiple pads the word table and the generator's output (2048 -> 2176 rows at 1088): the
+    loss on the same weights is the unpadded model's, no padding id is ever sampled, and the export
+    has 2048 rows again."""
+    from electra_jax.hf import from_hf_state_dict, to_hf_state_dict
+    from electra_jax.model import Electra, init_params
+    from electra_jax.objective import electra_loss
+
+    tiny_config.model.update(dropout_rate=0.0, attention_dropout_rate=0.0)
+    plain = config_lib.model_spec(tiny_config)
+    tiny_config.model.vocab_multiple = 1088
+    padded = config_lib.model_spec(tiny_config)
+    assert (plain.vocab_rows, padded.vocab_rows) == (2048, 2176)
+    params = jax.tree.map(np.array, nn.unbox(init_params(Electra(padded), jax.random.key(0),
+                                                         tiny_config.data.seq_len, 9)))
+    assert params["embeddings"]["word_embeddings"].shape == (2176, 32)
+    params["generator"]["output_bias"][2048:] = 50.0  # would dominate the softmax if it were not masked
+    cut = jax.tree.map(np.copy, params)
+    cut["embeddings"]["word_embeddings"] = params["embeddings"]["word_embeddings"][:2048]
+    cut["generator"]["output_bias"] = params["generator"]["output_bias"][:2048]
+    batch = synthetic_batch(np.random.default_rng(0), 8, tiny_config.data.seq_len, 2048, 2, 3)
+    spec = config_lib.objective_spec(tiny_config)
+    rng = jax.random.key(1)
+    (loss_p, m_p), (loss_u, m_u) = (electra_loss(p, batch, rng, model=Electra(s), spec=spec)
+                                    for p, s in ((params, padded), (cut, plain)))
+    np.testing.assert_allclose(float(loss_p), float(loss_u), rtol=1e-5)
+    logits = Electra(padded).apply({"params": params}, batch["input_ids"], batch["segment_ids"],
+                                   batch["input_mask"], np.zeros((8, 9), np.int32), method=Electra.generator_logits)
+    assert int(np.asarray(logits).argmax(-1).max()) < 2048  # padding rows have no probability
+    hf = to_hf_state_dict(params, padded, "generator")
+    assert hf["electra.embeddings.word_embeddings.weight"].shape == (2048, 32)
+    assert hf["generator_lm_head.bias"].shape == (2048,)
+    back = from_hf_state_dict(hf, padded, "generator")
+    assert back["embeddings"]["word_embeddings"].shape == (2176, 32)
+    np.testing.assert_array_equal(back["embeddings"]["word_embeddings"][:2048], cut["embeddings"]["word_embeddings"])
