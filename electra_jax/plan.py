@@ -319,7 +319,8 @@ def check_before_compile(config: ml_collections.ConfigDict, target: Target) -> N
 
 def undivided_parameters(config: ml_collections.ConfigDict, devices: list) -> list[str]:
     from electra_jax import train
-    from electra_jax.sharding import logical_rules, undivided
+    from electra_jax.config import logical_rules
+    from electra_jax.sharding import undivided
 
     s = train.setup(config, devices=devices)
     return undivided(s.logical_state.params, s.mesh, logical_rules(config))
@@ -628,8 +629,7 @@ def markdown_table(rows: list[dict]) -> str:
         mesh = " x ".join(str(v) for v in (r.get("mesh") or {}).values())
         gib = r["peak_gib"] if r["peak_gib"] is not None else ("needs ~%s" % r["needed_gib"] if r["needed_gib"] else "-")
         coll = r.get("collectives") or {}
-        mib = lambda kind: "-" if not r.get("hlo_counted", "collectives" in r) else round(coll.get(kind, {}).get("bytes", 0) / 2**20, 1)
-        roof = r.get("roofline") or {}
+        mib = lambda kind: "-" if "collectives" not in r else round(coll.get(kind, {}).get("bytes", 0) / 2**20, 1)
         target = r["target"] + (" x %d slices" % r["slices"] if r["slices"] > 1 else "")
         size = f"{r['layers']} x {r['hidden']}"
         cells = [names.get((r["layers"], r["hidden"]), size), target, f"{r['batch_size']} x {r['seq_len']}",

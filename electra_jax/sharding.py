@@ -17,7 +17,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from electra_jax.config import MESH_AXES, logical_rules, mesh_shape  # noqa: F401 (logical_rules: re-exported)
+from electra_jax.config import MESH_AXES, mesh_shape
 
 
 def device_grid(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> np.ndarray:

@@ -24,7 +24,7 @@ from electra_jax import config as config_lib
 from electra_jax.model import Electra, init_params
 from electra_jax.objective import electra_loss, mask_batch, summarize
 from electra_jax.optim import make_optimizer
-from electra_jax.sharding import (batch_sharding, logical_rules, make_mesh, replicated, shardings_for,
+from electra_jax.sharding import (batch_sharding, make_mesh, replicated, shardings_for,
                                   with_activation_layout)
 
 
@@ -150,7 +150,7 @@ def build(config: ml_collections.ConfigDict, devices, model: nn.Module, init_fn:
     """Mesh from the config; `init_fn(rng) -> boxed params` and `train_step(grad_fn)` jitted with
     shardings from the parameters' logical axes; the state is created sharded and donated to the step."""
     mesh = make_mesh(config, devices)
-    rules = logical_rules(config)
+    rules = config_lib.logical_rules(config)
 
     def boxed_init(rng):
         params = init_fn(rng)

@@ -652,6 +652,10 @@ def test_squad2_with_the_papers_joint_head_trains_and_reports_has_and_no_answer(
     assert main(["predict", "--model", "run", "--input", "dev.json", "--out", "preds.json"]) == 0
     assert json.loads((tmp_path / "preds.json").read_text()) == predictions
     assert json.loads((tmp_path / "preds.null_odds.json").read_text()) == odds
+    # The joint head has no Hugging Face class: export says so and what to do.
+    capsys.readouterr()
+    assert main(["export", "--workdir", "run", "--out", "hf"]) == 2
+    assert "--config.head=hf" in capsys.readouterr().err and not (tmp_path / "hf").exists()
 
 
 def _official_v2(dataset, predictions, na_probs, threshold):
@@ -689,10 +693,6 @@ def _official_v2(dataset, predictions, na_probs, threshold):
     groups = {"": list(has), "HasAns_": [q for q in has if has[q]], "NoAns_": [q for q in has if not has[q]]}
     return {f"{prefix}{name}": mean(scores, ids) for prefix, ids in groups.items()
             for name, scores in (("exact", exact), ("f1", f1s))}
-    # The joint head has no Hugging Face class: export says so and what to do.
-    capsys.readouterr()
-    assert main(["export", "--workdir", "run", "--out", "hf"]) == 2
-    assert "--config.head=hf" in capsys.readouterr().err and not (tmp_path / "hf").exists()
 
 
 def test_squad_through_tfds_reads_its_features():

@@ -15,7 +15,6 @@ import os
 import sys
 
 import jax
-import numpy as np
 
 from electra_jax import config as config_lib
 from electra_jax.finetune import qa
