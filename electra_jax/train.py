@@ -236,13 +236,14 @@ def fitting_remat(config: ml_collections.ConfigDict, devices, budget_bytes: int 
     return "full"
 
 
-def setup(config: ml_collections.ConfigDict, devices=None) -> Setup:
+def setup(config: ml_collections.ConfigDict, devices=None, steps: bool = True) -> Setup:
     """ELECTRA pretraining: validate the config, then build the model, optimizer and sharded step.
-    remat_policy "auto" is resolved here by compiling (`fitting_remat`)."""
+    remat_policy "auto" is resolved here by compiling (`fitting_remat`), unless `steps` is False: a
+    caller that only needs the state's shapes and shardings (restore, import) compiles nothing."""
     devices = list(devices if devices is not None else jax.devices())
     config_lib.validate(config, num_devices=len(devices))
     if config.model.remat_policy == "auto":
-        config = with_remat(config, fitting_remat(config, devices))
+        config = with_remat(config, fitting_remat(config, devices) if steps else "none")
     model = Electra(config_lib.model_spec(config, devices[0].platform))
     tx, schedule = make_optimizer(config)
     spec = config_lib.objective_spec(config)
