@@ -419,7 +419,7 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[ml_collection
     if step not in steps:
         raise TrainingError(f"{workdir}: no checkpoint at step {step}; there are {steps}")
     config.mesh.update(data=-1, fsdp=1, tensor=1)  # export on whatever this machine has
-    state = checkpoints.restore(step, setup(config, jax.devices()[:1]).abstract_state())
+    state = checkpoints.restore(step, setup(config, jax.devices()[:1], steps=False).abstract_state())
     checkpoints.close()
     return config, step, jax.tree.map(jax.device_get, state.params)
 
@@ -521,7 +521,7 @@ def import_hf(discriminator_dir: str, generator_dir: str, workdir: str, config: 
         overrides += [f"--config.tokens.{k}={v}" for k, v in tokens.items() if config.tokens[k] != v]
         config.tokens.update(tokens)
 
-    s = setup(config, devices)
+    s = setup(config, devices, steps=False)
     abstract = s.abstract_state()
     check_workdir(workdir, sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract)))
     checkpoints = Checkpoints(workdir, async_save=False)
