@@ -135,6 +135,20 @@ def test_fsdp_step_on_a_tpu_moves_bf16_weights_and_no_activations(tiny_config):
 
 
 @needs_libtpu
+@pytest.mark.slow
+def test_fused_attention_compiled_for_a_tpu_is_the_splash_kernel(tiny_config):
+    """attention=fused on a TPU is Pallas' Splash kernel (a tpu_custom_call per kernel: forward and
+    backward, each layer of each tower), laid out per shard; before, it was XLA's own attention."""
+    from electra_jax.plan import compile_step, target_devices
+
+    tiny_config.mesh.update(data=2, fsdp=4)
+    tiny_config.model.update(dtype="bfloat16", attention="fused", attention_dropout_rate=0.0)
+    tiny_config.data.seq_len, tiny_config.batch_size = 128, 16
+    result = compile_step(tiny_config, target_devices(parse_target("v5e-8")), 16 * 2**30)
+    assert result.fits and result.hlo.count("tpu_custom_call") >= 2 * 2 * 2  # fwd + bwd, 2 layers, 2 towers
+
+
+@needs_libtpu
 def test_state_bytes_per_chip_match_a_hand_count_and_halve_under_fsdp(tiny_config):
     from electra_jax import train
     from electra_jax.plan import target_devices
