@@ -7,7 +7,6 @@ the config map those onto mesh axes. A one-device mesh is the degenerate case of
 from __future__ import annotations
 
 import contextlib
-import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -58,11 +57,15 @@ def activation_layout(mesh: Mesh):
 
 
 def with_activation_layout(fn: Callable, mesh: Mesh) -> Callable:
-    """`fn` traced under `activation_layout(mesh)`: wrap what is handed to jax.jit."""
-    @functools.wraps(fn)
+    """`fn` traced under `activation_layout(mesh)`: wrap what is handed to jax.jit. The wrapper keeps
+    `fn`'s name (a partial's function's), so the compiled module is still `jit_train_step` (profiles
+    find the step's ops by that name)."""
     def wrapped(*args, **kwargs):
         with activation_layout(mesh):
             return fn(*args, **kwargs)
+
+    wrapped.__name__ = wrapped.__qualname__ = getattr(fn, "__name__", getattr(getattr(fn, "func", None),
+                                                                              "__name__", "step"))
     return wrapped
 
 

@@ -76,7 +76,7 @@ def two_process_run(tmp_path_factory):
                           "--distributed-timeout", "120"], env=env, capture_output=True, text=True, timeout=600)
     logs = [(fake / f"task-{i}.log").read_text() for i in range(2)]
     assert job.returncode == 0, job.stderr + "\n".join(logs)
-    assert "2 process(es) x 4 cpu device(s); mesh {'data': 8" in logs[0]
+    assert "2 process(es) x 4 cpu device(s); mesh {'data': 1, 'fsdp': 8" in logs[0]  # FSDP, the default
     return str(data), workdir
 
 
