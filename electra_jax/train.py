@@ -221,9 +221,12 @@ def fitting_remat(config: ml_collections.ConfigDict, devices, budget_bytes: int 
     if devices[0].platform == "cpu":
         return "none"
     if budget_bytes is None:
+        # This process's own chip (every process then asks the same of its own, and the hosts of a
+        # slice agree); a compile-only topology has none to ask, and gets the safe policy.
+        local = [d for d in devices if d.process_index == jax.process_index()]
         try:
-            budget_bytes = (devices[0].memory_stats() or {}).get("bytes_limit")
-        except Exception:  # devices of another process, or a compile-only topology: nothing to ask
+            budget_bytes = (local[0].memory_stats() or {}).get("bytes_limit") if local else None
+        except Exception:
             budget_bytes = None
     if not budget_bytes:
         return "full"
