@@ -273,6 +273,10 @@ def compile_step(config: ml_collections.ConfigDict, devices: list, hbm_bytes: in
     except Exception as e:  # XLA's refusal (JaxRuntimeError RESOURCE_EXHAUSTED) is an answer, not a crash
         result.compile_s = time.perf_counter() - start
         text = str(e)
+        if "cuDNN not found" in text:
+            raise PlanError("attention=fused on a GPU is cuDNN's kernel, and JAX asks the cuDNN library for its "
+                            "version while lowering it: pip install nvidia-cudnn-cu12==9.28.0.42 (about 1 GB) "
+                            "on this machine, or plan with --config.model.attention=xla") from None
         if "RESOURCE_EXHAUSTED" not in text and "Ran out of memory" not in text:
             raise
         result.error = text.strip().splitlines()[0][:400]

@@ -148,6 +148,22 @@ def test_fused_attention_compiled_for_a_tpu_is_the_splash_kernel(tiny_config):
     assert result.fits and result.hlo.count("tpu_custom_call") >= 2 * 2 * 2  # fwd + bwd, 2 layers, 2 towers
 
 
+@pytest.mark.skipif(not HAS_CUDA_PLUGIN or importlib.util.find_spec("nvidia.cudnn") is None,
+                    reason="needs the CUDA plugin and cuDNN's wheel (pip install nvidia-cudnn-cu12==9.28.0.42)")
+def test_fused_attention_compiled_for_an_h100_is_cudnns_kernel(tiny_config):
+    """attention=fused on a GPU is cuDNN's fused attention (its forward and backward custom calls in
+    the compiled program), with the padding given as lengths; before, it was XLA's own attention."""
+    import re
+
+    from electra_jax.plan import compile_step, target_devices
+
+    tiny_config.model.update(dtype="bfloat16", attention="fused", attention_dropout_rate=0.0)
+    tiny_config.data.seq_len, tiny_config.batch_size = 128, 8
+    result = compile_step(tiny_config, target_devices(parse_target("h100x1")), 80 * 2**30)
+    targets = set(re.findall(r'custom_call_target="([^"]*)"', result.hlo))
+    assert {"__cudnn$fmhaSoftmax", "__cudnn$fmhaSoftmaxBackward"} <= targets, targets
+
+
 @needs_libtpu
 def test_state_bytes_per_chip_match_a_hand_count_and_halve_under_fsdp(tiny_config):
     from electra_jax import train
