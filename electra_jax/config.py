@@ -104,7 +104,7 @@ def default_config() -> ml_collections.ConfigDict:
     # "xla": softmax(QK^T) written out, with the original's attention-probability dropout (the paper's).
     # "fused": the platform's fused kernel, resolved for the devices by train.setup: "cudnn" on GPUs
     # (cuDNN flash attention, padding given as sequence lengths), "splash" on TPUs (the Pallas Splash
-    # kernel, padding as segment ids; sequence a multiple of 128), and on CPUs XLA's implementation of
+    # kernel, padding as segment ids, lengths padded to a multiple of 128 inside), and on CPUs XLA's implementation of
     # jax.nn.dot_product_attention. None has dropout on the probabilities: attention_dropout_rate=0.
     m.attention = "xla"
 

@@ -116,7 +116,6 @@ class Embeddings(nn.Module):
         return _constrain(self.layer_norm(_constrain(x, _BLE, self.spec)), _BLE, self.spec)
 
 
-
 def _attention_bias(input_mask: Array) -> Array:
     """Additive mask on keys only, as the original (-10000, not -inf): [B, 1, 1, S]."""
     return ((1.0 - input_mask.astype(jnp.float32)) * -10000.0)[:, None, None, :]
@@ -128,18 +127,21 @@ def splash_attention(q: Array, k: Array, v: Array, input_mask: Array, spec: Mode
     the padding as segment ids (a real token sees only real tokens), q pre-scaled by 1/sqrt(D). A Pallas
     kernel is not partitioned by XLA, so under a mesh it runs per shard (shard_map: rows split as the
     batch, heads as the tensor axis). `interpret` (default: off a TPU) runs the kernel's Python
-    semantics, which is how it is checked on a CPU."""
+    semantics, which is how it is checked on a CPU. A length that is not a multiple of 128 (the kernel's
+    smallest block) is padded to one with padding tokens, which no real token sees, and cut back."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernels
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
 
-    seq = q.shape[1]
+    length = q.shape[1]
+    seq = -(-length // 128) * 128
+    if seq != length:  # fine-tuning trims rows to a multiple of 8, QA windows are any length
+        pad = lambda x: jnp.pad(x, [(0, 0), (0, seq - length)] + [(0, 0)] * (x.ndim - 2))
+        return splash_attention(pad(q), pad(k), pad(v), pad(input_mask), spec, interpret)[:, :length]
     mesh = jax.sharding.get_abstract_mesh()
     if interpret is None:
         device = None if mesh.empty else mesh.abstract_device
         interpret = (device.platform if device is not None else jax.default_backend()) != "tpu"
-    block = min(seq, 512)
-    if seq % block or block % 128:
-        raise ValueError(f"splash attention needs a sequence length that is a multiple of 128, got {seq}")
+    block = next(b for b in (512, 256, 128) if seq % b == 0)
     sizes = kernels.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                                block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
 
@@ -176,7 +178,8 @@ class SelfAttention(nn.Module):
         q, k, v = (_constrain(qkv(name=name)(x), _BLHD, s) for name in ("query", "key", "value"))
         # Fused kernels have no dropout on the probabilities (config validation requires rate 0).
         if s.attention == "cudnn":  # cuDNN flash attention; padding given as lengths (it is at the end)
-            lengths = jnp.sum(input_mask, axis=-1, dtype=jnp.int32)
+            # At least 1: a row that is all padding (a batch's filler rows) would otherwise divide by 0.
+            lengths = jnp.maximum(jnp.sum(input_mask, axis=-1, dtype=jnp.int32), 1)
             context = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation="cudnn")
         elif s.attention == "splash":
             context = splash_attention(q, k, v, input_mask, s)

@@ -277,7 +277,7 @@ def compile_step(config: ml_collections.ConfigDict, devices: list, hbm_bytes: in
             raise PlanError("attention=fused on a GPU is cuDNN's kernel, and JAX asks the cuDNN library for its "
                             "version while lowering it: pip install nvidia-cudnn-cu12==9.28.0.42 (about 1 GB) "
                             "on this machine, or plan with --config.model.attention=xla") from None
-        if "RESOURCE_EXHAUSTED" not in text and "Ran out of memory" not in text:
+        if not train.out_of_memory(e):
             raise
         result.error = text.strip().splitlines()[0][:400]
         m = _HBM_ERROR.search(text)

@@ -195,6 +195,11 @@ def with_remat(config: ml_collections.ConfigDict, policy: str) -> ml_collections
     return c
 
 
+def out_of_memory(error: Exception) -> bool:
+    """Whether a compile failed because the program does not fit (the TPU compiler refuses it)."""
+    return "RESOURCE_EXHAUSTED" in str(error) or "Ran out of memory" in str(error)
+
+
 def compiled_peak(config: ml_collections.ConfigDict, devices) -> int | None:
     """Per-device bytes of the compiled pretraining step, or None where XLA refuses it (out of memory)."""
     s = setup(config, devices)
@@ -203,7 +208,7 @@ def compiled_peak(config: ml_collections.ConfigDict, devices) -> int | None:
         compiled = s.step.lower(s.abstract_state(), abstract_batch(config, s.batch_sharding),
                                 jax.eval_shape(lambda: init_rng)).compile()
     except Exception as e:  # XLA's out-of-memory refusal is an answer
-        if "RESOURCE_EXHAUSTED" not in str(e) and "Ran out of memory" not in str(e):
+        if not out_of_memory(e):
             raise
         return None
     return peak_bytes(compiled)
